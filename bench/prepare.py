@@ -1,0 +1,99 @@
+"""Benchmark the prepare stage; prints rates and their ratios, all measured in this one run.
+
+    python bench/prepare.py [DATA_DIR] [--rounds 3]
+
+DATA_DIR defaults to the shared real sample when present, else synthetic pairs generated in a
+temp folder. Measures (median of interleaved rounds):
+  decode-only  read + decode + split every pair (same threaded reader as prepare, no output)
+  prepare      the whole `seglib prepare` (decode, write, fit K-Means, label, summary)
+  labels       masks/s of Palette.assign (lookup table + edge resolution, and table only)
+               against a per-mask sklearn KMeans.predict with the same centroids
+"""
+from __future__ import annotations
+
+import argparse
+import statistics
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+from sklearn.cluster import KMeans
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from seglib.pairs import iter_pairs  # noqa: E402
+from seglib.prepare import load_palette, open_split, prepare, split_files  # noqa: E402
+from seglib.synthetic import generate  # noqa: E402
+
+SHARED = Path(__file__).resolve().parents[2] / "shared" / "data" / "cityscapes-pairs-sample"
+
+
+def timed(fn) -> float:
+    start = time.perf_counter()
+    fn()
+    return time.perf_counter() - start
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser()
+    parser.add_argument("data_dir", nargs="?")
+    parser.add_argument("--rounds", type=int, default=3)
+    args = parser.parse_args()
+    work = Path(tempfile.mkdtemp(prefix="seglib-bench-"))
+    data_dir = Path(args.data_dir) if args.data_dir else SHARED
+    if not data_dir.exists():
+        data_dir = work / "synthetic"
+        generate(data_dir, count=400, seed=0, progress=False)
+    splits, layout, _ = split_files(data_dir)
+    files = [f for name in ("train", "val", "test") for f in splits[name]]
+    print(f"data: {data_dir} ({layout} layout, {len(files)} pairs)")
+
+    def decode_only():
+        for _path, result in iter_pairs(files, size=256):
+            assert not isinstance(result, Exception), result
+
+    decode_times, prepare_times, fast_times = [], [], []
+    for r in range(args.rounds):  # interleaved so machine noise hits all alike
+        decode_times.append(timed(decode_only))
+        prepare_times.append(timed(lambda: prepare(data_dir, work / "prepared", progress=False)))
+        fast_times.append(timed(lambda: prepare(data_dir, work / "fast", resolve_edges=False, progress=False)))
+    decode_rate = len(files) / statistics.median(decode_times)
+    prepare_rate = len(files) / statistics.median(prepare_times)
+    fast_rate = len(files) / statistics.median(fast_times)
+    print(f"decode-only                      {decode_rate:8.1f} pairs/s")
+    print(f"prepare (default)                {prepare_rate:8.1f} pairs/s  ratio to decode-only {prepare_rate / decode_rate:.2f}")
+    print(f"prepare --no-edge-resolution     {fast_rate:8.1f} pairs/s  ratio to decode-only {fast_rate / decode_rate:.2f}")
+
+    palette = load_palette(work / "prepared")
+    test = open_split(work / "prepared", "test")
+    masks = [mask for _p, (_photo, mask) in iter_pairs(test.files, size=256)]
+    kmeans = KMeans(n_clusters=palette.k, n_init=1, random_state=0).fit(palette.centroids)
+    kmeans.cluster_centers_ = palette.centroids.astype(np.float64)
+    palette.lut  # built once per palette, as in prepare
+
+    def ours():
+        for m in masks:
+            palette.assign(m)
+
+    def table_only():
+        for m in masks:
+            palette.assign(m, resolve=False)
+
+    def baseline():
+        for m in masks:
+            kmeans.predict(m.reshape(-1, 3).astype(np.float64))
+
+    t_ours, t_table, t_base = [], [], []
+    for _ in range(args.rounds):
+        t_base.append(timed(baseline))
+        t_ours.append(timed(ours))
+        t_table.append(timed(table_only))
+    rate = lambda ts: len(masks) / statistics.median(ts)  # noqa: E731
+    print(f"labels: KMeans.predict per mask {rate(t_base):8.1f} masks/s")
+    print(f"labels: Palette.assign          {rate(t_ours):8.1f} masks/s  ({rate(t_ours) / rate(t_base):.1f}x)")
+    print(f"labels: lookup table only       {rate(t_table):8.1f} masks/s  ({rate(t_table) / rate(t_base):.1f}x)")
+
+
+if __name__ == "__main__":
+    main()

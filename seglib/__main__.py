@@ -1,0 +1,3 @@
+from seglib.cli import main
+
+raise SystemExit(main())

@@ -1,0 +1,61 @@
+"""Atomic file and folder writes: a crash never leaves a half-written file that looks complete."""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import tempfile
+from pathlib import Path
+
+
+def atomic_write_text(path: str | os.PathLike, text: str) -> None:
+    """Write ``text`` to a temp file beside ``path``, then rename it into place."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w", encoding="utf-8") as f:
+            f.write(text)
+        os.replace(tmp, path)
+    except BaseException:
+        Path(tmp).unlink(missing_ok=True)
+        raise
+
+
+def atomic_write_json(path: str | os.PathLike, obj) -> None:
+    atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
+
+
+def make_temp_dir(final: str | os.PathLike) -> Path:
+    """A fresh temp folder beside ``final`` (same file system, so the last rename is atomic)."""
+    final = Path(final)
+    final.parent.mkdir(parents=True, exist_ok=True)
+    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+
+
+def replace_dir(tmp: Path, final: str | os.PathLike, marker: str) -> None:
+    """Move the finished folder ``tmp`` to ``final``.
+
+    An existing ``final`` is replaced only when it holds ``marker`` (i.e. it is an earlier output
+    of the same step); any other non-empty folder is refused so user files are never lost.
+    The old folder is removed only after the new one is in place.
+    """
+    final = Path(final)
+    check_output_dir(final, marker)
+    if final.exists():
+        old = final.with_name(f".{final.name}.old-{os.getpid()}")
+        os.replace(final, old)
+        os.replace(tmp, final)
+        shutil.rmtree(old, ignore_errors=True)
+    else:
+        os.replace(tmp, final)
+
+
+def check_output_dir(final: str | os.PathLike, marker: str) -> None:
+    """Fail early (before any work) if ``replace_dir`` would refuse ``final``."""
+    final = Path(final)
+    if final.exists() and (not final.is_dir() or (any(final.iterdir()) and not (final / marker).exists())):
+        raise FileExistsError(
+            f"{final}: exists, is not empty and was not written by seglib (no {marker}); "
+            "choose another output folder or empty it"
+        )

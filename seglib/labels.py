@@ -1,0 +1,319 @@
+"""Mask colours -> class ids with K-Means fitted on real mask pixels.
+
+The palette is fitted on a random sample of pixels from the training masks only, and its
+clusters are ordered by pixel share, so label 0 is the most common colour and ids are stable
+for a given seed. Masks are labelled through a lookup table over quantised colours (one array
+index per pixel) instead of a per-image ``KMeans.predict``.
+
+Mask edges are blends of two classes (the masks were downsampled, then JPEG-compressed), and a
+blend such as road+black lands nearest to a third class (building grey). :func:`resolve_edges`
+relabels such pixels as the nearer of the two neighbouring classes they blend.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+from functools import cached_property
+
+import cv2
+import numba
+import numpy as np
+from sklearn.cluster import KMeans
+
+from seglib.fsutil import atomic_write_json
+
+LUT_BITS = 6  # bits kept per channel in the lookup table (64**3 entries); _label_image assumes 6
+FIT_RANGE = 30  # K-Means is fitted on pixels whose 3x3 box varies less than this (pure colours)
+EDGE_TAU = 6.0  # colours farther than this from every centroid (RGB units) may be blends
+PALETTE_FORMAT = "seglib-palette-1"
+
+
+def _lut_grid() -> np.ndarray:
+    """Centre colour of every lookup-table cell, in table order (r<<12 | g<<6 | b)."""
+    step = 1 << (8 - LUT_BITS)
+    levels = np.arange(1 << LUT_BITS, dtype=np.float32) * step + (step - 1) / 2.0
+    return np.stack(np.meshgrid(levels, levels, levels, indexing="ij"), axis=-1).reshape(-1, 3)
+
+
+@dataclass
+class Palette:
+    """K cluster centres in RGB, ordered by the share of training pixels they hold."""
+
+    centroids: np.ndarray  # (K, 3) float32, RGB
+    shares: np.ndarray  # (K,) float64, fraction of sampled pixels per cluster
+    seed: int = 0
+    sample_pixels: int = 0
+    names: list[str] = field(default_factory=list)
+
+    @property
+    def k(self) -> int:
+        return int(len(self.centroids))
+
+    @property
+    def colours(self) -> np.ndarray:
+        """Centroids rounded to uint8 RGB: the colour drawn for each class."""
+        return np.clip(np.rint(self.centroids), 0, 255).astype(np.uint8)
+
+    @cached_property
+    def lut(self) -> np.ndarray:
+        """Nearest centroid of every quantised colour (index r<<12 | g<<6 | b, 6 bits each)."""
+        return nearest_centroid(_lut_grid(), self.centroids)
+
+    @cached_property
+    def far(self) -> np.ndarray:
+        """For every quantised colour: is it farther than ``EDGE_TAU`` from every centroid?"""
+        grid = _lut_grid()
+        nearest = self.centroids[self.lut].astype(np.float32)
+        return ((grid - nearest) ** 2).sum(1) > EDGE_TAU**2
+
+    @cached_property
+    def centres_ycc(self) -> np.ndarray:
+        return np.ascontiguousarray(self.centroids.astype(np.float32) @ _YCC_WEIGHTED)
+
+    def assign(self, masks: np.ndarray, resolve: bool = True) -> np.ndarray:
+        """Label every pixel of ``masks`` (..., 3) uint8 RGB; returns (...) uint8 class ids.
+
+        Images (H, W, 3) or batches (N, H, W, 3) get edge resolution (:func:`resolve_edges`)
+        unless ``resolve`` is False; other shapes are labelled pixel by pixel.
+        """
+        masks = np.asarray(masks)
+        if masks.dtype != np.uint8 or masks.shape[-1] != 3:
+            raise ValueError(f"masks must be uint8 RGB (..., 3), got {masks.dtype} {masks.shape}")
+        if masks.ndim < 3:
+            index = (masks[..., 0] >> 2).astype(np.int32) << 12
+            index |= (masks[..., 1] >> 2).astype(np.int32) << 6
+            index |= masks[..., 2] >> 2
+            return self.lut[index]
+        images = np.ascontiguousarray(masks.reshape(-1, *masks.shape[-3:]))
+        out = np.empty(images.shape[:3], np.uint8)
+        for i in range(len(images)):
+            _label_image(images[i], self.lut, self.far, self.centres_ycc, resolve, out[i])
+        return out.reshape(masks.shape[:-1])
+
+    def colourize(self, labels: np.ndarray) -> np.ndarray:
+        """Render class ids back to RGB with the palette colours (for plots and legends)."""
+        labels = np.asarray(labels)
+        if labels.size and labels.max() >= self.k:
+            raise ValueError(f"label {int(labels.max())} is outside the palette (K={self.k})")
+        return self.colours[labels]
+
+    def to_dict(self) -> dict:
+        return {
+            "format": PALETTE_FORMAT,
+            "k": self.k,
+            "seed": int(self.seed),
+            "sample_pixels": int(self.sample_pixels),
+            "classes": [
+                {
+                    "id": i,
+                    "rgb": [round(float(c), 4) for c in self.centroids[i]],
+                    "share": round(float(self.shares[i]), 8),
+                    **({"name": self.names[i]} if self.names else {}),
+                }
+                for i in range(self.k)
+            ],
+        }
+
+    def save(self, path: str | os.PathLike) -> None:
+        atomic_write_json(path, self.to_dict())
+
+    @classmethod
+    def from_dict(cls, data: dict) -> "Palette":
+        classes = data["classes"]
+        if len(classes) != data["k"]:
+            raise ValueError(f"palette says k={data['k']} but lists {len(classes)} classes")
+        return cls(
+            centroids=np.array([c["rgb"] for c in classes], dtype=np.float32),
+            shares=np.array([c["share"] for c in classes], dtype=np.float64),
+            seed=int(data.get("seed", 0)),
+            sample_pixels=int(data.get("sample_pixels", 0)),
+            names=[c["name"] for c in classes] if all("name" in c for c in classes) else [],
+        )
+
+    @classmethod
+    def load(cls, path: str | os.PathLike) -> "Palette":
+        try:
+            with open(path, encoding="utf-8") as f:
+                return cls.from_dict(json.load(f))
+        except (OSError, ValueError, KeyError, TypeError) as exc:
+            raise ValueError(f"{path}: not a valid seglib palette ({exc})") from exc
+
+
+def nearest_centroid(pixels: np.ndarray, centroids: np.ndarray, chunk: int = 1 << 16) -> np.ndarray:
+    """Index of the nearest centroid (squared RGB distance) for each row of ``pixels`` (N, 3)."""
+    pixels = np.asarray(pixels, dtype=np.float32).reshape(-1, 3)
+    centroids = np.asarray(centroids, dtype=np.float32)
+    out = np.empty(len(pixels), dtype=np.uint8)
+    c_sq = (centroids**2).sum(axis=1)
+    for start in range(0, len(pixels), chunk):
+        block = pixels[start : start + chunk]
+        out[start : start + chunk] = np.argmin(c_sq[None, :] - 2.0 * block @ centroids.T, axis=1)
+    return out
+
+
+_BOX3 = np.ones((3, 3), np.uint8)
+# RGB -> YCbCr (BT.601) with luma scaled by 2, so squared distances count it 4x
+_YCC_WEIGHTED = (np.array(
+    [[0.299, 0.587, 0.114], [-0.168736, -0.331264, 0.5], [0.5, -0.418688, -0.081312]], np.float32
+) * np.array([[2.0], [1.0], [1.0]], np.float32)).T
+
+
+@numba.njit(cache=True, nogil=True)
+def _label_image(mask, lut, far, centres, resolve, out):  # pragma: no cover - compiled
+    """Label one (H, W, 3) mask into ``out`` (H, W); see :func:`resolve_edges` for ``resolve``."""
+    height, width = mask.shape[0], mask.shape[1]
+    k = centres.shape[0]
+    is_far = np.zeros((height, width), np.bool_)
+    for y in range(height):
+        for x in range(width):
+            index = ((np.int32(mask[y, x, 0]) >> 2) << 12) | ((np.int32(mask[y, x, 1]) >> 2) << 6) | (
+                np.int32(mask[y, x, 2]) >> 2)
+            out[y, x] = lut[index]
+            is_far[y, x] = far[index]
+    if not resolve or k > 16:
+        return
+    # uniform: all labels of the 3x3 box equal (image borders: never). The classes of uniform pixels
+    # are gathered per 4x4 block as bits, then spread to the 8 neighbouring blocks: a pixel's
+    # candidates are the classes of uniform pixels within its block's 12x12 neighbourhood.
+    uniform = np.zeros((height, width), np.bool_)  # border pixels count as not uniform
+    for y in range(1, height - 1):
+        above, row, below, same = out[y - 1], out[y], out[y + 1], uniform[y]
+        for x in range(1, width - 1):
+            label = row[x]
+            same[x] = ((above[x - 1] == label) & (above[x] == label) & (above[x + 1] == label)
+                       & (row[x - 1] == label) & (row[x + 1] == label)
+                       & (below[x - 1] == label) & (below[x] == label) & (below[x + 1] == label))
+    grid_h, grid_w = (height + 3) >> 2, (width + 3) >> 2
+    grid = np.zeros((grid_h, grid_w), np.uint16)
+    for y in range(height):
+        row, same, cells = out[y], uniform[y], grid[y >> 2]
+        for x in range(width):
+            cells[x >> 2] |= (np.uint16(1) << row[x]) * np.uint16(same[x])
+    spread = np.zeros((grid_h, grid_w), np.uint16)
+    for gy in range(grid_h):
+        for gx in range(grid_w):
+            bits = np.uint16(0)
+            for yy in range(max(gy - 1, 0), min(gy + 2, grid_h)):
+                for xx in range(max(gx - 1, 0), min(gx + 2, grid_w)):
+                    bits |= grid[yy, xx]
+            spread[gy, gx] = bits
+    for y in range(height):
+        for x in range(width):
+            if uniform[y, x] or not is_far[y, x]:
+                continue
+            support = spread[y >> 2, x >> 2]
+            if support == 0:
+                continue
+            r, g, b = np.float32(mask[y, x, 0]), np.float32(mask[y, x, 1]), np.float32(mask[y, x, 2])
+            c0 = r * _YCC_WEIGHTED[0, 0] + g * _YCC_WEIGHTED[1, 0] + b * _YCC_WEIGHTED[2, 0]
+            c1 = r * _YCC_WEIGHTED[0, 1] + g * _YCC_WEIGHTED[1, 1] + b * _YCC_WEIGHTED[2, 1]
+            c2 = r * _YCC_WEIGHTED[0, 2] + g * _YCC_WEIGHTED[1, 2] + b * _YCC_WEIGHTED[2, 2]
+            own = out[y, x]
+            own_dist = (c0 - centres[own, 0]) ** 2 + (c1 - centres[own, 1]) ** 2 + (c2 - centres[own, 2]) ** 2
+            first, second, d_first, d_second = -1, -1, np.inf, np.inf
+            for c in range(k):
+                if (support >> c) & 1:
+                    d = (c0 - centres[c, 0]) ** 2 + (c1 - centres[c, 1]) ** 2 + (c2 - centres[c, 2]) ** 2
+                    if d < d_first:
+                        second, d_second, first, d_first = first, d_first, c, d
+                    elif d < d_second:
+                        second, d_second = c, d
+            if second < 0:
+                continue
+            s0 = centres[second, 0] - centres[first, 0]
+            s1 = centres[second, 1] - centres[first, 1]
+            s2 = centres[second, 2] - centres[first, 2]
+            t = ((c0 - centres[first, 0]) * s0 + (c1 - centres[first, 1]) * s1 + (c2 - centres[first, 2]) * s2) / max(
+                s0 * s0 + s1 * s1 + s2 * s2, 1e-6)
+            t = min(max(t, 0.0), 1.0)
+            residual = ((c0 - centres[first, 0] - t * s0) ** 2 + (c1 - centres[first, 1] - t * s1) ** 2
+                        + (c2 - centres[first, 2] - t * s2) ** 2)
+            if residual < own_dist:
+                out[y, x] = first if t < 0.5 else second
+
+
+def resolve_edges(mask: np.ndarray, palette: "Palette") -> np.ndarray:
+    """Label one mask (H, W, 3), resolving blended edge pixels (see module docstring).
+
+    An edge pixel is one whose 3x3 box of nearest-centroid labels is not uniform and whose colour
+    is farther than ``EDGE_TAU`` from every centroid. Its candidates are the classes of uniform
+    pixels nearby (the 12x12 cells around its 4x4 cell); when its colour lies closer to the segment between the two
+    nearest candidates, A and B, than to its own centroid, it is a blend and takes whichever of
+    A and B it is nearer to along the segment. Distances are in YCbCr with luma weighted 4x in
+    squared distance, as JPEG keeps chroma at half resolution.
+    """
+    out = np.empty(mask.shape[:2], np.uint8)
+    _label_image(np.ascontiguousarray(mask), palette.lut, palette.far, palette.centres_ycc, True, out)
+    return out
+
+
+def flat_pixels(mask: np.ndarray, flat_range: int) -> np.ndarray:
+    """Boolean (H, W): pixels whose 3x3 box varies less than ``flat_range`` in every channel."""
+    span = cv2.dilate(mask, _BOX3) - cv2.erode(mask, _BOX3)
+    return np.maximum(np.maximum(span[..., 0], span[..., 1]), span[..., 2]) < flat_range
+
+
+def sample_pixels(masks: np.ndarray, n: int, seed: int = 0, flat_range: int | None = FIT_RANGE) -> np.ndarray:
+    """Draw ``n`` random pixels from masks (N, H, W, 3); works on memmaps, one mask at a time.
+
+    With ``flat_range`` only pixels inside flat regions are drawn, so the blended edges and JPEG
+    ringing do not pull the centroids away from the true mask colours (``None``: any pixel).
+    """
+    if len(masks) == 0:
+        raise ValueError("no masks to sample pixels from (the training split is empty)")
+    rng = np.random.default_rng(seed)
+    per_mask = -(-int(n) // len(masks))
+    chunks = []
+    for mask in masks:
+        mask = np.asarray(mask)
+        keep = np.flatnonzero(flat_pixels(mask, flat_range)) if flat_range is not None else np.empty(0)
+        if keep.size:
+            pick = keep[rng.integers(0, keep.size, size=per_mask)]
+        else:
+            pick = rng.integers(0, mask.shape[0] * mask.shape[1], size=per_mask)
+        chunks.append(mask.reshape(-1, 3)[pick])
+    return np.concatenate(chunks)[: int(n)]
+
+
+def fit_palette(pixels: np.ndarray, k: int = 10, seed: int = 0) -> Palette:
+    """Fit K-Means on RGB pixels (N, 3) uint8 and order clusters by pixel share.
+
+    Identical colours are merged first and weighted by their count (exactly the same objective,
+    far fewer points), which keeps fitting fast on 200k pixels.
+    """
+    pixels = np.asarray(pixels, dtype=np.uint8).reshape(-1, 3)
+    keys = (pixels[:, 0].astype(np.int32) << 16) | (pixels[:, 1].astype(np.int32) << 8) | pixels[:, 2]
+    unique, counts = np.unique(keys, return_counts=True)
+    if len(unique) < k:
+        raise ValueError(
+            f"only {len(unique)} distinct colours among {len(pixels)} sampled mask pixels: "
+            f"cannot fit {k} clusters (use fewer --clusters)"
+        )
+    colours = np.stack([(unique >> 16) & 255, (unique >> 8) & 255, unique & 255], axis=1).astype(np.float32)
+    kmeans = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(colours, sample_weight=counts)
+    shares = np.bincount(kmeans.labels_, weights=counts, minlength=k) / counts.sum()
+    order = np.argsort(-shares, kind="stable")
+    return Palette(
+        centroids=kmeans.cluster_centers_[order].astype(np.float32),
+        shares=shares[order],
+        seed=seed,
+        sample_pixels=len(pixels),
+    )
+
+
+def purity(labels: np.ndarray, truth: np.ndarray, ignore: int = 255) -> float:
+    """Share of pixels whose cluster's majority true class is their own true class.
+
+    Pixels whose truth is ``ignore`` are left out.
+    """
+    labels = np.asarray(labels).ravel().astype(np.int64)
+    truth = np.asarray(truth).ravel().astype(np.int64)
+    keep = truth != ignore
+    labels, truth = labels[keep], truth[keep]
+    if labels.size == 0:
+        raise ValueError("no pixels with a known true class")
+    n_truth = int(truth.max()) + 1
+    table = np.bincount(labels * n_truth + truth, minlength=(int(labels.max()) + 1) * n_truth)
+    table = table.reshape(-1, n_truth)
+    return float(table.max(axis=1).sum() / labels.size)

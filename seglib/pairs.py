@@ -1,0 +1,141 @@
+"""Read side-by-side image pairs: photo on the left half, colour mask on the right half.
+
+The Kaggle "cityscapes-image-pairs" files are 512x256 JPEGs. Every bad file raises
+:class:`PairError` naming the file and what is wrong, so a folder scan can either stop with a
+clear message or skip the file and report it.
+"""
+from __future__ import annotations
+
+import os
+import re
+from collections import deque
+from collections.abc import Callable, Iterable, Iterator
+from typing import Any
+from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
+ASPECT_TOLERANCE = 0.1  # width/height may be 2 +- 0.1
+
+
+class PairError(ValueError):
+    """A pair file that cannot be used; ``path`` and ``reason`` say which and why."""
+
+    def __init__(self, path: str | os.PathLike, reason: str):
+        self.path = str(path)
+        self.reason = reason
+        super().__init__(f"{self.path}: {reason}")
+
+
+def decode_image(path: str | os.PathLike) -> np.ndarray:
+    """Decode an image file to an RGB uint8 array (H, W, 3).
+
+    Accepts 8- and 16-bit images and drops an alpha channel; rejects grayscale (a mask needs its
+    colours), truncated JPEGs and anything OpenCV cannot decode.
+    """
+    try:
+        data = np.fromfile(path, dtype=np.uint8)
+    except OSError as exc:
+        raise PairError(path, f"cannot read file ({exc.strerror or exc})") from exc
+    if data.size == 0:
+        raise PairError(path, "empty file")
+    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:].tobytes():
+        raise PairError(path, "truncated JPEG (no end-of-image marker)")
+    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    if image is None:
+        raise PairError(path, "not a readable image (corrupt or unsupported format)")
+    if image.dtype == np.uint16:
+        image = ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
+    elif image.dtype != np.uint8:
+        raise PairError(path, f"unsupported pixel type {image.dtype} (expected 8- or 16-bit)")
+    if image.ndim == 2 or image.shape[2] in (1, 2):
+        raise PairError(path, "grayscale image: the mask half needs its colours")
+    if image.shape[2] == 4:
+        image = image[:, :, :3]
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+
+
+def split_pair(image: np.ndarray, path: str | os.PathLike = "<array>", size: int | None = 256):
+    """Split a side-by-side pair at the middle of its width into ``(photo, mask)``.
+
+    Both halves are resized to ``size`` x ``size`` (``None`` keeps them): the photo with area
+    (shrinking) or linear (enlarging) interpolation, the mask with nearest neighbour so that no
+    colour appears that was not in the mask.
+    """
+    height, width = image.shape[:2]
+    if height == 0 or abs(width / height - 2.0) > ASPECT_TOLERANCE:
+        raise PairError(
+            path, f"size {width}x{height}: a pair must be about twice as wide as high (photo | mask)"
+        )
+    half = width // 2
+    photo, mask = image[:, :half], image[:, half : 2 * half]
+    if size is not None and (photo.shape[0] != size or photo.shape[1] != size):
+        shrinking = size < photo.shape[0]
+        photo = cv2.resize(photo, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    return np.ascontiguousarray(photo), np.ascontiguousarray(mask)
+
+
+def read_pair(path: str | os.PathLike, size: int | None = 256) -> tuple[np.ndarray, np.ndarray]:
+    """Read one pair file into ``(photo, mask)`` RGB uint8 arrays of ``size`` x ``size``."""
+    return split_pair(decode_image(path), path, size)
+
+
+def _natural_key(path: Path):
+    return [int(part) if part.isdigit() else part.lower() for part in re.split(r"(\d+)", path.name)]
+
+
+def scan_folder(folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:
+    """List the image files of a folder in natural order (2.jpg before 10.jpg).
+
+    Returns ``(images, ignored)``: files whose suffix is not an image type (and hidden files)
+    are not pairs; they are returned so the caller can report them.
+    """
+    folder = Path(folder)
+    if not folder.is_dir():
+        raise FileNotFoundError(f"{folder}: no such folder")
+    images, ignored = [], []
+    for path in sorted(folder.iterdir(), key=_natural_key):
+        if not path.is_file():
+            continue
+        if path.suffix.lower() in IMAGE_SUFFIXES and not path.name.startswith("."):
+            images.append(path)
+        else:
+            ignored.append(path)
+    return images, ignored
+
+
+def iter_pairs(
+    files: Iterable[str | os.PathLike], size: int | None = 256, workers: int | None = None,
+    then: Callable[[np.ndarray, np.ndarray], Any] | None = None,
+) -> Iterator[tuple[Path, Any]]:
+    """Decode pairs in parallel threads (OpenCV releases the GIL), yielding in input order.
+
+    Yields ``(path, (photo, mask))``, or ``(path, then(photo, mask))`` when ``then`` is given
+    (it runs in the worker thread too), or ``(path, PairError)``. At most a few batches are in
+    flight, so memory stays bounded for any folder size.
+    """
+    files = [Path(f) for f in files]
+    workers = workers or min(8, os.cpu_count() or 1)
+
+    def load(path: Path):
+        try:
+            photo, mask = read_pair(path, size)
+        except PairError as exc:
+            return exc
+        return (photo, mask) if then is None else then(photo, mask)
+
+    window = 4 * workers
+    pending: deque = deque()
+    with ThreadPoolExecutor(max_workers=workers) as pool:
+        for path in files:
+            pending.append((path, pool.submit(load, path)))
+            if len(pending) >= window:
+                done_path, future = pending.popleft()
+                yield done_path, future.result()
+        while pending:
+            done_path, future = pending.popleft()
+            yield done_path, future.result()

@@ -1,0 +1,45 @@
+"""Label quality: purity of prepared labels against the true labelIds saved beside the pairs.
+
+Both the shared real sample and the synthetic generator store ``ids/<split>/<n>.png`` next to
+``<split>/<n>.jpg``. True ids are compared as Cityscapes *colour* classes, since ids that share
+a colour cannot be told apart from a colour mask.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from seglib.cityscapes import ids_to_colour_classes
+from seglib.labels import purity
+from seglib.prepare import open_split
+
+
+def truth_path(pair_file: str | os.PathLike) -> Path:
+    """``DATA/<split>/<n>.jpg`` -> ``DATA/ids/<split>/<n>.png`` (flat: ``DATA/ids/<n>.png``)."""
+    pair_file = Path(pair_file)
+    split_dir = pair_file.parent
+    if (split_dir.parent / "ids" / split_dir.name).is_dir():
+        return split_dir.parent / "ids" / split_dir.name / f"{pair_file.stem}.png"
+    return split_dir / "ids" / f"{pair_file.stem}.png"
+
+
+def load_truth(pair_file: str | os.PathLike, size: int) -> np.ndarray:
+    """True colour classes (size, size) of a pair's mask, resized with nearest neighbour."""
+    path = truth_path(pair_file)
+    ids = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
+    if ids is None or ids.ndim != 2:
+        raise FileNotFoundError(f"{path}: no readable single-channel labelId image for {pair_file}")
+    if ids.shape != (size, size):
+        ids = cv2.resize(ids, (size, size), interpolation=cv2.INTER_NEAREST)
+    return ids_to_colour_classes(ids)
+
+
+def split_purity(prepared_dir: str | os.PathLike, split: str = "test") -> float:
+    """Purity of a prepared split's labels against the true colour classes."""
+    data = open_split(prepared_dir, split)
+    size = data.labels.shape[1]
+    truth = np.stack([load_truth(f, size) for f in data.files])
+    return purity(np.asarray(data.labels), truth)

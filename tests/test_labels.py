@@ -1,0 +1,104 @@
+import json
+
+import numpy as np
+import pytest
+
+from seglib.labels import Palette, fit_palette, nearest_centroid, purity, resolve_edges, sample_pixels
+
+ROAD, BLACK, BUILDING = (128, 64, 128), (0, 0, 0), (70, 70, 70)
+
+
+def pixels_of(counts: dict, noise=3, seed=0):
+    rng = np.random.default_rng(seed)
+    blocks = [np.array(c) + rng.normal(0, noise, (n, 3)) for c, n in counts.items()]
+    return np.clip(np.concatenate(blocks), 0, 255).astype(np.uint8)
+
+
+def test_fit_orders_clusters_by_share():
+    px = pixels_of({(200, 0, 0): 2000, (0, 200, 0): 5000, (0, 0, 200): 3000})
+    pal = fit_palette(px, k=3, seed=0)
+    assert np.allclose(pal.shares, [0.5, 0.3, 0.2], atol=1e-6)
+    assert np.allclose(pal.centroids, [(0, 200, 0), (0, 0, 200), (200, 0, 0)], atol=2)
+
+
+def test_fit_is_deterministic_for_a_seed():
+    px = pixels_of({ROAD: 3000, BLACK: 1000, BUILDING: 2000, (220, 20, 60): 500}, noise=20)
+    a, b = fit_palette(px, k=4, seed=3), fit_palette(px, k=4, seed=3)
+    assert a.to_dict() == b.to_dict()
+
+
+def test_too_few_colours():
+    with pytest.raises(ValueError, match="distinct colours"):
+        fit_palette(np.zeros((100, 3), np.uint8), k=3)
+
+
+def test_palette_json_roundtrip(tmp_path):
+    pal = fit_palette(pixels_of({ROAD: 300, BLACK: 200}), k=2)
+    pal.names = ["road", "unlabeled"]
+    pal.save(tmp_path / "palette.json")
+    data = json.loads((tmp_path / "palette.json").read_text())
+    assert data["k"] == 2 and data["seed"] == 0 and data["sample_pixels"] == 500
+    assert set(data["classes"][0]) == {"id", "rgb", "share", "name"}
+    back = Palette.load(tmp_path / "palette.json")
+    assert back.names == pal.names and np.allclose(back.centroids, pal.centroids, atol=1e-3)
+    (tmp_path / "bad.json").write_text("{}")
+    with pytest.raises(ValueError, match="bad.json"):
+        Palette.load(tmp_path / "bad.json")
+
+
+def test_lookup_table_matches_nearest_centroid():
+    rng = np.random.default_rng(1)
+    pal = Palette(rng.uniform(0, 255, (10, 3)).astype(np.float32), np.full(10, 0.1))
+    colours = rng.integers(0, 256, (200_000, 3), dtype=np.uint8)
+    fast = pal.assign(colours, resolve=False)
+    exact = nearest_centroid(colours, pal.centroids)
+    assert (fast == exact).mean() > 0.98
+    # where they differ, the colour lies within one quantisation cell (4 levels) of the boundary
+    dist = np.sqrt(((colours[:, None, :].astype(float) - pal.centroids[None]) ** 2).sum(-1))
+    rows = np.arange(len(colours))
+    assert (dist[rows, fast] - dist[rows, exact]).max() <= 2 * np.sqrt(3) * 2.0 + 1e-6
+    assert (pal.assign(pal.colours, resolve=False) == np.arange(10)).all()
+
+
+def test_resolve_edges_relabels_blends_to_a_neighbouring_class():
+    """Road beside black: the blended seam is nearest to building grey, which is not there."""
+    pal = Palette(np.array([ROAD, BUILDING, BLACK], np.float32), np.array([0.5, 0.3, 0.2]))
+    mask = np.zeros((32, 32, 3), np.uint8)
+    mask[:, :16] = ROAD
+    mask[:, 16] = (64, 32, 64)  # half road, half black
+    mask[:, 17] = (40, 20, 40)  # mostly black
+    mask[:, 18:] = BLACK
+    plain = pal.assign(mask, resolve=False)
+    assert (plain[:, 16] == 1).all()  # building: wrong
+    resolved = pal.assign(mask)
+    assert set(np.unique(resolved[:, 16])) <= {0, 2} and (resolved[:, 17] == 2).all()
+    assert (resolved[:, :15] == 0).all() and (resolved[:, 19:] == 2).all()
+    # a real building next to the road keeps its label
+    mask[:, 16:] = BUILDING
+    assert (pal.assign(mask)[:, 17:] == 1).all()
+    assert (resolve_edges(mask, pal) == pal.assign(mask)).all()
+
+
+def test_colourize_and_range_check():
+    pal = Palette(np.array([ROAD, BLACK], np.float32), np.array([0.6, 0.4]))
+    assert pal.colourize(np.array([[0, 1]])).tolist() == [[list(ROAD), list(BLACK)]]
+    with pytest.raises(ValueError, match="outside the palette"):
+        pal.colourize(np.array([2]))
+
+
+def test_purity_known_values():
+    assert purity(np.array([0, 0, 1, 1]), np.array([0, 1, 1, 1])) == 0.75
+    assert purity(np.array([0, 0, 0, 1]), np.array([2, 2, 3, 255])) == pytest.approx(2 / 3)
+    assert purity(np.array([0, 1, 2]), np.array([5, 5, 5])) == 1.0
+
+
+def test_sample_pixels_prefers_flat_regions():
+    masks = np.zeros((4, 32, 32, 3), np.uint8)
+    masks[:, :, :16] = ROAD
+    masks[:, :, 16] = (64, 32, 64)
+    px = sample_pixels(masks, 5000, seed=0)
+    assert len(px) == 5000
+    assert not (px == (64, 32, 64)).all(1).any()
+    assert (sample_pixels(masks, 5000, seed=0) == px).all()
+    with pytest.raises(ValueError, match="empty"):
+        sample_pixels(masks[:0], 10)

@@ -1,0 +1,142 @@
+import json
+import shutil
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from seglib.pairs import PairError
+from seglib.prepare import DatasetError, open_split, prepare, split_files
+from seglib.quality import split_purity
+
+
+def test_prepared_layout_and_contents(prepared_dir, synth_dir):
+    summary = json.loads((prepared_dir / "summary.json").read_text())
+    assert summary["layout"] == "kaggle"
+    # Kaggle layout: val/ (12) is our test split, train/ (48) splits 80/20 into train/val
+    assert summary["counts"] == {"train": 38, "val": 10, "test": 12}
+    palette = json.loads((prepared_dir / "palette.json").read_text())
+    assert palette["k"] == 10 and len(palette["classes"]) == 10
+    shares = [c["share"] for c in palette["classes"]]
+    assert shares == sorted(shares, reverse=True) and abs(sum(shares) - 1) < 1e-6
+    for name, n in summary["counts"].items():
+        split = open_split(prepared_dir, name)
+        assert isinstance(split.images, np.memmap) and isinstance(split.labels, np.memmap)
+        assert split.images.shape == (n, 128, 128, 3) and split.images.dtype == np.uint8
+        assert split.labels.shape == (n, 128, 128) and split.labels.dtype == np.uint8
+        assert len(split.files) == n and int(split.labels.max()) < 10
+        assert abs(sum(summary["class_shares"][name]) - 1) < 1e-4
+        assert sorted(p.name for p in (prepared_dir / name).iterdir()) == ["files.txt", "images.npy", "labels.npy"]
+    test = open_split(prepared_dir, "test")
+    assert all(f.startswith(str(synth_dir / "val")) for f in test.files)
+    assert set(summary["timings_s"]) == {"read_train", "fit", "label_and_read_rest", "total"}
+    assert summary["skipped_count"] == 0 and summary["ignored_files"] == []
+
+
+def test_synthetic_label_purity(prepared_dir):
+    assert split_purity(prepared_dir, "test") >= 0.97
+    assert split_purity(prepared_dir, "train") >= 0.97
+
+
+def test_same_seed_same_output(synth_dir, prepared_dir, tmp_path):
+    again = tmp_path / "again"
+    prepare(synth_dir, again, seed=0, size=128, progress=False)
+    assert (again / "palette.json").read_bytes() == (prepared_dir / "palette.json").read_bytes()
+    for split in ("train", "val", "test"):
+        assert np.array_equal(np.load(again / split / "labels.npy"), np.load(prepared_dir / split / "labels.npy"))
+        assert (again / split / "files.txt").read_text() == (prepared_dir / split / "files.txt").read_text()
+
+
+def test_flat_layout_split_64_16_20(synth_dir, tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    for i, f in enumerate(sorted((synth_dir / "train").glob("*.jpg"))[:25]):
+        shutil.copy(f, flat / f"{i}.jpg")
+    splits, layout, _ = split_files(flat, 0.2, seed=0)
+    assert layout == "flat" and {k: len(v) for k, v in splits.items()} == {"train": 16, "val": 4, "test": 5}
+    assert not set(splits["train"]) & set(splits["test"])
+    summary = prepare(flat, tmp_path / "out", size=64, progress=False)
+    assert summary["counts"] == {"train": 16, "val": 4, "test": 5} and summary["layout"] == "flat"
+
+
+@pytest.fixture()
+def messy_dir(synth_dir, tmp_path):
+    """A flat folder of good pairs plus a corrupt JPEG, a square image and a text file."""
+    messy = tmp_path / "messy"
+    messy.mkdir()
+    for i, f in enumerate(sorted((synth_dir / "train").glob("*.jpg"))[:10]):
+        shutil.copy(f, messy / f"{i}.jpg")
+    (messy / "corrupt.jpg").write_bytes(b"\xff\xd8\xff\xe0 not really a jpeg")
+    square = np.zeros((64, 64, 3), np.uint8)
+    import cv2
+
+    cv2.imwrite(str(messy / "square.png"), square)
+    (messy / "README.txt").write_text("not a pair")
+    return messy
+
+
+def test_bad_file_stops_with_its_name_and_leaves_nothing(messy_dir, tmp_path):
+    out = tmp_path / "out"
+    with pytest.raises(PairError) as info:
+        prepare(messy_dir, out, size=64, progress=False, seed=0)
+    assert str(messy_dir) in str(info.value)
+    assert not out.exists()
+    assert not [p for p in tmp_path.iterdir() if p.name.startswith(".out")]
+
+
+def test_skip_bad_counts_and_lists(messy_dir, tmp_path):
+    summary = prepare(messy_dir, tmp_path / "out", size=64, skip_bad=True, progress=False)
+    assert summary["skipped_count"] == 2
+    reasons = {item["file"].rsplit("/", 1)[-1]: item["reason"] for item in summary["skipped"]}
+    assert "truncated JPEG" in reasons["corrupt.jpg"] and "twice as wide" in reasons["square.png"]
+    assert [p.rsplit("/", 1)[-1] for p in summary["ignored_files"]] == ["README.txt"]
+    assert sum(summary["counts"].values()) == 10
+    for split, n in summary["counts"].items():
+        assert len(open_split(tmp_path / "out", split)) == n
+
+
+def test_empty_and_non_image_folders(tmp_path):
+    (tmp_path / "empty").mkdir()
+    with pytest.raises(DatasetError, match="no pair images"):
+        prepare(tmp_path / "empty", tmp_path / "out", progress=False)
+    (tmp_path / "docs").mkdir()
+    (tmp_path / "docs" / "a.txt").write_text("x")
+    (tmp_path / "docs" / "b.csv").write_text("y")
+    with pytest.raises(DatasetError, match="no pair images"):
+        prepare(tmp_path / "docs", tmp_path / "out", progress=False)
+    with pytest.raises(DatasetError, match="not found"):
+        prepare(tmp_path / "missing", tmp_path / "out", progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_output_folder_rules(synth_dir, tmp_path):
+    foreign = tmp_path / "foreign"
+    foreign.mkdir()
+    (foreign / "thesis.tex").write_text("precious")
+    with pytest.raises(FileExistsError, match="not written by seglib"):
+        prepare(synth_dir, foreign, size=32, progress=False)
+    assert (foreign / "thesis.tex").read_text() == "precious"
+    out = tmp_path / "out"
+    prepare(synth_dir, out, size=32, progress=False)
+    prepare(synth_dir, out, size=48, progress=False)  # an earlier prepared dataset is replaced
+    assert open_split(out, "train").images.shape[1] == 48
+
+
+def test_cli_prepare_and_errors(synth_dir, tmp_path):
+    cmd = [sys.executable, "-m", "seglib", "prepare", str(synth_dir), str(tmp_path / "cli"), "--size", "32",
+           "--clusters", "8", "--quiet"]
+    done = subprocess.run(cmd, capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "train 38, val 10, test 12" in done.stdout
+    assert json.loads((tmp_path / "cli" / "palette.json").read_text())["k"] == 8
+    bad = subprocess.run([sys.executable, "-m", "seglib", "prepare", str(tmp_path / "nowhere"), str(tmp_path / "x")],
+                         capture_output=True, text=True)
+    assert bad.returncode == 2 and "nowhere" in bad.stderr and "not found" in bad.stderr
+
+
+def test_real_sample_label_purity(shared_sample, tmp_path):
+    """The palette fitted on real training masks labels the test split (the sample's val/) well."""
+    summary = prepare(shared_sample, tmp_path / "real", progress=False)
+    assert summary["counts"] == {"train": 240, "val": 60, "test": 100}
+    assert split_purity(tmp_path / "real", "test") >= 0.92
