@@ -37,6 +37,19 @@ def _cmd_synth(args) -> int:
     return 0
 
 
+def _cmd_train(args) -> int:
+    from seglib.train import TrainConfig, train
+
+    weights = None if args.encoder_weights.lower() == "none" else args.encoder_weights
+    run = train(TrainConfig(
+        prepared_dir=args.prepared_dir, run_dir=args.run_dir, backbone=args.backbone, epochs=args.epochs,
+        batch_size=args.batch_size, lr=args.lr, patience=args.patience, monitor=args.monitor,
+        encoder_weights=weights, augment=args.augment, loss=args.loss, seed=args.seed, reduce_lr=args.reduce_lr,
+    ))
+    print(f"{run.run_dir}: {run.stop_reason}; {run.epochs_run} epochs, best epoch {run.best_epoch}")
+    return 0
+
+
 def _cmd_purity(args) -> int:
     from seglib.quality import split_purity
 
@@ -70,6 +83,22 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", type=int, default=256, help="side of each half (pairs are 2*size x size)")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_synth)
+
+    p = sub.add_parser("train", help="train a U-Net on a prepared dataset into RUN_DIR (resumes if unfinished)")
+    p.add_argument("prepared_dir")
+    p.add_argument("run_dir")
+    p.add_argument("--backbone", default="resnet34")
+    p.add_argument("--epochs", type=int, default=50)
+    p.add_argument("--batch-size", type=int, default=8)
+    p.add_argument("--lr", type=float, default=1e-3)
+    p.add_argument("--patience", type=int, default=5)
+    p.add_argument("--monitor", default="val_loss", choices=["val_loss", "val_pixel_accuracy", "val_mean_iou"])
+    p.add_argument("--encoder-weights", default="imagenet", help="imagenet (downloads once) or none")
+    p.add_argument("--augment", action="store_true")
+    p.add_argument("--loss", default="ce", choices=["ce", "weighted_ce", "dice", "ce_dice"])
+    p.add_argument("--reduce-lr", action="store_true", help="halve the learning rate on plateaus")
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("purity", help="label purity of a prepared split against the true ids/ beside the pairs")
     p.add_argument("prepared_dir")

@@ -1,0 +1,75 @@
+"""tf.data pipelines over a prepared dataset, streamed from the memory-mapped ``.npy`` files.
+
+Only the rows of the current batches are read from disk (``np.load(mmap_mode="r")``), so a
+split never has to fit in memory. Augmentation is applied identically to image and label;
+labels are only flipped, cropped and resized with nearest neighbour, never interpolated.
+"""
+from __future__ import annotations
+
+import os
+
+import numpy as np
+
+from seglib.prepare import open_split
+
+
+def _augment(image, label, size: int):
+    """Random horizontal flip, scale-and-crop (x1 to x1.25), brightness and contrast."""
+    import tensorflow as tf
+
+    label = label[..., None]
+    flip = tf.random.uniform(()) < 0.5
+    image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
+    label = tf.cond(flip, lambda: tf.reverse(label, [1]), lambda: label)
+    scaled = tf.cast(tf.round(size * tf.random.uniform((), 1.0, 1.25)), tf.int32)
+    image = tf.image.resize(image, (scaled, scaled), method="bilinear")
+    label = tf.image.resize(label, (scaled, scaled), method="nearest")
+    top = tf.random.uniform((), 0, scaled - size + 1, dtype=tf.int32)
+    left = tf.random.uniform((), 0, scaled - size + 1, dtype=tf.int32)
+    image = image[top : top + size, left : left + size]
+    label = label[top : top + size, left : left + size]
+    image = tf.image.random_brightness(image, 25.0)
+    image = tf.image.random_contrast(image, 0.8, 1.2)
+    return tf.clip_by_value(image, 0.0, 255.0), label[..., 0]
+
+
+def make_dataset(prepared_dir: str | os.PathLike, split: str, batch_size: int = 8, shuffle: bool = False,
+                 seed: int = 0, augment: bool = False, cache_bytes: int = 1 << 30):
+    """Batches of ``(images float32 (B,H,W,3) in [0,255], labels uint8 (B,H,W))``.
+
+    Rows are read batch by batch from the memory-mapped split; a split smaller than
+    ``cache_bytes`` is cached in memory after the first pass (before augmentation).
+    """
+    import tensorflow as tf
+
+    data = open_split(prepared_dir, split)
+    n, size = len(data), data.images.shape[1]
+    if n == 0:
+        raise ValueError(f"{prepared_dir}/{split}: the split is empty")
+    images_path = os.path.join(prepared_dir, split, "images.npy")
+    labels_path = os.path.join(prepared_dir, split, "labels.npy")
+
+    def read_rows(index):
+        images = np.load(images_path, mmap_mode="r")
+        labels = np.load(labels_path, mmap_mode="r")
+        order = np.sort(index)
+        return np.asarray(images[order]), np.asarray(labels[order])
+
+    def load(index):
+        images, labels = tf.numpy_function(read_rows, [index], [tf.uint8, tf.uint8])
+        images.set_shape((None, size, size, 3))
+        labels.set_shape((None, size, size))
+        return images, labels
+
+    ds = tf.data.Dataset.range(n)
+    if shuffle:
+        ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    ds = ds.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE)
+    fits = data.images.nbytes + data.labels.nbytes <= cache_bytes
+    if fits and not shuffle:
+        ds = ds.cache()
+    ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
+    if augment:
+        ds = ds.unbatch().map(lambda x, y: _augment(x, y, size), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.batch(batch_size)
+    return ds.prefetch(tf.data.AUTOTUNE)

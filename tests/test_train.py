@@ -1,0 +1,79 @@
+"""Training on a tiny synthetic set (64 px, random encoder weights: no downloads here)."""
+import csv
+import json
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from seglib.prepare import open_split, prepare
+from seglib.train import TrainConfig, class_weights, load_model, train, validate
+
+
+@pytest.fixture(scope="module")
+def small_prepared(synth_dir, tmp_path_factory):
+    out = tmp_path_factory.mktemp("p64") / "prepared"
+    prepare(synth_dir, out, size=64, progress=False)
+    return out
+
+
+@pytest.mark.slow
+def test_train_writes_a_complete_run(small_prepared, tmp_path):
+    run = train(TrainConfig(str(small_prepared), str(tmp_path / "run"), epochs=3, batch_size=8,
+                            encoder_weights=None, patience=5), verbose=0)
+    run_dir = tmp_path / "run"
+    assert {p.name for p in run_dir.iterdir()} == {"config.json", "palette.json", "history.csv", "model.keras",
+                                                  "run.json"}
+    with open(run_dir / "history.csv") as f:
+        rows = list(csv.DictReader(f))
+    losses = [float(r["loss"]) for r in rows]
+    assert len(rows) == 3 and losses[-1] < losses[0]
+    assert {"val_loss", "pixel_accuracy", "mean_iou", "val_mean_iou"} <= set(rows[0])
+    config = json.loads((run_dir / "config.json").read_text())
+    assert config["backbone"] == "resnet34" and config["num_classes"] == 10 and config["device"]["kind"] == "cpu"
+    assert {"tensorflow", "keras", "seglib"} <= set(config["versions"])
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["stop_reason"] == "finished" and info["epochs_run"] == 3 and len(info["seconds_per_epoch"]) == 3
+    assert info["train_images_per_second"] > 0
+    model = load_model(run_dir)
+    test = open_split(small_prepared, "test")
+    probs = model.predict(np.asarray(test.images[:2], np.float32), verbose=0)
+    assert probs.shape == (2, 64, 64, 10) and np.allclose(probs.sum(-1), 1, atol=1e-3)
+
+
+@pytest.mark.parametrize("change, message", [
+    ({"backbone": "resnet999"}, "unknown backbone"),
+    ({"batch_size": 0}, "batch size"),
+    ({"prepared_dir": "/nonexistent/prepared"}, "not a prepared dataset"),
+    ({"loss": "hinge"}, "unknown loss"),
+])
+def test_bad_parameters_fail_before_training(small_prepared, tmp_path, change, message):
+    config = TrainConfig(str(small_prepared), str(tmp_path / "run"), encoder_weights=None)
+    for key, value in change.items():
+        setattr(config, key, value)
+    with pytest.raises((ValueError, FileNotFoundError), match=message):
+        validate(config)
+    assert not (tmp_path / "run").exists()
+
+
+def test_palette_mismatch_is_refused(small_prepared, synth_dir, tmp_path):
+    other = tmp_path / "k8"
+    prepare(synth_dir, other, size=64, clusters=8, progress=False)
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    (run_dir / "palette.json").write_bytes((other / "palette.json").read_bytes())
+    with pytest.raises(ValueError, match="K=8"):
+        validate(TrainConfig(str(small_prepared), str(run_dir), encoder_weights=None))
+
+
+def test_class_weights_favour_rare_classes():
+    weights = class_weights([0.7, 0.2, 0.1])
+    assert weights[2] > weights[1] > weights[0]
+    assert np.isclose((weights * np.array([0.7, 0.2, 0.1])).sum(), 1.0)
+
+
+def test_cli_train_rejects_unknown_backbone(small_prepared, tmp_path):
+    done = subprocess.run([sys.executable, "-m", "seglib", "train", str(small_prepared), str(tmp_path / "r"),
+                           "--backbone", "nope", "--encoder-weights", "none"], capture_output=True, text=True)
+    assert done.returncode == 2 and "unknown backbone 'nope'" in done.stderr
