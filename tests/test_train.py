@@ -77,3 +77,48 @@ def test_cli_train_rejects_unknown_backbone(small_prepared, tmp_path):
     done = subprocess.run([sys.executable, "-m", "seglib", "train", str(small_prepared), str(tmp_path / "r"),
                            "--backbone", "nope", "--encoder-weights", "none"], capture_output=True, text=True)
     assert done.returncode == 2 and "unknown backbone 'nope'" in done.stderr
+
+
+@pytest.mark.slow
+def test_killed_run_resumes_where_it_stopped(small_prepared, tmp_path):
+    import os
+    import signal
+    import time
+
+    run_dir = tmp_path / "run"
+    cmd = [sys.executable, "-m", "seglib", "train", str(small_prepared), str(run_dir), "--epochs", "4",
+           "--batch-size", "8", "--encoder-weights", "none", "--patience", "10"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
+    deadline = time.time() + 300
+    history = run_dir / "history.csv"
+    while time.time() < deadline:
+        if (run_dir / "backup").exists() and history.exists() and len(history.read_text().splitlines()) >= 2:
+            break
+        assert first.poll() is None, "training ended before it could be killed"
+        time.sleep(0.2)
+    first.send_signal(signal.SIGKILL)
+    first.wait()
+    assert not (run_dir / "run.json").exists()
+    done_before = len(history.read_text().splitlines()) - 1
+    assert 1 <= done_before < 4
+    second = subprocess.run(cmd, capture_output=True, text=True, env=env)
+    assert second.returncode == 0, second.stderr[-2000:]
+    with open(history) as f:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
+    assert epochs == [0, 1, 2, 3]  # continued after the killed run's last epoch; nothing repeated
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["stop_reason"] == "finished" and info["epochs_run"] == 4
+    assert not (run_dir / "backup").exists()
+
+
+@pytest.mark.slow
+def test_nan_loss_stops_cleanly_and_keeps_the_best_model(small_prepared, tmp_path):
+    run_dir = tmp_path / "run"
+    train(TrainConfig(str(small_prepared), str(run_dir), epochs=1, encoder_weights=None), verbose=0)
+    saved = (run_dir / "model.keras").read_bytes()
+    run = train(TrainConfig(str(small_prepared), str(run_dir), epochs=3, lr=1e12, encoder_weights=None), verbose=0)
+    info = json.loads((run_dir / "run.json").read_text())
+    assert run.stop_reason.startswith("nan") and info["stop_reason"].startswith("nan")
+    assert (run_dir / "model.keras").read_bytes() == saved
+    assert load_model(run_dir) is not None
