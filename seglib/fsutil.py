@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import tempfile
+from contextlib import contextmanager
 from pathlib import Path
 
 
@@ -59,3 +60,21 @@ def check_output_dir(final: str | os.PathLike, marker: str) -> None:
             f"{final}: exists, is not empty and was not written by seglib (no {marker}); "
             "choose another output folder or empty it"
         )
+
+
+@contextmanager
+def staged_dir(final: str | os.PathLike, marker: str):
+    """Build a folder in a temp place and move it to ``final`` only if the block succeeds.
+
+    ``marker`` is the file that identifies an earlier output of the same step (see
+    :func:`replace_dir`); the block must write it. On any error the temp folder is removed and
+    ``final`` is left as it was.
+    """
+    check_output_dir(final, marker)
+    tmp = make_temp_dir(final)
+    try:
+        yield tmp
+        replace_dir(tmp, final, marker)
+    except BaseException:
+        shutil.rmtree(tmp, ignore_errors=True)
+        raise

@@ -11,7 +11,6 @@ a crash or a bad file never leaves a half-written OUT_DIR that looks complete.
 from __future__ import annotations
 
 import os
-import shutil
 import time
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
@@ -24,7 +23,7 @@ from tqdm import tqdm
 
 from seglib import __version__
 from seglib.cityscapes import nearest_label_names
-from seglib.fsutil import atomic_write_json, atomic_write_text, check_output_dir, make_temp_dir, replace_dir
+from seglib.fsutil import atomic_write_json, atomic_write_text, staged_dir
 from seglib.labels import Palette, fit_palette, sample_pixels
 from seglib.pairs import PairError, iter_pairs, scan_folder
 
@@ -230,10 +229,8 @@ def prepare(
         raise DatasetError(f"--sample-pixels must be at least --clusters ({clusters}), got {sample_pixels_count}")
     out_dir = Path(out_dir)
     splits, layout, ignored = split_files(data_dir, val_fraction, seed)
-    check_output_dir(out_dir, SUMMARY)
     workers = workers or min(8, os.cpu_count() or 1)
-    tmp = make_temp_dir(out_dir)
-    try:
+    with staged_dir(out_dir, SUMMARY) as tmp:
         skipped: list[dict] = []
         kept = {}
         kept["train"], train_masks = _read_split(splits["train"], tmp / "train", size, skip_bad, skipped, workers,
@@ -282,8 +279,4 @@ def prepare(
             },
         }
         atomic_write_json(tmp / SUMMARY, summary)
-        replace_dir(tmp, out_dir, SUMMARY)
-    except BaseException:
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return summary

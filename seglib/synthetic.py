@@ -17,7 +17,7 @@ import numpy as np
 from tqdm import tqdm
 
 from seglib.cityscapes import ID_TO_COLOUR, NAME_TO_ID
-from seglib.fsutil import atomic_write_json, check_output_dir, make_temp_dir, replace_dir
+from seglib.fsutil import atomic_write_json, staged_dir
 
 CLASSES = ["road", "sidewalk", "building", "pole", "traffic sign", "vegetation", "terrain", "sky", "person", "car"]
 MARKER = "synthetic.json"
@@ -188,12 +188,9 @@ def generate(out_dir: str | os.PathLike, count: int = 200, seed: int = 0, size: 
     """Write ``count`` pairs as ``OUT_DIR/{train,val}/<n>.jpg`` (+ ``ids/``), atomically."""
     if count < 2:
         raise ValueError(f"--count must be at least 2, got {count}")
-    out_dir = Path(out_dir)
-    check_output_dir(out_dir, MARKER)
     rng = np.random.default_rng(seed)
     n_test = max(1, int(round(count * test_fraction)))
-    tmp = make_temp_dir(out_dir)
-    try:
+    with staged_dir(out_dir, MARKER) as tmp:
         for split in ("train", "val", "ids/train", "ids/val"):
             (tmp / split).mkdir(parents=True)
         for i in tqdm(range(count), desc="synth", unit="pair", disable=not progress, leave=False):
@@ -205,10 +202,4 @@ def generate(out_dir: str | os.PathLike, count: int = 200, seed: int = 0, size: 
             cv2.imwrite(str(tmp / "ids" / split / f"{number}.png"), ids)
         info = {"count": count, "seed": seed, "size": size, "train": count - n_test, "val": n_test, "classes": CLASSES}
         atomic_write_json(tmp / MARKER, info)
-        replace_dir(tmp, out_dir, MARKER)
-    except BaseException:
-        import shutil
-
-        shutil.rmtree(tmp, ignore_errors=True)
-        raise
     return info
