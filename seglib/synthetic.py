@@ -10,7 +10,6 @@ saved as JPEG like the real data. The true labelId of every mask pixel is saved 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import cv2
 import numpy as np

@@ -14,7 +14,7 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass, field
+from dataclasses import asdict, dataclass
 from pathlib import Path
 
 import numpy as np
@@ -43,7 +43,6 @@ class TrainConfig:
     seed: int = 0
     reduce_lr: bool = False
     jit_compile: bool = False
-    extra: dict = field(default_factory=dict)
 
 
 @dataclass

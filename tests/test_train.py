@@ -23,6 +23,7 @@ def test_train_writes_a_complete_run(small_prepared, tmp_path):
     run = train(TrainConfig(str(small_prepared), str(tmp_path / "run"), epochs=3, batch_size=8,
                             encoder_weights=None, patience=5), verbose=0)
     run_dir = tmp_path / "run"
+    assert run.stop_reason == "finished" and run.epochs_run == 3 and run.model_path.exists()
     assert {p.name for p in run_dir.iterdir()} == {"config.json", "palette.json", "history.csv", "model.keras",
                                                   "run.json"}
     with open(run_dir / "history.csv") as f:
