@@ -163,6 +163,8 @@ def train(config: TrainConfig, verbose: int | str = "auto") -> Run:
 
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
+    if not (run_dir / "backup").exists():  # a new run, not a resume: start a new history
+        (run_dir / "history.csv").unlink(missing_ok=True)
     device = detect_device()
     if device["kind"] == "cuda":
         keras.mixed_precision.set_global_policy("mixed_float16")

@@ -121,5 +121,6 @@ def test_nan_loss_stops_cleanly_and_keeps_the_best_model(small_prepared, tmp_pat
     run = train(TrainConfig(str(small_prepared), str(run_dir), epochs=3, lr=1e12, encoder_weights=None), verbose=0)
     info = json.loads((run_dir / "run.json").read_text())
     assert run.stop_reason.startswith("nan") and info["stop_reason"].startswith("nan")
+    assert info["epochs_run"] == len(run.history) <= 1  # the second run's own history only
     assert (run_dir / "model.keras").read_bytes() == saved
     assert load_model(run_dir) is not None
