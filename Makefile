@@ -4,8 +4,6 @@ VENV   := .venv
 PY     := $(VENV)/bin/python
 STAMP  := $(VENV)/.installed
 DATA   ?=
-DEMO_DATA := data/synthetic
-DEMO_PREPARED := data/prepared-demo
 
 .PHONY: install test demo bench clean
 
@@ -22,15 +20,13 @@ test: install
 
 demo: install
 ifeq ($(DATA),)
-	$(PY) -m seglib synth $(DEMO_DATA) --count 240 --seed 0
-	$(PY) -m seglib prepare $(DEMO_DATA) $(DEMO_PREPARED) --size 128 --seed 0
+	$(PY) -m seglib demo --out .
 else
-	$(PY) -m seglib prepare $(DATA) $(DEMO_PREPARED) --seed 0 --skip-bad
+	$(PY) -m seglib demo --out . --data $(DATA)
 endif
-	@echo "Prepared dataset: $(DEMO_PREPARED) (summary.json, palette.json, train/ val/ test/)"
 
 bench: install
 	$(PY) bench/prepare.py
 
 clean:
-	rm -rf $(VENV) $(DEMO_DATA) $(DEMO_PREPARED)
+	rm -rf $(VENV) data/synthetic data/prepared-demo artifacts/runs/demo

@@ -50,6 +50,23 @@ def _cmd_train(args) -> int:
     return 0
 
 
+def _cmd_evaluate(args) -> int:
+    from seglib.evaluate import evaluate
+
+    m = evaluate(args.run_dir, args.prepared_dir, args.split)
+    print(f"{args.run_dir} on {args.split}: pixel accuracy {m['pixel_accuracy']:.4f}, mean IoU {m['mean_iou']:.4f}, "
+          f"mean Dice {m['mean_dice']:.4f} (metrics.json, confusion.npy)")
+    return 0
+
+
+def _cmd_demo(args) -> int:
+    from seglib.demo import run_demo
+
+    weights = None if args.encoder_weights.lower() == "none" else args.encoder_weights
+    run_demo(args.out, args.data, encoder_weights=weights)
+    return 0
+
+
 def _cmd_purity(args) -> int:
     from seglib.quality import split_purity
 
@@ -99,6 +116,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--reduce-lr", action="store_true", help="halve the learning rate on plateaus")
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("evaluate", help="metrics of a run's best model on a prepared split")
+    p.add_argument("run_dir")
+    p.add_argument("prepared_dir")
+    p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("demo", help="synthetic pairs -> prepare -> train -> evaluate (what `make demo` runs)")
+    p.add_argument("--out", default=".", help="folder that gets data/ and artifacts/")
+    p.add_argument("--data", default=None, help="pairs to use instead of generated synthetic ones")
+    p.add_argument("--encoder-weights", default="none", help="none (offline) or imagenet")
+    p.set_defaults(func=_cmd_demo)
 
     p = sub.add_parser("purity", help="label purity of a prepared split against the true ids/ beside the pairs")
     p.add_argument("prepared_dir")

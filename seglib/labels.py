@@ -198,39 +198,40 @@ def _label_image(mask, lut, far, centres, resolve, out):  # pragma: no cover - c
                 for xx in range(max(gx - 1, 0), min(gx + 2, grid_w)):
                     bits |= grid[yy, xx]
             spread[gy, gx] = bits
+    big = np.float32(3.0e38)
     for y in range(height):
+        row_far, row_uniform, row_out, cells = is_far[y], uniform[y], out[y], spread[y >> 2]
         for x in range(width):
-            if uniform[y, x] or not is_far[y, x]:
+            if row_uniform[x] or not row_far[x]:
                 continue
-            support = spread[y >> 2, x >> 2]
-            if support == 0:
+            support = cells[x >> 2]
+            if (support & (support - np.uint16(1))) == 0:  # fewer than two candidate classes
                 continue
             r, g, b = np.float32(mask[y, x, 0]), np.float32(mask[y, x, 1]), np.float32(mask[y, x, 2])
             c0 = r * _YCC_WEIGHTED[0, 0] + g * _YCC_WEIGHTED[1, 0] + b * _YCC_WEIGHTED[2, 0]
             c1 = r * _YCC_WEIGHTED[0, 1] + g * _YCC_WEIGHTED[1, 1] + b * _YCC_WEIGHTED[2, 1]
             c2 = r * _YCC_WEIGHTED[0, 2] + g * _YCC_WEIGHTED[1, 2] + b * _YCC_WEIGHTED[2, 2]
-            own = out[y, x]
-            own_dist = (c0 - centres[own, 0]) ** 2 + (c1 - centres[own, 1]) ** 2 + (c2 - centres[own, 2]) ** 2
-            first, second, d_first, d_second = -1, -1, np.inf, np.inf
+            own = row_out[x]
+            first, second, d_first, d_second, own_dist = 0, 0, big, big, big
             for c in range(k):
+                d = (c0 - centres[c, 0]) ** 2 + (c1 - centres[c, 1]) ** 2 + (c2 - centres[c, 2]) ** 2
+                if c == own:
+                    own_dist = d
                 if (support >> c) & 1:
-                    d = (c0 - centres[c, 0]) ** 2 + (c1 - centres[c, 1]) ** 2 + (c2 - centres[c, 2]) ** 2
                     if d < d_first:
                         second, d_second, first, d_first = first, d_first, c, d
                     elif d < d_second:
                         second, d_second = c, d
-            if second < 0:
-                continue
             s0 = centres[second, 0] - centres[first, 0]
             s1 = centres[second, 1] - centres[first, 1]
             s2 = centres[second, 2] - centres[first, 2]
             t = ((c0 - centres[first, 0]) * s0 + (c1 - centres[first, 1]) * s1 + (c2 - centres[first, 2]) * s2) / max(
-                s0 * s0 + s1 * s1 + s2 * s2, 1e-6)
-            t = min(max(t, 0.0), 1.0)
+                s0 * s0 + s1 * s1 + s2 * s2, np.float32(1e-6))
+            t = min(max(t, np.float32(0.0)), np.float32(1.0))
             residual = ((c0 - centres[first, 0] - t * s0) ** 2 + (c1 - centres[first, 1] - t * s1) ** 2
                         + (c2 - centres[first, 2] - t * s2) ** 2)
             if residual < own_dist:
-                out[y, x] = first if t < 0.5 else second
+                row_out[x] = first if t < 0.5 else second
 
 
 def resolve_edges(mask: np.ndarray, palette: "Palette") -> np.ndarray:

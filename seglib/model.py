@@ -46,10 +46,13 @@ def preprocessing_affine(backbone: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build_unet(backbone: str = "resnet34", num_classes: int = 10, input_size: int = 256,
-               encoder_weights: str | None = "imagenet", activation: str = "softmax"):
+               encoder_weights: str | None = "imagenet", activation: str = "softmax", bn_momentum: float = 0.9):
     """U-Net with ``backbone`` encoder; input (input_size, input_size, 3) RGB in [0, 255].
 
     ``encoder_weights=None`` starts from random weights (what tests use: no downloads here).
+    Batch-norm layers use ``bn_momentum`` 0.9 rather than Keras' 0.99: with small datasets
+    (hundreds of steps) the moving statistics used at validation time would otherwise still be
+    far from the batch statistics, and validation loss meaningless for the first epochs.
     The output layer is float32 even under a mixed-precision policy.
     """
     import keras
@@ -68,6 +71,9 @@ def build_unet(backbone: str = "resnet34", num_classes: int = 10, input_size: in
     preprocess.set_weights([matrix.reshape(1, 1, 3, 3), bias])
     unet = sm.Unet(backbone, classes=num_classes, activation=activation, encoder_weights=encoder_weights,
                    input_shape=(input_size, input_size, 3))
+    for layer in unet.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = bn_momentum
     outputs = keras.layers.Activation("linear", dtype="float32", name="probabilities")(unet(x))
     return keras.Model(inputs, outputs, name=f"unet_{backbone}")
 

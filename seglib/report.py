@@ -74,3 +74,33 @@ def plot_class_shares(summary: dict, palette: Palette):
     ax.legend()
     fig.tight_layout()
     return fig
+
+
+def plot_training_curves(run_dir):
+    """Loss, pixel accuracy and mean IoU per epoch (train and val) from a run's history.csv,
+    with the best epoch (the weights kept in model.keras) marked."""
+    import json
+    from pathlib import Path
+
+    import pandas as pd
+
+    run_dir = Path(run_dir)
+    history = pd.read_csv(run_dir / "history.csv")
+    epochs = history["epoch"] + 1
+    info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    best = info.get("best_epoch")
+    panels = [("loss", "loss"), ("pixel_accuracy", "pixel accuracy"), ("mean_iou", "mean IoU")]
+    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
+    for ax, (key, title) in zip(axes, panels):
+        if key in history:
+            ax.plot(epochs, history[key], "o-", label="train")
+        if f"val_{key}" in history:
+            ax.plot(epochs, history[f"val_{key}"], "o-", label="val")
+        if best:
+            ax.axvline(best, color="grey", linestyle="--", label=f"best epoch {best}")
+        ax.set_title(title)
+        ax.set_xlabel("epoch")
+        ax.legend(fontsize=8)
+    fig.suptitle(info.get("stop_reason", ""), fontsize=9)
+    fig.tight_layout()
+    return fig

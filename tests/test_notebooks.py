@@ -39,3 +39,15 @@ def test_notebooks_are_stripped_and_parameterised():
         tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1, path
         assert all(not c.get("outputs") and not c.get("execution_count") for c in nb.cells if c.cell_type == "code"), path
+
+
+@pytest.mark.slow
+def test_train_notebook(prepared_dir, tmp_path):
+    """Tiny run: prepared at 128 px by the conftest fixture, 2 epochs, random encoder weights."""
+    run_dir = tmp_path / "run"
+    nb = run_notebook("02_train.ipynb", tmp_path, PREPARED_DIR=str(prepared_dir), RUN_DIR=str(run_dir), EPOCHS=2,
+                      BATCH_SIZE=8, ENCODER_WEIGHTS=None, BACKBONE="mobilenetv2")
+    info = json.loads((run_dir / "run.json").read_text())
+    assert info["epochs_run"] == 2 and info["stop_reason"] == "finished"
+    assert (run_dir / "model.keras").exists()
+    assert images_in(nb) == 1  # the training curves

@@ -124,3 +124,15 @@ def test_nan_loss_stops_cleanly_and_keeps_the_best_model(small_prepared, tmp_pat
     assert info["epochs_run"] == len(run.history) <= 1  # the second run's own history only
     assert (run_dir / "model.keras").read_bytes() == saved
     assert load_model(run_dir) is not None
+
+
+@pytest.mark.slow
+def test_default_demo_reaches_90_percent_pixel_accuracy(tmp_path):
+    """The demo's defaults (CPU, 128 px, 6 epochs, random encoder) on its synthetic data."""
+    from seglib.demo import run_demo
+
+    metrics = run_demo(tmp_path, progress=False, verbose=0)
+    assert metrics["pixel_accuracy"] >= 0.90
+    saved = json.loads((tmp_path / "artifacts" / "runs" / "demo" / "metrics.json").read_text())
+    assert saved["pixel_accuracy"] == metrics["pixel_accuracy"] and len(saved["per_class"]["iou"]) == 10
+    assert np.load(tmp_path / "artifacts" / "runs" / "demo" / "confusion.npy").sum() == saved["num_pixels"]
