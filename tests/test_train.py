@@ -136,3 +136,21 @@ def test_default_demo_reaches_90_percent_pixel_accuracy(tmp_path):
     saved = json.loads((tmp_path / "artifacts" / "runs" / "demo" / "metrics.json").read_text())
     assert saved["pixel_accuracy"] == metrics["pixel_accuracy"] and len(saved["per_class"]["iou"]) == 10
     assert np.load(tmp_path / "artifacts" / "runs" / "demo" / "confusion.npy").sum() == saved["num_pixels"]
+
+
+@pytest.mark.parametrize("name", ["ce", "weighted_ce", "dice", "ce_dice"])
+def test_losses_are_finite_differentiable_and_prefer_the_truth(name):
+    import tensorflow as tf
+
+    from seglib.train import make_loss
+
+    rng = np.random.default_rng(0)
+    y_true = tf.constant(rng.integers(0, 4, (2, 8, 8)), tf.uint8)
+    loss = make_loss(name, 4, class_weights([0.5, 0.3, 0.15, 0.05]))
+    logits = tf.Variable(rng.normal(size=(2, 8, 8, 4)).astype(np.float32))
+    with tf.GradientTape() as tape:
+        value = loss(y_true, tf.nn.softmax(logits))
+    grad = tape.gradient(value, logits)
+    assert np.isfinite(float(value)) and np.isfinite(grad.numpy()).all() and np.abs(grad.numpy()).sum() > 0
+    perfect = tf.one_hot(tf.cast(y_true, tf.int32), 4) * 0.97 + 0.01
+    assert float(loss(y_true, perfect)) < float(value)
