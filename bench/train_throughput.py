@@ -4,10 +4,11 @@
   (b) tf.data over in-memory tensors (the ceiling for any input pipeline),
   (c) the origin project's way: model.fit on one big float32 numpy array,
 
-at 256 px and 128 px, plus (a) with XLA (jit_compile=True). Rounds are interleaved and the
-median epoch time (after a warm-up epoch) is used, so machine noise hits every variant alike.
+at 256 px and 128 px, plus (a) with XLA (jit_compile=True). The variants are interleaved
+(--repeats passes) and the median epoch time (warm-up epochs dropped) is used, so machine
+noise hits every variant alike.
 
-    python bench/train_throughput.py [--images 48] [--rounds 2] [--backbone resnet34]
+    python bench/train_throughput.py [--images 48] [--rounds 2] [--repeats 2] [--backbone resnet34]
 """
 from __future__ import annotations
 
@@ -27,8 +28,8 @@ from seglib.prepare import prepare  # noqa: E402
 from seglib.synthetic import generate  # noqa: E402
 
 
-def epoch_seconds(model, fit_args: dict, rounds: int) -> float:
-    """Median wall time of ``rounds`` epochs, after one warm-up epoch."""
+def epoch_seconds(model, fit_args: dict, rounds: int) -> list[float]:
+    """Wall times of ``rounds`` epochs, after one warm-up epoch (tracing, caches)."""
     import keras
 
     times = []
@@ -41,7 +42,7 @@ def epoch_seconds(model, fit_args: dict, rounds: int) -> float:
             times.append(time.perf_counter() - self.start)
 
     model.fit(**fit_args, epochs=rounds + 1, verbose=0, callbacks=[Clock()])
-    return statistics.median(times[1:])
+    return times[1:]
 
 
 def main() -> None:
@@ -50,7 +51,8 @@ def main() -> None:
 
     parser = argparse.ArgumentParser()
     parser.add_argument("--images", type=int, default=48, help="training images per epoch")
-    parser.add_argument("--rounds", type=int, default=2)
+    parser.add_argument("--rounds", type=int, default=2, help="timed epochs per fit call")
+    parser.add_argument("--repeats", type=int, default=2, help="interleaved passes over the variants")
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--backbone", default="resnet34")
     args = parser.parse_args()
@@ -74,18 +76,23 @@ def main() -> None:
                                                "y": labels[: n // args.batch_size * args.batch_size],
                                                "batch_size": args.batch_size},
         }
-        rates = {}
+        times: dict[str, list[float]] = {}
+        models = {}
         for jit in (False, True):
-            model = build_unet(args.backbone, 10, size, encoder_weights=None)
-            model.compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", jit_compile=jit)
-            for name, make in variants.items():
-                if jit and not name.startswith("(a)"):
-                    continue
-                label = name + (" + XLA" if jit else "")
-                try:
-                    rates[label] = (n // args.batch_size * args.batch_size) / epoch_seconds(model, make(), args.rounds)
-                except Exception as exc:  # XLA can fail on some ops/platforms: report, don't crash
-                    print(f"{size}px {label}: failed ({type(exc).__name__}: {str(exc)[:120]})")
+            models[jit] = build_unet(args.backbone, 10, size, encoder_weights=None)
+            models[jit].compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", jit_compile=jit)
+        for _repeat in range(args.repeats):  # interleaved: A B C A+XLA, A B C A+XLA, ...
+            for jit in (False, True):
+                for name, make in variants.items():
+                    if jit and not name.startswith("(a)"):
+                        continue
+                    label = name + (" + XLA" if jit else "")
+                    try:
+                        times.setdefault(label, []).extend(epoch_seconds(models[jit], make(), args.rounds))
+                    except Exception as exc:  # XLA can fail on some ops/platforms: report, don't crash
+                        print(f"{size}px {label}: failed ({type(exc).__name__}: {str(exc)[:120]})")
+        images_per_epoch = n // args.batch_size * args.batch_size
+        rates = {label: images_per_epoch / statistics.median(ts) for label, ts in times.items()}
         a, b, c = (rates[k] for k in list(variants))
         for label, rate in rates.items():
             print(f"{size}px {label:28s} {rate:7.2f} images/s")
