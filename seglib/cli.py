@@ -67,6 +67,30 @@ def _cmd_demo(args) -> int:
     return 0
 
 
+def _cmd_export(args) -> int:
+    from seglib.export import export_run
+
+    result = export_run(args.run_dir, formats=args.formats.split(","), calibration_images=args.calibration_images)
+    keras_info = result["keras"]
+    print(f"keras          mIoU {keras_info['mean_iou']:.4f}  latency {keras_info['latency_ms']:7.1f} ms")
+    for fmt, info in result["formats"].items():
+        print(f"{fmt:5s} {info['file_bytes'] / 1e6:7.1f} MB  agreement {info['agreement']:.4f}  mIoU {info['mean_iou']:.4f}  "
+              f"latency {info['latency_ms']:7.1f} ms")
+    return 0
+
+
+def _cmd_predict(args) -> int:
+    from seglib.predict import predict_paths
+
+    result = predict_paths(args.model, args.input, args.out_dir)
+    print(f"wrote masks and overlays for {len(result['written'])} image(s) to {args.out_dir}")
+    if result["skipped"]:
+        print(f"skipped {len(result['skipped'])} unreadable image(s):")
+        for item in result["skipped"]:
+            print(f"  {item['file']}: {item['reason']}")
+    return 0
+
+
 def _cmd_purity(args) -> int:
     from seglib.quality import split_purity
 
@@ -128,6 +152,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--data", default=None, help="pairs to use instead of generated synthetic ones")
     p.add_argument("--encoder-weights", default="none", help="none (offline) or imagenet")
     p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("export", help="TFLite fp32/fp16/int8 models of a run, with measured parity and latency")
+    p.add_argument("run_dir")
+    p.add_argument("--formats", default="fp32,fp16,int8")
+    p.add_argument("--calibration-images", type=int, default=100)
+    p.set_defaults(func=_cmd_export)
+
+    p = sub.add_parser("predict", help="colour masks and overlays for an image, a pair or a folder")
+    p.add_argument("model", help="RUN_DIR/model.keras or RUN_DIR/model_<fmt>.tflite")
+    p.add_argument("input")
+    p.add_argument("out_dir")
+    p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("purity", help="label purity of a prepared split against the true ids/ beside the pairs")
     p.add_argument("prepared_dir")

@@ -1,0 +1,145 @@
+"""TFLite export (fp32 / fp16 / int8) with measured agreement, accuracy, size and latency.
+
+int8 is full-integer post-training quantization (every op int8, calibrated on a representative
+dataset drawn from the train split); its input is the uint8 image itself (scale 1), its output
+float32 probabilities. Models run with ai-edge-litert's interpreter (``tf.lite.Interpreter`` is
+deprecated) at a fixed thread count, so latencies are comparable.
+"""
+from __future__ import annotations
+
+import json
+import os
+import shutil
+import statistics
+import tempfile
+import time
+from pathlib import Path
+
+import numpy as np
+
+from seglib.fsutil import atomic_write_json
+from seglib.metrics import scores, update_confusion
+from seglib.prepare import open_split
+
+FORMATS = ("fp32", "fp16", "int8")
+
+
+class TFLiteModel:
+    """A .tflite segmentation model: ``predict(images)`` -> probabilities (N, H, W, K)."""
+
+    def __init__(self, path: str | os.PathLike, threads: int = 2):
+        from ai_edge_litert.interpreter import Interpreter
+
+        self.path = Path(path)
+        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        self.interpreter.allocate_tensors()
+        self.input = self.interpreter.get_input_details()[0]
+        self.output = self.interpreter.get_output_details()[0]
+        self.size = int(self.input["shape"][1])
+
+    def predict_one(self, image: np.ndarray) -> np.ndarray:
+        """One RGB image (H, W, 3) with values in [0, 255] -> probabilities (H, W, K)."""
+        dtype = self.input["dtype"]
+        x = np.asarray(image)[None]
+        x = np.clip(np.rint(x), 0, 255).astype(dtype) if dtype == np.uint8 else x.astype(dtype)
+        self.interpreter.set_tensor(self.input["index"], x)
+        self.interpreter.invoke()
+        out = self.interpreter.get_tensor(self.output["index"])[0]
+        scale, zero = self.output["quantization"]
+        return (out.astype(np.float32) - zero) * scale if out.dtype != np.float32 and scale else out
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return np.stack([self.predict_one(im) for im in images])
+
+
+def convert(saved_model_dir: str | os.PathLike, fmt: str, representative: np.ndarray | None = None) -> bytes:
+    """Convert a SavedModel to TFLite bytes in format ``fmt`` (see module docstring)."""
+    import tensorflow as tf
+
+    converter = tf.lite.TFLiteConverter.from_saved_model(str(saved_model_dir))
+    if fmt == "fp16":
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.target_spec.supported_types = [tf.float16]
+    elif fmt == "int8":
+        if representative is None or not len(representative):
+            raise ValueError("int8 export needs calibration images")
+        converter.optimizations = [tf.lite.Optimize.DEFAULT]
+        converter.representative_dataset = lambda: ([np.asarray(im, np.float32)[None]] for im in representative)
+        converter.target_spec.supported_ops = [tf.lite.OpsSet.TFLITE_BUILTINS_INT8]
+        converter.inference_input_type = tf.uint8
+        converter.inference_output_type = tf.float32
+    elif fmt != "fp32":
+        raise ValueError(f"unknown format {fmt!r}; choose from {', '.join(FORMATS)}")
+    return converter.convert()
+
+
+def _median_latency_ms(fn, image, repeats: int) -> float:
+    fn(image)  # warm-up
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        fn(image)
+        times.append((time.perf_counter() - start) * 1000)
+    return statistics.median(times)
+
+
+def export_run(run_dir: str | os.PathLike, formats=FORMATS, calibration_images: int = 100,
+               prepared_dir: str | os.PathLike | None = None, eval_images: int | None = None,
+               threads: int = 2, latency_repeats: int = 20, seed: int = 0) -> dict:
+    """Write ``RUN_DIR/model_<fmt>.tflite`` for each format and ``RUN_DIR/export.json``."""
+    from seglib.train import load_model
+
+    run_dir = Path(run_dir)
+    formats = list(formats)
+    unknown = [f for f in formats if f not in FORMATS]
+    if unknown:
+        raise ValueError(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+    config = json.loads((run_dir / "config.json").read_text())
+    prepared_dir = Path(prepared_dir or config["prepared_dir"])
+    k = config["num_classes"]
+    model = load_model(run_dir)
+    train = open_split(prepared_dir, "train")
+    rng = np.random.default_rng(seed)
+    rows = np.sort(rng.permutation(len(train))[: min(calibration_images, len(train))])
+    representative = np.asarray(train.images[rows], np.float32)
+    test = open_split(prepared_dir, "test")
+    n_eval = len(test) if eval_images is None else min(eval_images, len(test))
+    images = np.asarray(test.images[:n_eval], np.float32)
+    truth = np.asarray(test.labels[:n_eval])
+
+    keras_pred = np.concatenate([model.predict(images[i : i + 8], verbose=0).argmax(-1)
+                                 for i in range(0, n_eval, 8)])
+    keras_cm = update_confusion(np.zeros((k, k), np.int64), truth, keras_pred)
+    keras_latency = _median_latency_ms(lambda x: model.predict(x, verbose=0), images[:1], latency_repeats)
+    result = {"eval_images": n_eval, "calibration_images": len(rows), "threads": threads,
+              "keras": {"mean_iou": scores(keras_cm)["mean_iou"], "latency_ms": keras_latency,
+                        "file_bytes": (run_dir / "model.keras").stat().st_size},
+              "formats": {}}
+    saved = Path(tempfile.mkdtemp(prefix=".saved_model-", dir=run_dir))
+    try:
+        model.export(str(saved), format="tf_saved_model", verbose=False)
+        for fmt in formats:
+            data = convert(saved, fmt, representative if fmt == "int8" else None)
+            path = run_dir / f"model_{fmt}.tflite"
+            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=run_dir)
+            with os.fdopen(fd, "wb") as f:
+                f.write(data)
+            os.replace(tmp, path)
+            lite = TFLiteModel(path, threads)
+            pred = lite.predict(images).argmax(-1)
+            cm = update_confusion(np.zeros((k, k), np.int64), truth, pred)
+            result["formats"][fmt] = {
+                "file": path.name, "file_bytes": len(data),
+                "size_vs_fp32": None,
+                "agreement": float((pred == keras_pred).mean()),
+                "mean_iou": scores(cm)["mean_iou"],
+                "latency_ms": _median_latency_ms(lite.predict_one, images[0], latency_repeats),
+            }
+    finally:
+        shutil.rmtree(saved, ignore_errors=True)
+    fp32 = result["formats"].get("fp32", {}).get("file_bytes")
+    for info in result["formats"].values():
+        info["size_vs_fp32"] = info["file_bytes"] / fp32 if fp32 else None
+        info["latency_vs_keras"] = info["latency_ms"] / keras_latency
+    atomic_write_json(run_dir / "export.json", result)
+    return result

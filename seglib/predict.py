@@ -1,0 +1,81 @@
+"""Predict masks for images, pairs or folders with a run's .keras or .tflite model.
+
+The model file must sit in its RUN_DIR, whose ``palette.json`` gives the class colours. The
+input is an image, a side-by-side pair (its left half, the photo, is used) or a folder of
+either; each gets ``<name>_mask.png`` (palette colours) and ``<name>_overlay.png`` at the
+photo's own size. Unreadable images are reported and skipped; the rest are still processed.
+"""
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+import cv2
+import numpy as np
+
+from seglib.labels import Palette
+from seglib.pairs import ASPECT_TOLERANCE, IMAGE_SUFFIXES, PairError, decode_image
+
+
+def load_predictor(model_path: str | os.PathLike):
+    """``(predict(images float (N,S,S,3) in [0,255]) -> probs, input size, palette)``."""
+    model_path = Path(model_path)
+    if not model_path.exists():
+        raise FileNotFoundError(f"{model_path}: no such model file")
+    palette_path = model_path.parent / "palette.json"
+    if not palette_path.exists():
+        raise FileNotFoundError(f"{palette_path}: missing; the model must be inside its RUN_DIR")
+    palette = Palette.load(palette_path)
+    if model_path.suffix == ".tflite":
+        from seglib.export import TFLiteModel
+
+        lite = TFLiteModel(model_path)
+        return lite.predict, lite.size, palette
+    if model_path.suffix == ".keras":
+        import keras
+
+        os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
+        import segmentation_models  # noqa: F401
+
+        model = keras.models.load_model(model_path, compile=False)
+        return (lambda x: model.predict(x, verbose=0)), int(model.input_shape[1]), palette
+    raise ValueError(f"{model_path}: expected a .keras or .tflite file")
+
+
+def photo_of(image: np.ndarray) -> np.ndarray:
+    """The photo: the left half of a side-by-side pair, else the image itself."""
+    h, w = image.shape[:2]
+    return image[:, : w // 2] if abs(w / h - 2.0) <= ASPECT_TOLERANCE else image
+
+
+def predict_paths(model_path, input_path, out_dir, alpha: float = 0.5) -> dict:
+    """Predict every image under ``input_path``; returns {"written": [...], "skipped": [...]}."""
+    predict, size, palette = load_predictor(model_path)
+    input_path, out_dir = Path(input_path), Path(out_dir)
+    if input_path.is_dir():
+        files = sorted(p for p in input_path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+    elif input_path.exists():
+        files = [input_path]
+    else:
+        raise FileNotFoundError(f"{input_path}: no such file or folder")
+    out_dir.mkdir(parents=True, exist_ok=True)
+    written, skipped = [], []
+    for path in files:
+        try:
+            photo = photo_of(decode_image(path))
+        except PairError as exc:
+            skipped.append({"file": str(path), "reason": exc.reason})
+            continue
+        h, w = photo.shape[:2]
+        x = cv2.resize(photo, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)[None]
+        labels = np.asarray(predict(x))[0].argmax(-1).astype(np.uint8)
+        labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+        mask = palette.colourize(labels)
+        overlay = cv2.addWeighted(photo, 1 - alpha, mask, alpha, 0)
+        for suffix, img in (("mask", mask), ("overlay", overlay)):
+            target = out_dir / f"{path.stem}_{suffix}.png"
+            tmp = out_dir / f".{target.name}.tmp.png"
+            cv2.imwrite(str(tmp), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
+            os.replace(tmp, target)
+        written.append(str(path))
+    return {"written": written, "skipped": skipped}

@@ -1,0 +1,78 @@
+"""Evaluate, export and predict on a model trained on synthetic data (small, random init)."""
+import json
+import shutil
+
+import numpy as np
+import pytest
+from sklearn.metrics import confusion_matrix
+
+from seglib.evaluate import evaluate
+from seglib.export import TFLiteModel, export_run
+from seglib.predict import predict_paths
+from seglib.prepare import open_split, prepare
+from seglib.synthetic import generate
+from seglib.train import TrainConfig, load_model, train
+
+
+@pytest.fixture(scope="module")
+def trained(tmp_path_factory):
+    root = tmp_path_factory.mktemp("trained")
+    generate(root / "pairs", count=120, seed=2, size=128, progress=False)
+    prepare(root / "pairs", root / "prepared", size=64, progress=False)
+    train(TrainConfig(str(root / "prepared"), str(root / "run"), backbone="mobilenetv2", epochs=8, batch_size=8,
+                      encoder_weights=None, patience=8), verbose=0)
+    return root
+
+
+@pytest.mark.slow
+def test_metrics_match_an_independent_computation(trained):
+    metrics = evaluate(trained / "run", trained / "prepared", "test")
+    test = open_split(trained / "prepared", "test")
+    model = load_model(trained / "run")
+    pred = model.predict(np.asarray(test.images, np.float32), verbose=0).argmax(-1)
+    cm = confusion_matrix(np.asarray(test.labels).ravel(), pred.ravel(), labels=range(10))
+    assert (np.load(trained / "run" / "confusion.npy") == cm).all()
+    assert metrics["pixel_accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
+    saved = json.loads((trained / "run" / "metrics.json").read_text())
+    assert {"pixel_accuracy", "mean_accuracy", "mean_iou", "mean_dice", "per_class"} <= set(saved)
+    assert set(saved["per_class"]) == {"iou", "dice", "precision", "recall", "specificity", "pixel_share"}
+
+
+@pytest.mark.slow
+def test_tflite_export_parity_and_size(trained):
+    result = export_run(trained / "run", calibration_images=32, eval_images=16, latency_repeats=5)
+    formats = result["formats"]
+    assert formats["fp16"]["agreement"] >= 0.995
+    assert formats["int8"]["agreement"] >= 0.97
+    assert formats["int8"]["file_bytes"] <= 0.3 * formats["fp32"]["file_bytes"]
+    assert formats["fp32"]["agreement"] >= 0.999
+    for fmt in ("fp32", "fp16", "int8"):
+        assert (trained / "run" / f"model_{fmt}.tflite").stat().st_size == formats[fmt]["file_bytes"]
+        assert formats[fmt]["latency_ms"] > 0 and 0 <= formats[fmt]["mean_iou"] <= 1
+    assert json.loads((trained / "run" / "export.json").read_text())["formats"]["int8"]["agreement"] == \
+        formats["int8"]["agreement"]
+    lite = TFLiteModel(trained / "run" / "model_int8.tflite")
+    image = np.asarray(open_split(trained / "prepared", "test").images[0])
+    assert lite.predict(image[None]).shape == (1, 64, 64, 10)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("model_file", ["model.keras", "model_fp32.tflite"])
+def test_predict_folder_with_a_corrupt_file(trained, tmp_path, model_file):
+    if not (trained / "run" / model_file).exists():
+        export_run(trained / "run", formats=["fp32"], calibration_images=8, eval_images=4, latency_repeats=2)
+    folder = tmp_path / "in"
+    folder.mkdir()
+    for i, f in enumerate(sorted((trained / "pairs" / "val").glob("*.jpg"))[:2]):
+        shutil.copy(f, folder / f"pair{i}.jpg")
+    photo = np.asarray(open_split(trained / "prepared", "test").images[0])
+    import cv2
+
+    cv2.imwrite(str(folder / "photo.png"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))  # a plain photo, not a pair
+    (folder / "corrupt.jpg").write_bytes(b"\xff\xd8 broken")
+    result = predict_paths(trained / "run" / model_file, folder, tmp_path / "out")
+    assert len(result["written"]) == 3
+    assert [s["file"].rsplit("/", 1)[-1] for s in result["skipped"]] == ["corrupt.jpg"]
+    mask = cv2.imread(str(tmp_path / "out" / "pair0_mask.png"))
+    assert mask.shape == (128, 128, 3)  # the photo half of a 256x128 pair, at its own size
+    assert cv2.imread(str(tmp_path / "out" / "photo_overlay.png")).shape == (64, 64, 3)
