@@ -91,6 +91,17 @@ def _cmd_predict(args) -> int:
     return 0
 
 
+def _cmd_report(args) -> int:
+    from seglib.report import build_report
+
+    params = {"FORMATS": args.formats, "CALIBRATION_IMAGES": args.calibration_images}
+    if args.prepared_dir:
+        params["PREPARED_DIR"] = str(args.prepared_dir)
+    html = build_report(args.run_dir, args.out, **params)
+    print(f"report: {html}")
+    return 0
+
+
 def _cmd_purity(args) -> int:
     from seglib.quality import split_purity
 
@@ -164,6 +175,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("input")
     p.add_argument("out_dir")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("report", help="execute 03_evaluate_export for a run and render reports/<run>/report.html")
+    p.add_argument("run_dir")
+    p.add_argument("--out", default=None, help="folder for report.html (default reports/<run name>)")
+    p.add_argument("--prepared-dir", default=None)
+    p.add_argument("--formats", default="fp32,fp16,int8", help='TFLite formats to export ("" to skip)')
+    p.add_argument("--calibration-images", type=int, default=100)
+    p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("purity", help="label purity of a prepared split against the true ids/ beside the pairs")
     p.add_argument("prepared_dir")

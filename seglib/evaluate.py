@@ -35,3 +35,14 @@ def evaluate(run_dir: str | os.PathLike, prepared_dir: str | os.PathLike, split:
         np.save(f, confusion)
     os.replace(tmp, run_dir / "confusion.npy")
     return result
+
+
+def predict_split(model, prepared_dir: str | os.PathLike, split: str = "test", batch_size: int = 8):
+    """Yield ``(row_index, images, labels, predicted labels)`` batch by batch over a split."""
+    from seglib.data import make_dataset
+
+    start = 0
+    for images, labels in make_dataset(prepared_dir, split, batch_size):
+        pred = np.asarray(model(images, training=False)).argmax(-1).astype(np.uint8)
+        yield np.arange(start, start + len(pred)), np.asarray(images), np.asarray(labels), pred
+        start += len(pred)

@@ -1,6 +1,9 @@
 """Figures for the notebooks and HTML reports (matplotlib); each returns its Figure."""
 from __future__ import annotations
 
+import re
+from pathlib import Path
+
 import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Patch
@@ -104,3 +107,112 @@ def plot_training_curves(run_dir):
     fig.suptitle(info.get("stop_reason", ""), fontsize=9)
     fig.tight_layout()
     return fig
+
+
+def plot_predictions(images, truth, pred, palette: Palette, titles: list[str] | None = None):
+    """Rows of photo | true labels | prediction | error map (red where they differ)."""
+    n = len(images)
+    fig, axes = plt.subplots(n, 4, figsize=(12, 3 * n), squeeze=False)
+    for r in range(n):
+        error = np.zeros(truth[r].shape + (3,), np.uint8)
+        error[truth[r] != pred[r]] = (220, 30, 30)
+        accuracy = float((truth[r] == pred[r]).mean())
+        panels = [("photo", np.asarray(images[r]).astype(np.uint8)), ("truth", palette.colourize(truth[r])),
+                  ("prediction", palette.colourize(pred[r])), (f"errors ({100 * (1 - accuracy):.1f}%)", error)]
+        for c, (name, img) in enumerate(panels):
+            axes[r, c].imshow(img)
+            axes[r, c].set_axis_off()
+            axes[r, c].set_title(name if titles is None else f"{titles[r]}: {name}", fontsize=9)
+    fig.legend(handles=palette_legend(palette), loc="lower center", ncol=min(palette.k, 5), fontsize=8)
+    fig.tight_layout(rect=(0, 0.05, 1, 1))
+    return fig
+
+
+def plot_confusion(confusion, palette: Palette):
+    """Row-normalised confusion matrix (share of each true class predicted as each class)."""
+    confusion = np.asarray(confusion, np.float64)
+    rows = confusion.sum(1, keepdims=True)
+    normalised = np.divide(confusion, rows, out=np.zeros_like(confusion), where=rows > 0)
+    names = class_names(palette)
+    fig, ax = plt.subplots(figsize=(7.5, 6.5))
+    im = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    for t in range(len(names)):
+        for p in range(len(names)):
+            if normalised[t, p] >= 0.01:
+                ax.text(p, t, f"{normalised[t, p]:.2f}", ha="center", va="center", fontsize=7,
+                        color="white" if normalised[t, p] > 0.5 else "black")
+    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
+    ax.set_yticks(range(len(names)), names, fontsize=8)
+    ax.set_xlabel("predicted")
+    ax.set_ylabel("true")
+    ax.set_title("confusion matrix (rows normalised)")
+    fig.colorbar(im, ax=ax, fraction=0.046)
+    fig.tight_layout()
+    return fig
+
+
+def plot_class_iou(metrics: dict, palette: Palette):
+    """Per-class IoU bars in palette colours; absent classes (NaN) are marked."""
+    iou = np.array(metrics["per_class"]["iou"], np.float64)
+    names = class_names(palette)
+    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names)), 3.8))
+    ax.bar(range(len(names)), np.nan_to_num(iou), color=palette.colours / 255.0, edgecolor="k")
+    for i, v in enumerate(iou):
+        ax.text(i, (0 if np.isnan(v) else v) + 0.02, "absent" if np.isnan(v) else f"{v:.2f}", ha="center", fontsize=8)
+    ax.axhline(metrics["mean_iou"], color="grey", linestyle="--", label=f"mean IoU {metrics['mean_iou']:.3f}")
+    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
+    ax.set_ylim(0, 1.08)
+    ax.set_ylabel("IoU")
+    ax.legend()
+    fig.tight_layout()
+    return fig
+
+
+def image_ious(truth, pred, num_classes: int) -> np.ndarray:
+    """Mean IoU of each image over the classes present in its truth or prediction."""
+    from seglib.metrics import scores, update_confusion
+
+    return np.array([scores(update_confusion(np.zeros((num_classes, num_classes), np.int64), t, p))["mean_iou"]
+                     for t, p in zip(truth, pred)])
+
+
+NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+_EXTERNAL = re.compile(r"<script[^>]*\bsrc=[\"']https?://[^>]*>\s*</script>|<link[^>]*\bhref=[\"']https?://[^>]*>",
+                       re.IGNORECASE)
+
+
+def render_html(notebook_path, html_path) -> Path:
+    """An executed notebook -> one self-contained HTML file: inputs hidden, figures embedded as
+    data URIs, no script or stylesheet fetched from the network (opens offline), and no stderr
+    log streams."""
+    from pathlib import Path
+
+    import nbformat
+    from nbconvert import HTMLExporter
+
+    from seglib.fsutil import atomic_write_text
+
+    exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
+                            exclude_output_prompt=True, embed_images=True)
+    notebook = nbformat.read(str(notebook_path), as_version=4)
+    for cell in notebook.cells:  # library log lines (TensorFlow start-up) are not report content
+        if cell.get("outputs"):
+            cell.outputs = [o for o in cell.outputs if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+    body, _ = exporter.from_notebook_node(notebook)
+    body = _EXTERNAL.sub("", body)
+    atomic_write_text(html_path, body)
+    return Path(html_path)
+
+
+def build_report(run_dir, out_dir=None, **parameters) -> Path:
+    """Execute ``03_evaluate_export`` for a run with papermill and render it as
+    ``reports/<run>/report.html`` (the executed notebook is kept beside it)."""
+    import papermill as pm
+
+    run_dir = Path(run_dir).resolve()
+    out_dir = Path(out_dir) if out_dir else Path("reports") / run_dir.name
+    out_dir.mkdir(parents=True, exist_ok=True)
+    executed = out_dir / "03_evaluate_export.ipynb"
+    pm.execute_notebook(str(NOTEBOOKS / "03_evaluate_export.ipynb"), str(executed), kernel_name="python3",
+                        parameters={"RUN_DIR": str(run_dir), **parameters}, cwd=str(NOTEBOOKS), progress_bar=False)
+    return render_html(executed, out_dir / "report.html")

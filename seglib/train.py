@@ -178,6 +178,8 @@ def train(config: TrainConfig, verbose: int | str = "auto") -> Run:
 
     config_record = {
         **asdict(config),
+        "prepared_dir": str(Path(config.prepared_dir).resolve()),
+        "run_dir": str(run_dir.resolve()),
         "num_classes": palette.k,
         "input_size": size,
         "input": "RGB float in [0, 255]; the model's 'preprocess' layer applies the backbone's preprocessing",

@@ -36,3 +36,18 @@ def shared_sample() -> Path:
     if not (SHARED_SAMPLE / "train").is_dir():
         pytest.skip(f"real Cityscapes sample not present at {SHARED_SAMPLE}")
     return SHARED_SAMPLE
+
+
+@pytest.fixture(scope="session")
+def trained(tmp_path_factory) -> Path:
+    """A small model trained on synthetic data: ROOT/pairs, ROOT/prepared (64 px), ROOT/run."""
+    from seglib.prepare import prepare
+    from seglib.synthetic import generate
+    from seglib.train import TrainConfig, train
+
+    root = tmp_path_factory.mktemp("trained")
+    generate(root / "pairs", count=120, seed=2, size=128, progress=False)
+    prepare(root / "pairs", root / "prepared", size=64, progress=False)
+    train(TrainConfig(str(root / "prepared"), str(root / "run"), backbone="mobilenetv2", epochs=8, batch_size=8,
+                      encoder_weights=None, patience=8), verbose=0)
+    return root

@@ -9,19 +9,8 @@ from sklearn.metrics import confusion_matrix
 from seglib.evaluate import evaluate
 from seglib.export import TFLiteModel, export_run
 from seglib.predict import predict_paths
-from seglib.prepare import open_split, prepare
-from seglib.synthetic import generate
-from seglib.train import TrainConfig, load_model, train
-
-
-@pytest.fixture(scope="module")
-def trained(tmp_path_factory):
-    root = tmp_path_factory.mktemp("trained")
-    generate(root / "pairs", count=120, seed=2, size=128, progress=False)
-    prepare(root / "pairs", root / "prepared", size=64, progress=False)
-    train(TrainConfig(str(root / "prepared"), str(root / "run"), backbone="mobilenetv2", epochs=8, batch_size=8,
-                      encoder_weights=None, patience=8), verbose=0)
-    return root
+from seglib.prepare import open_split
+from seglib.train import load_model
 
 
 @pytest.mark.slow
