@@ -128,7 +128,11 @@ def make_loss(name: str, num_classes: int, weights=None):
 
 
 def _atomic_checkpoint(path: Path, monitor: str):
-    """Save the model when ``monitor`` improves: to a temp file, then renamed into place."""
+    """Save the model when ``monitor`` improves: to a temp file, then renamed into place.
+
+    The saved copy is uncompiled, so it holds no optimizer state (a third of the size with
+    Adam); resuming uses the separate BackupAndRestore checkpoint.
+    """
     import keras
 
     mode_max = "accuracy" in monitor or "iou" in monitor
@@ -146,7 +150,8 @@ def _atomic_checkpoint(path: Path, monitor: str):
             if (value > self.best) if mode_max else (value < self.best):
                 self.best, self.best_epoch = value, epoch + 1
                 tmp = path.with_name(f".{path.name}.tmp.keras")
-                self.model.save(tmp)
+                # the same layers in an uncompiled Model: saved without optimizer state
+                keras.Model(self.model.inputs, self.model.outputs, name=self.model.name).save(tmp)
                 os.replace(tmp, path)
 
     return AtomicCheckpoint()
