@@ -5,7 +5,6 @@ import shutil
 import subprocess
 
 import cv2
-import numpy as np
 import pytest
 
 from seglib.report import build_report
