@@ -83,7 +83,6 @@ def plot_training_curves(run_dir):
     """Loss, pixel accuracy and mean IoU per epoch (train and val) from a run's history.csv,
     with the best epoch (the weights kept in model.keras) marked."""
     import json
-    from pathlib import Path
 
     import pandas as pd
 
