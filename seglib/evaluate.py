@@ -1,21 +1,20 @@
 """Evaluate a run's best model on a prepared split: ``metrics.json`` and ``confusion.npy``."""
 from __future__ import annotations
 
+import io
 import os
-import tempfile
 from pathlib import Path
 
 import numpy as np
 
-from seglib.fsutil import atomic_write_json
+from seglib.fsutil import atomic_write_bytes, atomic_write_json
 from seglib.labels import Palette
-from seglib.metrics import confusion_from_model, scores
+from seglib.metrics import scores, update_confusion
 
 
 def evaluate(run_dir: str | os.PathLike, prepared_dir: str | os.PathLike, split: str = "test",
              batch_size: int = 8) -> dict:
     """Stream ``split`` through the run's best model; writes and returns the metrics."""
-    from seglib.data import make_dataset
     from seglib.train import load_model
 
     run_dir = Path(run_dir)
@@ -26,14 +25,15 @@ def evaluate(run_dir: str | os.PathLike, prepared_dir: str | os.PathLike, split:
     if data_palette.k != palette.k:
         raise ValueError(f"{prepared_dir} has K={data_palette.k} classes, the run has K={palette.k}")
     model = load_model(run_dir)
-    confusion = confusion_from_model(model, make_dataset(prepared_dir, split, batch_size), palette.k)
+    confusion = np.zeros((palette.k, palette.k), np.int64)
+    for _rows, _images, labels, pred in predict_split(model, prepared_dir, split, batch_size):
+        update_confusion(confusion, labels, pred)
     result = {"split": split, "prepared_dir": str(prepared_dir), "num_pixels": int(confusion.sum()),
               "class_names": palette.names, **scores(confusion)}
     atomic_write_json(run_dir / "metrics.json", result)
-    fd, tmp = tempfile.mkstemp(prefix=".confusion.", suffix=".npy", dir=run_dir)
-    with os.fdopen(fd, "wb") as f:
-        np.save(f, confusion)
-    os.replace(tmp, run_dir / "confusion.npy")
+    buffer = io.BytesIO()
+    np.save(buffer, confusion)
+    atomic_write_bytes(run_dir / "confusion.npy", buffer.getvalue())
     return result
 
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seglib.fsutil import atomic_write_json
+from seglib.fsutil import atomic_write_bytes, atomic_write_json
 from seglib.metrics import scores, update_confusion
 from seglib.prepare import open_split
 
@@ -121,10 +121,7 @@ def export_run(run_dir: str | os.PathLike, formats=FORMATS, calibration_images: 
         for fmt in formats:
             data = convert(saved, fmt, representative if fmt == "int8" else None)
             path = run_dir / f"model_{fmt}.tflite"
-            fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=run_dir)
-            with os.fdopen(fd, "wb") as f:
-                f.write(data)
-            os.replace(tmp, path)
+            atomic_write_bytes(path, data)
             lite = TFLiteModel(path, threads)
             pred = lite.predict(images).argmax(-1)
             cm = update_confusion(np.zeros((k, k), np.int64), truth, pred)

@@ -23,15 +23,6 @@ def update_confusion(confusion: np.ndarray, truth: np.ndarray, pred: np.ndarray)
     return confusion
 
 
-def confusion_from_model(model, dataset, num_classes: int) -> np.ndarray:
-    """Stream ``dataset`` of (images, labels) batches through ``model``; never holds all predictions."""
-    confusion = np.zeros((num_classes, num_classes), np.int64)
-    for images, labels in dataset:
-        probs = model(images, training=False)
-        update_confusion(confusion, np.asarray(labels), np.asarray(probs).argmax(-1))
-    return confusion
-
-
 def _safe_divide(num, den):
     num, den = np.asarray(num, np.float64), np.asarray(den, np.float64)
     out = np.full(num.shape, np.nan)

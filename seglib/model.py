@@ -78,6 +78,14 @@ def build_unet(backbone: str = "resnet34", num_classes: int = 10, input_size: in
     return keras.Model(inputs, outputs, name=f"unet_{backbone}")
 
 
+def load_keras_model(path: str | os.PathLike):
+    """A saved seglib model (.keras), uncompiled: for inference, export and evaluation."""
+    import keras
+
+    _sm()  # registers the segmentation-models layers the U-Net uses
+    return keras.models.load_model(path, compile=False)
+
+
 def detect_device() -> dict:
     """Which accelerator TensorFlow will use: Apple Metal GPU, CUDA GPU, or CPU."""
     import platform

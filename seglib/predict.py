@@ -13,6 +13,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from seglib.fsutil import atomic_write_bytes
 from seglib.labels import Palette
 from seglib.pairs import ASPECT_TOLERANCE, IMAGE_SUFFIXES, PairError, decode_image
 
@@ -32,12 +33,9 @@ def load_predictor(model_path: str | os.PathLike):
         lite = TFLiteModel(model_path)
         return lite.predict, lite.size, palette
     if model_path.suffix == ".keras":
-        import keras
+        from seglib.model import load_keras_model
 
-        os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
-        import segmentation_models  # noqa: F401
-
-        model = keras.models.load_model(model_path, compile=False)
+        model = load_keras_model(model_path)
         return (lambda x: model.predict(x, verbose=0)), int(model.input_shape[1]), palette
     raise ValueError(f"{model_path}: expected a .keras or .tflite file")
 
@@ -73,9 +71,7 @@ def predict_paths(model_path, input_path, out_dir, alpha: float = 0.5) -> dict:
         mask = palette.colourize(labels)
         overlay = cv2.addWeighted(photo, 1 - alpha, mask, alpha, 0)
         for suffix, img in (("mask", mask), ("overlay", overlay)):
-            target = out_dir / f"{path.stem}_{suffix}.png"
-            tmp = out_dir / f".{target.name}.tmp.png"
-            cv2.imwrite(str(tmp), cv2.cvtColor(img, cv2.COLOR_RGB2BGR))
-            os.replace(tmp, target)
+            png = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1].tobytes()
+            atomic_write_bytes(out_dir / f"{path.stem}_{suffix}.png", png)
         written.append(str(path))
     return {"written": written, "skipped": skipped}

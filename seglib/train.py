@@ -49,7 +49,7 @@ class TrainConfig:
 class Run:
     run_dir: Path
     config: TrainConfig
-    history: dict
+    history: list[dict]
     stop_reason: str
     epochs_run: int
     best_epoch: int
@@ -268,10 +268,7 @@ def _read_history(path: Path) -> list[dict]:
 
 
 def load_model(run_dir: str | os.PathLike):
-    """The best model of a run (no custom objects needed: compiled state is not restored)."""
-    import keras
+    """The best model of a run (uncompiled)."""
+    from seglib.model import load_keras_model
 
-    os.environ.setdefault("SM_FRAMEWORK", "tf.keras")
-    import segmentation_models  # noqa: F401  (registers the layers the U-Net uses)
-
-    return keras.models.load_model(Path(run_dir) / "model.keras", compile=False)
+    return load_keras_model(Path(run_dir) / "model.keras")
