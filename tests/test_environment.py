@@ -1,8 +1,8 @@
 """environment.yml (Apple Silicon) parses and agrees with pyproject.toml's dependencies."""
 import re
-import tomllib
 from pathlib import Path
 
+import tomllib
 import yaml
 from packaging.requirements import Requirement
 

@@ -1,5 +1,5 @@
-import numpy as np
 import cv2
+import numpy as np
 from sklearn.tree import DecisionTreeClassifier
 
 from seglib.cityscapes import NAME_TO_ID
