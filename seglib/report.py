@@ -175,7 +175,6 @@ def image_ious(truth, pred, num_classes: int) -> np.ndarray:
                      for t, p in zip(truth, pred)])
 
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
 _EXTERNAL = re.compile(r"<script[^>]*\bsrc=[\"']https?://[^>]*>\s*</script>|<link[^>]*\bhref=[\"']https?://[^>]*>",
                        re.IGNORECASE)
 
@@ -206,12 +205,10 @@ def render_html(notebook_path, html_path) -> Path:
 def build_report(run_dir, out_dir=None, **parameters) -> Path:
     """Execute ``03_evaluate_export`` for a run with papermill and render it as
     ``reports/<run>/report.html`` (the executed notebook is kept beside it)."""
-    import papermill as pm
+    from seglib import notebooks
 
     run_dir = Path(run_dir).resolve()
     out_dir = Path(out_dir) if out_dir else Path("reports") / run_dir.name
-    out_dir.mkdir(parents=True, exist_ok=True)
-    executed = out_dir / "03_evaluate_export.ipynb"
-    pm.execute_notebook(str(NOTEBOOKS / "03_evaluate_export.ipynb"), str(executed), kernel_name="python3",
-                        parameters={"RUN_DIR": str(run_dir), **parameters}, cwd=str(NOTEBOOKS), progress_bar=False)
+    executed = notebooks.execute(notebooks.EVALUATE, out_dir / f"{notebooks.EVALUATE}.ipynb",
+                                 {"RUN_DIR": str(run_dir), **parameters})
     return render_html(executed, out_dir / "report.html")

@@ -3,16 +3,14 @@ import json
 from pathlib import Path
 
 import nbformat
-import papermill as pm
 import pytest
 
-NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
+from seglib import notebooks
+from seglib.notebooks import NOTEBOOKS
 
 
 def run_notebook(name: str, out_dir: Path, **parameters) -> nbformat.NotebookNode:
-    output = out_dir / name
-    pm.execute_notebook(str(NOTEBOOKS / name), str(output), parameters=parameters, kernel_name="python3",
-                        cwd=str(NOTEBOOKS), progress_bar=False)
+    output = notebooks.execute(Path(name).stem, out_dir / name, parameters)
     return nbformat.read(output, as_version=4)
 
 
