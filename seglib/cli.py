@@ -60,11 +60,15 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from seglib.demo import run_demo
+    from seglib.batch import load_config, read_status
+    from seglib.demo import demo_config, run_demo
 
     weights = None if args.encoder_weights.lower() == "none" else args.encoder_weights
-    run_demo(args.out, args.data, encoder_weights=weights)
-    return 0
+    index = run_demo(args.out, args.data, encoder_weights=weights, resume=args.resume)
+    batch = load_config(demo_config(args.out, args.data, weights), args.out)
+    finished = sum(read_status(batch, r.name).get("status") == "finished" for r in batch.runs)
+    print(f"demo: {finished} of {len(batch.runs)} runs finished; open {index}")
+    return 0 if finished == len(batch.runs) else 1
 
 
 def _cmd_export(args) -> int:
@@ -100,6 +104,19 @@ def _cmd_report(args) -> int:
     html = build_report(args.run_dir, args.out, **params)
     print(f"report: {html}")
     return 0
+
+
+def _cmd_batch(args) -> int:
+    from seglib.batch import load_config, read_status, run_batch
+
+    only = [n for item in args.only for n in item.split(",") if n] if args.only else None
+    run_batch(args.config, args.root, only=only, resume=args.resume)
+    batch = load_config(args.config, args.root)
+    failed = [r.name for r in batch.runs if (not only or r.name in only)
+              and read_status(batch, r.name).get("status") != "finished"]
+    if failed:
+        print(f"failed runs: {', '.join(failed)} (see the index; --resume re-runs only these)", file=sys.stderr)
+    return 1 if failed else 0
 
 
 def _cmd_purity(args) -> int:
@@ -158,8 +175,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("demo", help="synthetic pairs -> prepare -> train -> evaluate (what `make demo` runs)")
-    p.add_argument("--out", default=".", help="folder that gets data/ and artifacts/")
+    p = sub.add_parser("demo", help="synthetic pairs -> a batch of two small runs -> reports/demo/index.html (make demo)")
+    p.add_argument("--out", default=".", help="folder that gets data/, artifacts/ and reports/")
+    p.add_argument("--resume", action="store_true", help="keep runs that finished in an earlier demo")
     p.add_argument("--data", default=None, help="pairs to use instead of generated synthetic ones")
     p.add_argument("--encoder-weights", default="none", help="none (offline) or imagenet")
     p.set_defaults(func=_cmd_demo)
@@ -183,6 +201,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--formats", default="fp32,fp16,int8", help='TFLite formats to export ("" to skip)')
     p.add_argument("--calibration-images", type=int, default=100)
     p.set_defaults(func=_cmd_report)
+
+    p = sub.add_parser("batch", help="run the notebooks for each run of a YAML batch config; reports/<batch>/index.html")
+    p.add_argument("config", help="YAML: name, parameters (shared), runs (each a name plus overrides)")
+    p.add_argument("--only", action="append", metavar="NAME", help="run only this run (repeat or comma-separate)")
+    p.add_argument("--resume", action="store_true", help="skip runs that finished; continue interrupted training")
+    p.add_argument("--root", default=".", help="folder that gets reports/, artifacts/ and data/prepared/")
+    p.set_defaults(func=_cmd_batch)
 
     p = sub.add_parser("purity", help="label purity of a prepared split against the true ids/ beside the pairs")
     p.add_argument("prepared_dir")

@@ -2,6 +2,8 @@
 from __future__ import annotations
 
 import os
+import shutil
+import subprocess
 from pathlib import Path
 
 import pytest
@@ -51,3 +53,42 @@ def trained(tmp_path_factory) -> Path:
     train(TrainConfig(str(root / "prepared"), str(root / "run"), backbone="mobilenetv2", epochs=8, batch_size=8,
                       encoder_weights=None, patience=8), verbose=0)
     return root
+
+
+CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+                  "--disable-background-networking", "--disable-component-update", "--disable-sync",
+                  "--hide-scrollbars", "--enable-logging=stderr", "--v=0"]
+
+
+@pytest.fixture(scope="session")
+def chromium():
+    """Debian's chromium, installed here if missing (needs root and the package mirror)."""
+    path = shutil.which("chromium")
+    if path is None and os.geteuid() == 0 and shutil.which("apt-get"):
+        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, timeout=600)
+        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], capture_output=True, env=env, timeout=900)
+        path = shutil.which("chromium")
+    if path is None:
+        pytest.skip("chromium is not installed and could not be installed here (needs root + apt)")
+    return path
+
+
+@pytest.fixture
+def open_in_chromium(chromium, tmp_path):
+    """Open a local HTML file in headless Chromium with the network closed; assert that the
+    screenshot is not blank and that no request failed. Returns the screenshot path."""
+    import cv2
+
+    def open_page(html_path: Path, height: int = 2400) -> Path:
+        shot = tmp_path / f"{html_path.stem}.png"
+        done = subprocess.run([chromium, *CHROMIUM_FLAGS, f"--user-data-dir={tmp_path / 'profile'}",
+                               f"--screenshot={shot}", f"--window-size=1280,{height}", html_path.resolve().as_uri()],
+                              capture_output=True, text=True, timeout=180)
+        assert shot.exists(), done.stderr[-2000:]
+        image = cv2.imread(str(shot))
+        assert image.std() > 10 and (image < 200).mean() > 0.01, f"{html_path}: blank screenshot"
+        assert "net::ERR_" not in done.stderr, f"{html_path}: a request failed"
+        return shot
+
+    return open_page

@@ -1,0 +1,440 @@
+"""Sweeps: run the notebooks with papermill for each named parameter set and compare the runs.
+
+A batch config (YAML) holds shared parameters and a list of named runs that override some of
+them; the names are the notebooks' UPPER_CASE parameters::
+
+    name: lr-sweep                 # -> reports/lr-sweep/, artifacts/lr-sweep/
+    parameters:                    # shared by every run
+      DATA_DIR: data/cityscapes_data
+      SIZE: 128
+      EPOCHS: 20
+    runs:
+      - name: resnet34
+      - name: resnet34-lr3e-4
+        LR: 3.0e-4
+      - name: mobilenetv2
+        BACKBONE: mobilenetv2
+
+Each run executes ``01_prepare_data`` (once per distinct data setting, then reused),
+``02_train`` and ``03_evaluate_export``. Executed notebooks and their HTML go to
+``reports/<batch>/<run>/``, the model to ``artifacts/<batch>/<run>/``, the prepared data to
+``data/prepared/<setting>/``. ``reports/<batch>/index.html`` compares the runs. A failing run is
+marked failed with its error and the others go on; ``resume=True`` skips finished runs (an
+interrupted training continues from its last finished epoch).
+"""
+from __future__ import annotations
+
+import base64
+import hashlib
+import html
+import io
+import json
+import os
+import re
+import shutil
+import time
+from dataclasses import dataclass, field
+from datetime import datetime, timezone
+from pathlib import Path
+
+from seglib import notebooks
+from seglib.fsutil import atomic_write_json, atomic_write_text
+
+SET_BY_BATCH = {"OUT_DIR", "PREPARED_DIR", "RUN_DIR"}  # paths the batch chooses for each run
+PATH_PARAMETERS = {"DATA_DIR"}  # relative paths in a config are relative to the current directory
+DISPLAY_ONLY = {"N_EXAMPLES"}  # do not make a data setting distinct
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class BatchError(ValueError):
+    """A batch config that cannot run (names the file and the problem)."""
+
+
+@dataclass
+class Run:
+    name: str
+    overrides: dict  # what this run sets itself
+    parameters: dict  # shared + overrides
+
+
+@dataclass
+class Batch:
+    name: str
+    runs: list[Run]
+    shared: dict
+    reports_dir: Path
+    artifacts_dir: Path
+    prepared_root: Path
+    source: str = "<dict>"
+    timings: dict = field(default_factory=dict)
+
+    @property
+    def report_dir(self) -> Path:
+        return self.reports_dir / self.name
+
+
+def load_config(config: str | os.PathLike | dict, root: str | os.PathLike = ".") -> Batch:
+    """Read and check a batch config (a YAML path or a dict) before anything runs.
+
+    ``root`` is where ``reports/``, ``artifacts/`` and ``data/prepared/`` go unless the config
+    names them; relative ``DATA_DIR`` values are taken relative to the current directory.
+    """
+    import yaml
+
+    if isinstance(config, dict):
+        source, raw = "<dict>", config
+    else:
+        source = str(config)
+        try:
+            raw = yaml.safe_load(Path(config).read_text())
+        except FileNotFoundError:
+            raise BatchError(f"{source}: batch config not found") from None
+        except yaml.YAMLError as e:
+            raise BatchError(f"{source}: not valid YAML: {e}") from None
+    if not isinstance(raw, dict):
+        raise BatchError(f"{source}: expected a mapping with 'parameters' and 'runs'")
+    unknown_keys = set(raw) - {"name", "parameters", "runs", "reports_dir", "artifacts_dir", "prepared_dir"}
+    if unknown_keys:
+        raise BatchError(f"{source}: unknown top-level keys {sorted(unknown_keys)} "
+                         "(expected name, parameters, runs, reports_dir, artifacts_dir, prepared_dir)")
+    name = str(raw.get("name") or (Path(source).stem if source != "<dict>" else "batch"))
+    if not _NAME.match(name):
+        raise BatchError(f"{source}: batch name {name!r} must be letters, digits, '.', '_' or '-'")
+
+    known = set().union(*(notebooks.parameters(nb) for nb in (notebooks.PREPARE, notebooks.TRAIN, notebooks.EVALUATE)))
+    shared = dict(raw.get("parameters") or {})
+    _check_keys(shared, known, f"{source}: parameters")
+    runs_raw = raw.get("runs")
+    if not isinstance(runs_raw, list) or not runs_raw:
+        raise BatchError(f"{source}: 'runs' must be a non-empty list of runs, each with a 'name'")
+    runs, seen = [], set()
+    for i, entry in enumerate(runs_raw):
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise BatchError(f"{source}: run #{i + 1} needs a 'name'")
+        run_name = str(entry["name"])
+        if not _NAME.match(run_name):
+            raise BatchError(f"{source}: run name {run_name!r} must be letters, digits, '.', '_' or '-'")
+        if run_name in seen:
+            raise BatchError(f"{source}: run name {run_name!r} appears twice")
+        seen.add(run_name)
+        overrides = {k: v for k, v in entry.items() if k != "name"}
+        _check_keys(overrides, known, f"{source}: run {run_name!r}")
+        parameters = {**shared, **overrides}
+        for key in PATH_PARAMETERS & parameters.keys():
+            parameters[key] = str(Path(parameters[key]).resolve())
+        if "DATA_DIR" in parameters and not Path(parameters["DATA_DIR"]).exists() and "SYNTH_COUNT" not in parameters:
+            raise BatchError(f"{source}: run {run_name!r}: DATA_DIR {parameters['DATA_DIR']} does not exist "
+                             "(set SYNTH_COUNT to generate synthetic pairs there instead)")
+        runs.append(Run(run_name, overrides, parameters))
+    root = Path(root)
+    return Batch(name, runs, shared,
+                 reports_dir=Path(raw.get("reports_dir") or root / "reports").resolve(),
+                 artifacts_dir=Path(raw.get("artifacts_dir") or root / "artifacts").resolve(),
+                 prepared_root=Path(raw.get("prepared_dir") or root / "data" / "prepared").resolve(),
+                 source=source)
+
+
+def _check_keys(values: dict, known: set, where: str) -> None:
+    reserved = SET_BY_BATCH & values.keys()
+    if reserved:
+        raise BatchError(f"{where}: {sorted(reserved)} are chosen by the batch for each run; remove them")
+    unknown = set(values) - known
+    if unknown:
+        raise BatchError(f"{where}: unknown parameters {sorted(unknown)}; the notebooks take {sorted(known - SET_BY_BATCH)}")
+
+
+def data_setting(run: Run) -> tuple[str, dict]:
+    """(folder name, parameters) of the prepared dataset a run needs: runs with the same data
+    parameters share one."""
+    defaults = notebooks.parameters(notebooks.PREPARE)
+    values = {k: run.parameters.get(k, v) for k, v in defaults.items() if k not in SET_BY_BATCH | DISPLAY_ONLY}
+    if "DATA_DIR" not in run.parameters:  # the notebook's default is relative to notebooks/
+        values["DATA_DIR"] = str((notebooks.NOTEBOOKS / values["DATA_DIR"]).resolve())
+    digest = hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    label = f"{Path(values['DATA_DIR']).name}-k{values.get('CLUSTERS')}-{values.get('SIZE')}px-{digest}"
+    return label, {k: v for k, v in run.parameters.items() if k in defaults or k == "N_EXAMPLES"} | values
+
+
+def run_batch(config: str | os.PathLike | dict, root: str | os.PathLike = ".", only: list[str] | None = None,
+              resume: bool = False, echo=print) -> Path:
+    """Run a batch (see the module docstring) and return the path of its ``index.html``."""
+    batch = load_config(config, root)
+    names = [r.name for r in batch.runs]
+    for name in only or []:
+        if name not in names:
+            raise BatchError(f"{batch.source}: --only {name!r} is not a run of this batch (runs: {names})")
+    selected = [r for r in batch.runs if not only or r.name in only]
+    batch.report_dir.mkdir(parents=True, exist_ok=True)
+    _save_config(batch)
+    prepared: dict[str, tuple] = {}  # data setting -> (prepared dir, _StepFailed or None)
+    for i, run in enumerate(selected, 1):
+        status = read_status(batch, run.name)
+        tag = f"[{i}/{len(selected)}] {run.name}"
+        if resume and status.get("status") == "finished":
+            echo(f"{tag}: finished earlier, skipped (--resume)")
+            continue
+        echo(f"{tag}: running ({_describe(run.overrides)})")
+        status = _run_one(batch, run, prepared, resume)
+        echo(f"{tag}: {_summary_line(batch, run.name, status)}")
+        write_index(batch)
+    index = write_index(batch)
+    echo(f"batch {batch.name}: {index}")
+    return index
+
+
+def _run_one(batch: Batch, run: Run, prepared: dict, resume: bool) -> dict:
+    out = batch.report_dir / run.name
+    run_dir = batch.artifacts_dir / batch.name / run.name
+    if not resume:  # a fresh batch run starts this run from scratch
+        shutil.rmtree(run_dir, ignore_errors=True)
+        shutil.rmtree(out, ignore_errors=True)
+    out.mkdir(parents=True, exist_ok=True)
+    status = {"run": run.name, "status": "running", "overrides": run.overrides, "parameters": run.parameters,
+              "run_dir": str(run_dir), "started": _now()}
+    atomic_write_json(out / "status.json", status)
+    started = time.perf_counter()
+    step = "prepare"
+    try:
+        data_dir, failure = _prepared_for(batch, run, prepared, resume)
+        status["prepared_dir"] = str(data_dir)
+        if failure:
+            raise failure
+        for step, params in ((notebooks.TRAIN, {"PREPARED_DIR": str(data_dir), "RUN_DIR": str(run_dir)}),
+                             (notebooks.EVALUATE, {"RUN_DIR": str(run_dir), "PREPARED_DIR": str(data_dir)})):
+            accepted = notebooks.parameters(step)
+            _execute(step, out, {**{k: v for k, v in run.parameters.items() if k in accepted}, **params})
+        status.update(status="finished")
+    except _StepFailed as e:
+        notebook = e.notebook.relative_to(batch.report_dir).as_posix() if e.notebook else None
+        status.update(status="failed", step=e.step, error=e.error, notebook=notebook)
+    except Exception as e:  # noqa: BLE001 - any failure marks this run failed; the others still run
+        status.update(status="failed", step=step, error=f"{type(e).__name__}: {e}")
+    status.update(finished=_now(), seconds=round(time.perf_counter() - started, 1))
+    atomic_write_json(out / "status.json", status)
+    return status
+
+
+class _StepFailed(Exception):
+    def __init__(self, step: str, error: str, notebook: Path | None):
+        super().__init__(error)
+        self.step, self.error, self.notebook = step, error, notebook
+
+
+def _execute(step: str, out: Path, parameters: dict) -> Path:
+    """Execute one notebook into ``out`` and render it; a failing cell becomes ``_StepFailed``
+    with the partly executed notebook rendered beside it."""
+    import papermill as pm
+
+    from seglib.report import render_html
+
+    executed = out / f"{step}.ipynb"
+    try:
+        notebooks.execute(step, executed, parameters)
+    except pm.PapermillExecutionError as e:
+        if executed.exists():
+            render_html(executed, executed.with_suffix(".html"))
+        raise _StepFailed(step, f"{e.ename}: {e.evalue}", executed if executed.exists() else None) from e
+    render_html(executed, executed.with_suffix(".html"))
+    return executed
+
+
+def _prepared_for(batch: Batch, run: Run, prepared: dict, resume: bool) -> tuple[Path, _StepFailed | None]:
+    """The prepared dataset of a run's data setting: prepared once per batch invocation (or
+    reused from an earlier one with ``resume``); a failure is remembered for the other runs."""
+    label, params = data_setting(run)
+    if label in prepared:
+        return prepared[label]
+    data_dir = batch.prepared_root / label
+    out = batch.report_dir / "_data" / label
+    if resume and (data_dir / "summary.json").exists() and (out / f"{notebooks.PREPARE}.html").exists():
+        prepared[label] = (data_dir, None)
+        return prepared[label]
+    try:
+        _execute(notebooks.PREPARE, out, {**params, "OUT_DIR": str(data_dir)})
+        prepared[label] = (data_dir, None)
+    except _StepFailed as e:
+        prepared[label] = (data_dir, e)
+    return prepared[label]
+
+
+def read_status(batch: Batch, run_name: str) -> dict:
+    path = batch.report_dir / run_name / "status.json"
+    return json.loads(path.read_text()) if path.exists() else {}
+
+
+def _save_config(batch: Batch) -> None:
+    import yaml
+
+    config = {"name": batch.name, "parameters": batch.shared,
+              "runs": [{"name": r.name, **r.overrides} for r in batch.runs]}
+    atomic_write_text(batch.report_dir / "batch.yaml", yaml.safe_dump(config, sort_keys=False))
+
+
+# ---------------------------------------------------------------------------------------------
+# The comparison page
+
+
+def run_results(batch: Batch) -> list[dict]:
+    """One record per run of the batch: status, parameters and what its files say."""
+    rows = []
+    for run in batch.runs:
+        status = read_status(batch, run.name)
+        run_dir = Path(status.get("run_dir", batch.artifacts_dir / batch.name / run.name))
+        record = {"run": run.name, "status": status.get("status", "not run"), "error": status.get("error"),
+                  "step": status.get("step"), "notebook": status.get("notebook"), "parameters": run.parameters,
+                  "run_dir": run_dir}
+        for file, key in (("metrics.json", "metrics"), ("run.json", "training"), ("export.json", "export")):
+            path = run_dir / file
+            record[key] = json.loads(path.read_text()) if path.exists() and status else {}
+        record["history"] = run_dir / "history.csv"
+        rows.append(record)
+    return rows
+
+
+def results_table(batch: Batch, rows: list[dict] | None = None):
+    """The index table as a DataFrame (plain values; links are added by :func:`write_index`)."""
+    import pandas as pd
+
+    rows = run_results(batch) if rows is None else rows
+    keys = sorted({k for r in rows for k in r["parameters"]})
+    differing = [k for k in keys if len({json.dumps(r["parameters"].get(k), default=str) for r in rows}) > 1]
+    records = []
+    for r in rows:
+        int8 = r["export"].get("formats", {}).get("int8", {})
+        records.append({
+            "run": r["run"],
+            **{k: r["parameters"].get(k) for k in differing},
+            "pixel acc": r["metrics"].get("pixel_accuracy"),
+            "mean IoU": r["metrics"].get("mean_iou"),
+            "mean Dice": r["metrics"].get("mean_dice"),
+            "epochs": r["training"].get("epochs_run"),
+            "stop reason": r["training"].get("stop_reason"),
+            "train time s": r["training"].get("seconds_total"),
+            "int8 MB": int8["file_bytes"] / 1e6 if int8 else None,
+            "int8 ms": int8.get("latency_ms"),
+            "status": r["status"],
+        })
+    return pd.DataFrame.from_records(records)
+
+
+def plot_validation_curves(rows: list[dict]):
+    """Validation loss and mean IoU per epoch, one line per run."""
+    import matplotlib.pyplot as plt
+    import pandas as pd
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    drawn = 0
+    for r in rows:
+        if not r["history"].exists():
+            continue
+        history = pd.read_csv(r["history"])
+        if history.empty:
+            continue
+        epochs = history["epoch"] + 1 if "epoch" in history else range(1, len(history) + 1)
+        for ax, column in zip(axes, ("val_loss", "val_mean_iou")):
+            if column in history:
+                ax.plot(epochs, history[column], marker="o", label=r["run"])
+        drawn += 1
+    from matplotlib.ticker import MaxNLocator
+
+    for ax, title in zip(axes, ("validation loss", "validation mean IoU")):
+        ax.set_title(title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if drawn:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
+def write_index(batch: Batch) -> Path:
+    """``reports/<batch>/index.html``: the comparison table, the validation curves and links;
+    self-contained (the figure is embedded), so it opens offline."""
+    import matplotlib.pyplot as plt
+
+    rows = run_results(batch)
+    table = results_table(batch, rows)
+    links, notes = [], []
+    for r in rows:
+        base = f"{html.escape(r['run'])}/"
+        parts = []
+        if (batch.report_dir / r["run"] / f"{notebooks.EVALUATE}.html").exists() and r["status"] == "finished":
+            parts.append(f'<a href="{base}{notebooks.EVALUATE}.html">report</a>')
+        if (batch.report_dir / r["run"] / f"{notebooks.TRAIN}.html").exists() and r["step"] != notebooks.TRAIN:
+            parts.append(f'<a href="{base}{notebooks.TRAIN}.html">training</a>')
+        if r["status"] == "failed" and r["notebook"]:
+            nb = html.escape(r["notebook"])
+            parts.append(f'<a href="{nb[:-len(".ipynb")]}.html">failed notebook</a> (<a href="{nb}">.ipynb</a>)')
+        links.append(" · ".join(parts))
+        if r["status"] == "failed":
+            notes.append(f"<li><b>{html.escape(r['run'])}</b> failed in {html.escape(str(r['step']))}: "
+                         f"<code>{html.escape(str(r['error']))}</code></li>")
+    table["links"] = links
+    table["status"] = [f'<span class="{html.escape(s.replace(" ", "-"))}">{html.escape(s)}</span>' for s in table["status"]]
+    table["run"] = [html.escape(str(v)) for v in table["run"]]
+    table_html = table.to_html(index=False, escape=False, na_rep="–", float_format=lambda v: f"{v:.4g}",
+                               classes="runs", border=0)
+    fig = plot_validation_curves(rows)
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=110)
+    plt.close(fig)
+    curves = base64.b64encode(buffer.getvalue()).decode()
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "running", "not run")}
+    data_links = "".join(
+        f'<li><a href="_data/{html.escape(p.name)}/{notebooks.PREPARE}.html">{html.escape(p.name)}</a></li>'
+        for p in sorted((batch.report_dir / "_data").glob("*")) if (p / f"{notebooks.PREPARE}.html").exists())
+    page = _INDEX.format(
+        name=html.escape(batch.name), updated=_now(), table=table_html, curves=curves,
+        counts=", ".join(f"{n} {s}" for s, n in counts.items() if n),
+        failures=f"<h2>Failures</h2><ul>{''.join(notes)}</ul>" if notes else "",
+        data=f"<h2>Prepared data</h2><ul>{data_links}</ul>" if data_links else "",
+        shared=html.escape(json.dumps(batch.shared, indent=1, default=str)))
+    atomic_write_text(batch.report_dir / "index.html", page)
+    return batch.report_dir / "index.html"
+
+
+def _summary_line(batch: Batch, run_name: str, status: dict) -> str:
+    took = f"{status.get('seconds', 0):.0f} s"
+    if status["status"] != "finished":
+        return f"FAILED in {status.get('step')} after {took}: {status.get('error')}"
+    metrics_path = Path(status["run_dir"]) / "metrics.json"
+    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    return (f"finished in {took}: pixel accuracy {metrics.get('pixel_accuracy', float('nan')):.4f}, "
+            f"mean IoU {metrics.get('mean_iou', float('nan')):.4f} -> {batch.report_dir / run_name}")
+
+
+def _describe(overrides: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "shared parameters"
+
+
+def _now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")
+
+
+_INDEX = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>seglib batch {name}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
+table.runs {{ border-collapse: collapse; font-size: 14px; }}
+table.runs th, table.runs td {{ padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: right; }}
+table.runs th {{ background: #f3f3f3; }}
+table.runs td:first-child, table.runs th:first-child {{ text-align: left; font-weight: 600; }}
+.finished {{ color: #11772d; font-weight: 600; }} .failed {{ color: #b00020; font-weight: 600; }}
+.running, .not-run {{ color: #8a6d00; }}
+code {{ background: #f6f6f6; padding: 1px 4px; }} pre {{ background: #f6f6f6; padding: 8px; }}
+img {{ max-width: 100%; }}
+</style></head>
+<body>
+<h1>Batch <code>{name}</code></h1>
+<p>{counts} · updated {updated}. Metrics on the test split; int8 latency measured with ai-edge-litert on the
+machine that ran the batch.</p>
+{table}
+{failures}
+<h2>Validation curves</h2>
+<img alt="validation loss and mean IoU per epoch for each run" src="data:image/png;base64,{curves}">
+{data}
+<h2>Shared parameters</h2>
+<pre>{shared}</pre>
+</body></html>
+"""
