@@ -1,40 +1,36 @@
-"""The one-command demo: synthetic (or given) pairs -> prepared dataset -> trained U-Net ->
-test metrics -> TFLite exports and ``reports/demo/report.html``. ``make demo`` runs it; the
-test suite runs the same training defaults."""
+"""The one-command demo (``make demo``): synthetic (or given) pairs -> a batch of two small CPU
+runs, ResNet-34 and the lighter MobileNetV2, through the three notebooks ->
+``reports/demo/index.html`` comparing them, with each run's report beside it."""
 from __future__ import annotations
 
 import os
 from pathlib import Path
 
-DEMO = {"count": 240, "size": 128, "backbone": "resnet34", "epochs": 6, "batch_size": 8, "lr": 1e-3}
+# Shared by both runs: small enough for 2 CPU cores, large enough to learn the synthetic scenes.
+DEMO = {"SYNTH_COUNT": 240, "SEED": 0, "SIZE": 128, "EPOCHS": 6, "BATCH_SIZE": 8, "LR": 1e-3,
+        "CALIBRATION_IMAGES": 50}
+DEMO_RUNS = [{"name": "resnet34", "BACKBONE": "resnet34"},
+             {"name": "mobilenetv2", "BACKBONE": "mobilenetv2"}]
+
+
+def demo_config(out: str | os.PathLike = ".", data_dir: str | os.PathLike | None = None,
+                encoder_weights: str | None = None) -> dict:
+    """The demo as a batch config. Without ``data_dir``, ``01_prepare_data`` generates synthetic
+    pairs in ``out/data/synthetic`` (offline, so encoders start from random weights unless
+    ``encoder_weights="imagenet"``)."""
+    if data_dir is not None and not Path(data_dir).is_dir():
+        raise FileNotFoundError(f"{data_dir}: no such data folder (expected train/ and val/ or a folder of pairs)")
+    parameters = dict(DEMO, ENCODER_WEIGHTS=encoder_weights,
+                      DATA_DIR=str(Path(data_dir if data_dir is not None else Path(out) / "data" / "synthetic")))
+    if data_dir is not None:
+        del parameters["SYNTH_COUNT"]
+    return {"name": "demo", "parameters": parameters, "runs": [dict(r) for r in DEMO_RUNS]}
 
 
 def run_demo(out: str | os.PathLike = ".", data_dir: str | os.PathLike | None = None,
-             encoder_weights: str | None = None, progress: bool = True, verbose: int | str = 2,
-             report: bool = True) -> dict:
-    """Run the demo under ``out`` (``data/``, ``artifacts/``); returns the test metrics.
+             encoder_weights: str | None = None, resume: bool = False) -> Path:
+    """Run the demo batch under ``out`` (``data/``, ``artifacts/demo/``, ``reports/demo/``);
+    returns the path of ``reports/demo/index.html``."""
+    from seglib.batch import run_batch
 
-    Without ``data_dir``, synthetic pairs are generated (offline, so the encoder starts from
-    random weights unless ``encoder_weights="imagenet"`` is given).
-    """
-    from seglib.evaluate import evaluate
-    from seglib.prepare import prepare
-    from seglib.report import build_report
-    from seglib.synthetic import generate
-    from seglib.train import TrainConfig, train
-
-    out = Path(out)
-    if data_dir is None:
-        data_dir = out / "data" / "synthetic"
-        generate(data_dir, count=DEMO["count"], seed=0, progress=progress)
-    prepared = out / "data" / "prepared-demo"
-    prepare(data_dir, prepared, size=DEMO["size"], seed=0, skip_bad=True, progress=progress)
-    run_dir = out / "artifacts" / "runs" / "demo"
-    train(TrainConfig(str(prepared), str(run_dir), backbone=DEMO["backbone"], epochs=DEMO["epochs"],
-                      batch_size=DEMO["batch_size"], lr=DEMO["lr"], encoder_weights=encoder_weights), verbose=verbose)
-    metrics = evaluate(run_dir, prepared, "test")
-    print(f"demo: {run_dir} test pixel accuracy {metrics['pixel_accuracy']:.4f}, mean IoU {metrics['mean_iou']:.4f}")
-    if report:
-        html = build_report(run_dir, out / "reports" / "demo", CALIBRATION_IMAGES=50)
-        print(f"demo report: {html}")
-    return metrics
+    return run_batch(demo_config(out, data_dir, encoder_weights), out, resume=resume)

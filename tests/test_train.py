@@ -128,14 +128,21 @@ def test_nan_loss_stops_cleanly_and_keeps_the_best_model(small_prepared, tmp_pat
 
 @pytest.mark.slow
 def test_default_demo_reaches_90_percent_pixel_accuracy(tmp_path):
-    """The demo's defaults (CPU, 128 px, 6 epochs, random encoder) on its synthetic data."""
-    from seglib.demo import run_demo
+    """The demo's first run (ResNet-34, CPU, 128 px, 6 epochs, random encoder) on its synthetic data."""
+    from seglib.demo import DEMO, DEMO_RUNS
+    from seglib.evaluate import evaluate
+    from seglib.synthetic import generate
 
-    metrics = run_demo(tmp_path, progress=False, verbose=0, report=False)  # the report has its own tests
+    generate(tmp_path / "pairs", count=DEMO["SYNTH_COUNT"], seed=DEMO["SEED"], progress=False)
+    prepare(tmp_path / "pairs", tmp_path / "prepared", size=DEMO["SIZE"], seed=DEMO["SEED"], progress=False)
+    run_dir = tmp_path / "run"
+    train(TrainConfig(str(tmp_path / "prepared"), str(run_dir), backbone=DEMO_RUNS[0]["BACKBONE"], epochs=DEMO["EPOCHS"],
+                      batch_size=DEMO["BATCH_SIZE"], lr=DEMO["LR"], encoder_weights=None), verbose=0)
+    metrics = evaluate(run_dir, tmp_path / "prepared", "test")
     assert metrics["pixel_accuracy"] >= 0.90
-    saved = json.loads((tmp_path / "artifacts" / "runs" / "demo" / "metrics.json").read_text())
+    saved = json.loads((run_dir / "metrics.json").read_text())
     assert saved["pixel_accuracy"] == metrics["pixel_accuracy"] and len(saved["per_class"]["iou"]) == 10
-    assert np.load(tmp_path / "artifacts" / "runs" / "demo" / "confusion.npy").sum() == saved["num_pixels"]
+    assert np.load(run_dir / "confusion.npy").sum() == saved["num_pixels"]
 
 
 @pytest.mark.parametrize("name", ["ce", "weighted_ce", "dice", "ce_dice"])
