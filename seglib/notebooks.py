@@ -70,10 +70,9 @@ def kernel_name() -> str:
 
 
 def _same_file(a: str, b: str) -> bool:
-    try:
-        return os.path.samefile(a, b)
-    except OSError:
-        return False
+    """Same interpreter path, symlinks *not* followed: a venv's ``bin/python`` links to the base
+    Python, which is another environment."""
+    return os.path.abspath(a) == os.path.abspath(b)
 
 
 def execute(name: str, output: str | os.PathLike, parameters: dict, log_output: bool = False) -> Path:
