@@ -6,12 +6,15 @@ DATA_DIR defaults to the shared real sample when present, else synthetic pairs g
 temp folder. Measures (median of interleaved rounds):
   decode-only  read + decode + split every pair (same threaded reader as prepare, no output)
   prepare      the whole `seglib prepare` (decode, write, fit K-Means, label, summary)
-  labels       masks/s of Palette.assign (lookup table + edge resolution, and table only)
-               against a per-mask sklearn KMeans.predict with the same centroids
+  labels       masks/s of Palette.assign (lookup table + edge resolution, and table only), one
+               mask at a time on one thread and in chunks on every core (assign_chunks, as
+               prepare labels), against a per-mask sklearn KMeans.predict with the same
+               centroids (which itself runs on every core through OpenMP)
 """
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import sys
 import tempfile
@@ -22,6 +25,7 @@ import numpy as np
 from sklearn.cluster import KMeans
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+from seglib.labels import assign_chunks  # noqa: E402
 from seglib.pairs import iter_pairs  # noqa: E402
 from seglib.prepare import load_palette, open_split, prepare, split_files  # noqa: E402
 from seglib.synthetic import generate  # noqa: E402
@@ -76,6 +80,12 @@ def main() -> None:
         for m in masks:
             palette.assign(m)
 
+    stacked = np.stack(masks)
+
+    def ours_threads():
+        for _block in assign_chunks(palette, stacked):
+            pass
+
     def table_only():
         for m in masks:
             palette.assign(m, resolve=False)
@@ -84,14 +94,17 @@ def main() -> None:
         for m in masks:
             kmeans.predict(m.reshape(-1, 3).astype(np.float64))
 
-    t_ours, t_table, t_base = [], [], []
+    t_ours, t_threads, t_table, t_base = [], [], [], []
     for _ in range(args.rounds):
         t_base.append(timed(baseline))
         t_ours.append(timed(ours))
+        t_threads.append(timed(ours_threads))
         t_table.append(timed(table_only))
     rate = lambda ts: len(masks) / statistics.median(ts)  # noqa: E731
     print(f"labels: KMeans.predict per mask {rate(t_base):8.1f} masks/s")
-    print(f"labels: Palette.assign          {rate(t_ours):8.1f} masks/s  ({rate(t_ours) / rate(t_base):.1f}x)")
+    print(f"labels: Palette.assign          {rate(t_ours):8.1f} masks/s  ({rate(t_ours) / rate(t_base):.1f}x)  one thread")
+    print(f"labels: assign_chunks           {rate(t_threads):8.1f} masks/s  ({rate(t_threads) / rate(t_base):.1f}x)"
+          f"  {os.cpu_count()} threads, as prepare")
     print(f"labels: lookup table only       {rate(t_table):8.1f} masks/s  ({rate(t_table) / rate(t_base):.1f}x)")
 
 

@@ -212,16 +212,16 @@ def _label_image(mask, lut, far, centres, resolve, out):  # pragma: no cover - c
             c1 = r * _YCC_WEIGHTED[0, 1] + g * _YCC_WEIGHTED[1, 1] + b * _YCC_WEIGHTED[2, 1]
             c2 = r * _YCC_WEIGHTED[0, 2] + g * _YCC_WEIGHTED[1, 2] + b * _YCC_WEIGHTED[2, 2]
             own = row_out[x]
-            first, second, d_first, d_second, own_dist = 0, 0, big, big, big
-            for c in range(k):
+            own_dist = (c0 - centres[own, 0]) ** 2 + (c1 - centres[own, 1]) ** 2 + (c2 - centres[own, 2]) ** 2
+            first, second, d_first, d_second = 0, 0, big, big
+            for c in range(k):  # distances to candidate classes only
+                if not (support >> c) & 1:
+                    continue
                 d = (c0 - centres[c, 0]) ** 2 + (c1 - centres[c, 1]) ** 2 + (c2 - centres[c, 2]) ** 2
-                if c == own:
-                    own_dist = d
-                if (support >> c) & 1:
-                    if d < d_first:
-                        second, d_second, first, d_first = first, d_first, c, d
-                    elif d < d_second:
-                        second, d_second = c, d
+                if d < d_first:
+                    second, d_second, first, d_first = first, d_first, c, d
+                elif d < d_second:
+                    second, d_second = c, d
             s0 = centres[second, 0] - centres[first, 0]
             s1 = centres[second, 1] - centres[first, 1]
             s2 = centres[second, 2] - centres[first, 2]
@@ -232,6 +232,16 @@ def _label_image(mask, lut, far, centres, resolve, out):  # pragma: no cover - c
                         + (c2 - centres[first, 2] - t * s2) ** 2)
             if residual < own_dist:
                 row_out[x] = first if t < 0.5 else second
+
+
+def assign_chunks(palette: Palette, masks: np.ndarray, workers: int = 0, resolve: bool = True,
+                  chunk: int = 16):
+    """Label ``masks`` (N, H, W, 3) in chunks on ``workers`` threads (0: one per core; the
+    compiled kernel releases the GIL); yields the (n, H, W) label chunks in order."""
+    from concurrent.futures import ThreadPoolExecutor
+
+    with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
+        yield from pool.map(lambda i: palette.assign(masks[i : i + chunk], resolve), range(0, len(masks), chunk))
 
 
 def resolve_edges(mask: np.ndarray, palette: "Palette") -> np.ndarray:

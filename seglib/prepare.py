@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 import time
-from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -24,7 +23,7 @@ from tqdm import tqdm
 from seglib import __version__
 from seglib.cityscapes import nearest_label_names
 from seglib.fsutil import atomic_write_json, atomic_write_text, staged_dir
-from seglib.labels import Palette, fit_palette, sample_pixels
+from seglib.labels import Palette, assign_chunks, fit_palette, sample_pixels
 from seglib.pairs import PairError, iter_pairs, scan_folder
 
 SPLITS = ("train", "val", "test")
@@ -185,9 +184,8 @@ def _label_masks(palette: Palette, masks: np.ndarray, folder: Path, workers: int
     """Write ``labels.npy`` for masks kept in memory, labelling chunks in parallel threads."""
     writer = _NpyWriter(folder / "labels.npy", masks.shape[1:3], np.uint8, len(masks))
     try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for block in pool.map(lambda i: palette.assign(masks[i : i + chunk], resolve), range(0, len(masks), chunk)):
-                writer.append(block)
+        for block in assign_chunks(palette, masks, workers, resolve, chunk):
+            writer.append(block)
     finally:
         writer.close()
 
