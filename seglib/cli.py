@@ -4,6 +4,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+from pathlib import Path
 
 from seglib.pairs import PairError
 
@@ -119,6 +120,22 @@ def _cmd_batch(args) -> int:
     return 1 if failed else 0
 
 
+def _cmd_colab_badges(args) -> int:
+    import subprocess
+
+    from seglib.colab import write_badges
+
+    url = args.repo
+    if not url:
+        found = subprocess.run(["git", "remote", "get-url", "origin"], capture_output=True, text=True,
+                               cwd=Path(args.readme).resolve().parent)
+        if found.returncode != 0:
+            raise ValueError("no git remote 'origin' here: pass --repo https://github.com/OWNER/NAME")
+        url = found.stdout.strip()
+    print(write_badges(args.readme, url, args.branch))
+    return 0
+
+
 def _cmd_purity(args) -> int:
     from seglib.quality import split_purity
 
@@ -208,6 +225,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="skip runs that finished; continue interrupted training")
     p.add_argument("--root", default=".", help="folder that gets reports/, artifacts/ and data/prepared/")
     p.set_defaults(func=_cmd_batch)
+
+    p = sub.add_parser("colab-badges", help="fill the README's Open-in-Colab badges from the GitHub remote")
+    p.add_argument("--repo", default=None, help="GitHub URL (default: git remote origin)")
+    p.add_argument("--branch", default="main")
+    p.add_argument("--readme", default="README.md")
+    p.set_defaults(func=_cmd_colab_badges)
 
     p = sub.add_parser("purity", help="label purity of a prepared split against the true ids/ beside the pairs")
     p.add_argument("prepared_dir")

@@ -40,3 +40,44 @@ if "google.colab" in sys.modules:
     os.chdir(os.path.join(DRIVE_ROOT, "notebooks"))
     print("Colab: working in", os.getcwd())
 '''
+
+
+BADGES_START, BADGES_END = "<!-- colab-badges -->", "<!-- /colab-badges -->"
+_BADGE = "https://colab.research.google.com/assets/colab-badge.svg"
+
+
+def github_path(repo_url: str) -> str:
+    """``owner/name`` of a GitHub remote (https or ssh form)."""
+    import re
+
+    found = re.match(r"^(?:https?://(?:www\.)?github\.com/|git@github\.com:|ssh://git@github\.com/)"
+                     r"([\w.-]+)/([\w.-]+?)(?:\.git)?/?$", repo_url.strip())
+    if not found:
+        raise ValueError(f"{repo_url}: not a GitHub repository URL (Colab opens notebooks from GitHub)")
+    return f"{found.group(1)}/{found.group(2)}"
+
+
+def badges_markdown(repo_url: str, branch: str = "main", notebooks=None) -> str:
+    """An "Open in Colab" badge line per notebook, for the README."""
+    from seglib.notebooks import NOTEBOOKS
+
+    path = github_path(repo_url)
+    names = notebooks or sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
+    return "\n".join(f"- [![Open In Colab]({_BADGE})](https://colab.research.google.com/github/{path}/blob/"
+                     f"{branch}/notebooks/{name}) `{name}`" for name in names)
+
+
+def write_badges(readme, repo_url: str, branch: str = "main") -> str:
+    """Replace the README's badge block (between the two markers) with badges for ``repo_url``."""
+    from pathlib import Path
+
+    from seglib.fsutil import atomic_write_text
+
+    text = Path(readme).read_text()
+    if BADGES_START not in text or BADGES_END not in text:
+        raise ValueError(f"{readme}: no {BADGES_START} ... {BADGES_END} block to fill")
+    head, rest = text.split(BADGES_START, 1)
+    _, tail = rest.split(BADGES_END, 1)
+    block = badges_markdown(repo_url, branch)
+    atomic_write_text(readme, f"{head}{BADGES_START}\n{block}\n{BADGES_END}{tail}")
+    return block

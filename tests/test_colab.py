@@ -93,3 +93,30 @@ def test_elsewhere_the_cell_does_nothing(monkeypatch, tmp_path):
     namespace = run_cell(tmp_path / "nowhere")
     assert Path.cwd() == tmp_path and not (tmp_path / "nowhere").exists()
     assert "drive" not in namespace
+
+
+def test_colab_badges_for_a_github_remote_fill_the_readme_block(tmp_path):
+    from seglib.cli import main
+    from seglib.colab import BADGES_END, BADGES_START, badges_markdown, github_path
+
+    assert github_path("git@github.com:someone/seglib.git") == "someone/seglib"
+    assert github_path("https://github.com/someone/seglib") == "someone/seglib"
+    with pytest.raises(ValueError, match="not a GitHub repository URL"):
+        github_path("https://example.org/seglib.git")
+    lines = badges_markdown("https://github.com/someone/seglib.git").splitlines()
+    assert [line.split("`")[1] for line in lines] == sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
+    assert all("(https://colab.research.google.com/github/someone/seglib/blob/main/notebooks/" in line for line in lines)
+    readme = tmp_path / "README.md"
+    readme.write_text(f"# x\n{BADGES_START}\nplaceholder\n{BADGES_END}\nrest\n")
+    for _ in range(2):  # idempotent
+        assert main(["colab-badges", "--repo", "https://github.com/someone/seglib", "--readme", str(readme)]) == 0
+    text = readme.read_text()
+    assert "placeholder" not in text and text.count("colab-badge.svg") == 3 and text.endswith("rest\n")
+    assert main(["colab-badges", "--readme", str(readme)]) == 2  # no git remote here: a clear error
+
+
+def test_the_readme_has_the_badge_block():
+    from seglib.colab import BADGES_END, BADGES_START
+
+    text = (NOTEBOOKS.parent / "README.md").read_text()
+    assert text.index(BADGES_START) < text.index(BADGES_END)
