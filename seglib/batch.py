@@ -189,6 +189,7 @@ def _run_one(batch: Batch, run: Run, prepared: dict, resume: bool) -> dict:
         shutil.rmtree(run_dir, ignore_errors=True)
         shutil.rmtree(out, ignore_errors=True)
     out.mkdir(parents=True, exist_ok=True)
+    before = read_status(batch, run.name) if resume else {}
     status = {"run": run.name, "status": "running", "overrides": run.overrides, "parameters": run.parameters,
               "run_dir": str(run_dir), "started": _now()}
     atomic_write_json(out / "status.json", status)
@@ -202,7 +203,13 @@ def _run_one(batch: Batch, run: Run, prepared: dict, resume: bool) -> dict:
         for step, params in ((notebooks.TRAIN, {"PREPARED_DIR": str(data_dir), "RUN_DIR": str(run_dir)}),
                              (notebooks.EVALUATE, {"RUN_DIR": str(run_dir), "PREPARED_DIR": str(data_dir)})):
             accepted = notebooks.parameters(step)
-            _execute(step, out, {**{k: v for k, v in run.parameters.items() if k in accepted}, **params})
+            values = {**{k: v for k, v in run.parameters.items() if k in accepted}, **params}
+            if step == notebooks.TRAIN:
+                status["train_parameters"] = values
+                if _training_finished(before, values, run_dir, out):
+                    status["train_reused"] = True  # resumed after a later step failed: keep the model
+                    continue
+            _execute(step, out, values)
         status.update(status="finished")
     except _StepFailed as e:
         notebook = e.notebook.relative_to(batch.report_dir).as_posix() if e.notebook else None
@@ -212,6 +219,13 @@ def _run_one(batch: Batch, run: Run, prepared: dict, resume: bool) -> dict:
     status.update(finished=_now(), seconds=round(time.perf_counter() - started, 1))
     atomic_write_json(out / "status.json", status)
     return status
+
+
+def _training_finished(before: dict, values: dict, run_dir: Path, out: Path) -> bool:
+    """On resume: did this run's training already finish, with the same training parameters?"""
+    return (before.get("train_parameters") == json.loads(json.dumps(values, default=str))
+            and (run_dir / "run.json").exists() and (run_dir / "model.keras").exists()
+            and not (run_dir / "backup").exists() and (out / f"{notebooks.TRAIN}.html").exists())
 
 
 class _StepFailed(Exception):

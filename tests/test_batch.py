@@ -58,7 +58,8 @@ def test_runs_with_the_same_data_setting_share_one_prepared_dataset(tmp_path):
 @pytest.fixture(scope="module")
 def failed_batch(synth_dir, tmp_path_factory):
     root = tmp_path_factory.mktemp("batch")
-    config = write_config(root / "tiny.yaml", [{"name": "good"}, {"name": "broken", "BACKBONE": "nosuchnet"}],
+    config = write_config(root / "tiny.yaml", [{"name": "good"}, {"name": "broken", "BACKBONE": "nosuchnet"},
+                                               {"name": "badexport", "FORMATS": "int9"}],
                           DATA_DIR=str(synth_dir))
     lines = []
     index = run_batch(config, root, echo=lines.append)
@@ -75,7 +76,7 @@ def test_a_failing_run_is_marked_and_the_other_finishes(failed_batch):
     assert broken["status"] == "failed" and broken["step"] == "02_train"
     assert "unknown backbone 'nosuchnet'" in broken["error"]
     # one progress line when a run starts and one when it ends
-    assert [line.split(":")[0] for line in lines[:4]] == ["[1/2] good"] * 2 + ["[2/2] broken"] * 2
+    assert [line.split(":")[0] for line in lines[:6]] == ["[1/3] good"] * 2 + ["[2/3] broken"] * 2 + ["[3/3] badexport"] * 2
     assert "finished in" in lines[1] and "FAILED in 02_train" in lines[3]
 
     run = root / "artifacts" / "tiny" / "good"
@@ -97,6 +98,9 @@ def test_a_failing_run_is_marked_and_the_other_finishes(failed_batch):
     report = (root / "reports" / "tiny" / "good" / "03_evaluate_export.html").read_text()
     assert report.count("data:image/png;base64,") >= 4 and "int8" in report and "mean_iou" in report
     assert (root / "reports" / "tiny" / "broken" / "02_train.html").exists()
+    badexport = json.loads((root / "reports" / "tiny" / "badexport" / "status.json").read_text())
+    assert badexport["status"] == "failed" and badexport["step"] == "03_evaluate_export"
+    assert "unknown format(s) int9" in badexport["error"]
     assert len(list((root / "data" / "prepared").iterdir())) == 1  # prepared once for both runs
 
 
@@ -111,14 +115,19 @@ def test_index_and_run_report_open_offline_in_chromium(failed_batch, open_in_chr
 def test_resume_reruns_only_the_failed_run(failed_batch):
     root, config, index, _ = failed_batch
     finished = root / "reports" / "tiny" / "good" / "03_evaluate_export.ipynb"
-    before = finished.stat().st_mtime_ns
+    trained = root / "reports" / "tiny" / "badexport" / "02_train.ipynb"
+    before, trained_before = finished.stat().st_mtime_ns, trained.stat().st_mtime_ns
     fixed = yaml.safe_load(config.read_text())
-    fixed["runs"][1]["BACKBONE"] = "mobilenetv2"  # the user fixes the failed run, then resumes
+    fixed["runs"][1]["BACKBONE"] = "mobilenetv2"  # the user fixes the failed runs, then resumes
+    fixed["runs"][2]["FORMATS"] = "int8"
     config.write_text(yaml.safe_dump(fixed))
     lines = []
     run_batch(config, root, resume=True, echo=lines.append)
-    assert lines[0] == "[1/2] good: finished earlier, skipped (--resume)"
+    assert lines[0] == "[1/3] good: finished earlier, skipped (--resume)"
     assert finished.stat().st_mtime_ns == before
-    broken = json.loads((root / "reports" / "tiny" / "broken" / "status.json").read_text())
-    assert broken["status"] == "finished"
-    assert index.read_text().count('class="finished">finished<') == 2
+    for name in ("broken", "badexport"):
+        assert json.loads((root / "reports" / "tiny" / name / "status.json").read_text())["status"] == "finished"
+    # badexport's training had finished with the same parameters: kept, not trained again
+    assert trained.stat().st_mtime_ns == trained_before
+    assert json.loads((root / "reports" / "tiny" / "badexport" / "status.json").read_text())["train_reused"]
+    assert index.read_text().count('class="finished">finished<') == 3
