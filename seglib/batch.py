@@ -296,6 +296,7 @@ def run_results(batch: Batch) -> list[dict]:
         run_dir = Path(status.get("run_dir", batch.artifacts_dir / batch.name / run.name))
         record = {"run": run.name, "status": status.get("status", "not run"), "error": status.get("error"),
                   "step": status.get("step"), "notebook": status.get("notebook"), "parameters": run.parameters,
+                  "prepared_dir": status.get("prepared_dir"),
                   "run_dir": run_dir}
         for file, key in (("metrics.json", "metrics"), ("run.json", "training"), ("export.json", "export")):
             path = run_dir / file
@@ -377,6 +378,9 @@ def write_index(batch: Batch) -> Path:
             parts.append(f'<a href="{base}{notebooks.EVALUATE}.html">report</a>')
         if (batch.report_dir / r["run"] / f"{notebooks.TRAIN}.html").exists() and r["step"] != notebooks.TRAIN:
             parts.append(f'<a href="{base}{notebooks.TRAIN}.html">training</a>')
+        data = Path(r["prepared_dir"]).name if r["prepared_dir"] else None
+        if data and (batch.report_dir / "_data" / data / f"{notebooks.PREPARE}.html").exists():
+            parts.append(f'<a href="_data/{html.escape(data)}/{notebooks.PREPARE}.html">data</a>')
         if r["status"] == "failed" and r["notebook"]:
             nb = html.escape(r["notebook"])
             parts.append(f'<a href="{nb[:-len(".ipynb")]}.html">failed notebook</a> (<a href="{nb}">.ipynb</a>)')

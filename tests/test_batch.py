@@ -89,6 +89,7 @@ def test_a_failing_run_is_marked_and_the_other_finishes(failed_batch):
     assert f"{metrics['pixel_accuracy']:.4g}" in good_row and f"{metrics['mean_iou']:.4g}" in good_row
     assert f"{int8['file_bytes'] / 1e6:.4g}" in good_row and 'class="finished">finished<' in good_row
     assert 'href="good/03_evaluate_export.html"' in good_row
+    assert re.search(r'href="_data/[^"]+/01_prepare_data.html">data<', good_row)
     assert 'class="failed">failed<' in broken_row and "nosuchnet" in broken_row  # the differing parameter is a column
     assert 'href="broken/02_train.html">failed notebook' in broken_row
     assert "unknown backbone" in html  # the error is on the page
