@@ -18,8 +18,12 @@ import numpy as np  # noqa: E402
 
 
 def _sm():
-    import segmentation_models as sm
+    """segmentation_models, imported without its start-up print (it would land in every report)."""
+    import contextlib
+    import io
 
+    with contextlib.redirect_stdout(io.StringIO()):
+        import segmentation_models as sm
     return sm
 
 
