@@ -87,6 +87,8 @@ def export_run(run_dir: str | os.PathLike, formats=FORMATS, calibration_images: 
                prepared_dir: str | os.PathLike | None = None, eval_images: int | None = None,
                threads: int = 2, latency_repeats: int = 20, seed: int = 0) -> dict:
     """Write ``RUN_DIR/model_<fmt>.tflite`` for each format and ``RUN_DIR/export.json``."""
+    import tensorflow as tf
+
     from seglib.train import load_model
 
     run_dir = Path(run_dir)
@@ -117,7 +119,13 @@ def export_run(run_dir: str | os.PathLike, formats=FORMATS, calibration_images: 
               "formats": {}}
     saved = Path(tempfile.mkdtemp(prefix=".saved_model-", dir=run_dir))
     try:
-        model.export(str(saved), format="tf_saved_model", verbose=False)
+        logger = tf.get_logger()  # keep "INFO:tensorflow:Assets written to ..." out of reports
+        level = logger.level
+        logger.setLevel("WARNING")
+        try:
+            model.export(str(saved), format="tf_saved_model", verbose=False)
+        finally:
+            logger.setLevel(level)
         for fmt in formats:
             data = convert(saved, fmt, representative if fmt == "int8" else None)
             path = run_dir / f"model_{fmt}.tflite"

@@ -24,6 +24,7 @@ def test_report_is_self_contained_with_figures_and_tables(report_html):
     assert any("specificity" in t for t in tables)  # per-class table
     assert any("int8" in t and "agreement" in t for t in tables)  # export table
     assert "from seglib" not in html  # inputs hidden
+    assert "INFO:tensorflow" not in html and "Segmentation Models:" not in html  # no library log lines
 
 
 @pytest.mark.slow
