@@ -157,6 +157,35 @@ def _atomic_checkpoint(path: Path, monitor: str):
     return AtomicCheckpoint()
 
 
+def _resume_state(path: Path, checkpoint, early):
+    """Carry the best-model checkpoint's and EarlyStopping's state across a restart.
+
+    BackupAndRestore restores weights, optimizer and epoch, but callbacks start afresh: the
+    first resumed epoch would overwrite ``model.keras`` even when it is worse than the best
+    before the interruption, and patience would start again. This callback (placed after both)
+    writes their state next to the backup after every epoch and restores it when training
+    starts again.
+    """
+    import keras
+
+    class ResumeState(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            if path.exists():
+                state = json.loads(path.read_text())
+                checkpoint.best, checkpoint.best_epoch = state["checkpoint_best"], state["checkpoint_best_epoch"]
+                early.best, early.wait = state["early_best"], state["early_wait"]
+                early.best_epoch = state["early_best_epoch"]
+
+        def on_epoch_end(self, epoch, logs=None):
+            path.parent.mkdir(parents=True, exist_ok=True)
+            atomic_write_json(path, {
+                "checkpoint_best": float(checkpoint.best), "checkpoint_best_epoch": checkpoint.best_epoch,
+                "early_best": None if early.best is None else float(early.best), "early_wait": int(early.wait),
+                "early_best_epoch": int(early.best_epoch)})
+
+    return ResumeState()
+
+
 def train(config: TrainConfig, verbose: int | str = "auto") -> Run:
     """Train a U-Net on a prepared dataset into ``config.run_dir``; see the module docstring."""
     palette = validate(config)
@@ -223,6 +252,7 @@ def train(config: TrainConfig, verbose: int | str = "auto") -> Run:
         keras.callbacks.TerminateOnNaN(),
         checkpoint,
         early,
+        _resume_state(run_dir / "backup" / "callbacks.json", checkpoint, early),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
         Timer(),
     ]

@@ -1,6 +1,7 @@
 """Training on a tiny synthetic set (64 px, random encoder weights: no downloads here)."""
 import csv
 import json
+import math
 import subprocess
 import sys
 
@@ -111,6 +112,36 @@ def test_killed_run_resumes_where_it_stopped(small_prepared, tmp_path):
     info = json.loads((run_dir / "run.json").read_text())
     assert info["stop_reason"] == "finished" and info["epochs_run"] == 4
     assert not (run_dir / "backup").exists()
+    # the best epoch is the best of all four, before and after the kill, not of the resumed part only
+    with open(history) as f:
+        val_loss = [float(row["val_loss"]) for row in csv.DictReader(f)]
+    assert info["best_epoch"] == int(np.argmin(val_loss)) + 1
+    assert info["best_val_loss"] == pytest.approx(min(val_loss))
+
+
+def test_resume_state_restores_checkpoint_and_early_stopping(tmp_path):
+    """Unit check of what survives a restart (the kill test cannot force the best epoch to fall
+    before the kill)."""
+    import keras
+
+    from seglib.train import _atomic_checkpoint, _resume_state
+
+    def fresh():
+        checkpoint = _atomic_checkpoint(tmp_path / "model.keras", "val_loss")
+        early = keras.callbacks.EarlyStopping("val_loss", patience=5)
+        early.on_train_begin()
+        return checkpoint, early, _resume_state(tmp_path / "backup" / "callbacks.json", checkpoint, early)
+
+    checkpoint, early, state = fresh()
+    state.on_epoch_end(0)  # before any value was seen (EarlyStopping's best is still None)
+    checkpoint.best, checkpoint.best_epoch = 0.25, 2
+    early.best, early.wait, early.best_epoch = 0.25, 3, 1
+    state.on_epoch_end(3)
+    checkpoint, early, state = fresh()  # a restarted process
+    assert checkpoint.best == math.inf and early.wait == 0 and early.best is None
+    state.on_train_begin()
+    assert (checkpoint.best, checkpoint.best_epoch) == (0.25, 2)
+    assert (early.best, early.wait, early.best_epoch) == (0.25, 3, 1)
 
 
 @pytest.mark.slow
