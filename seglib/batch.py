@@ -438,6 +438,7 @@ table.runs {{ border-collapse: collapse; font-size: 14px; }}
 table.runs th, table.runs td {{ padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: right; }}
 table.runs th {{ background: #f3f3f3; }}
 table.runs td:first-child, table.runs th:first-child {{ text-align: left; font-weight: 600; }}
+table.runs td:last-child {{ white-space: nowrap; text-align: left; }}
 .finished {{ color: #11772d; font-weight: 600; }} .failed {{ color: #b00020; font-weight: 600; }}
 .running, .not-run {{ color: #8a6d00; }}
 code {{ background: #f6f6f6; padding: 1px 4px; }} pre {{ background: #f6f6f6; padding: 8px; }}
