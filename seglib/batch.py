@@ -33,7 +33,7 @@ import os
 import re
 import shutil
 import time
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -66,7 +66,6 @@ class Batch:
     artifacts_dir: Path
     prepared_root: Path
     source: str = "<dict>"
-    timings: dict = field(default_factory=dict)
 
     @property
     def report_dir(self) -> Path:
@@ -274,6 +273,12 @@ def _prepared_for(batch: Batch, run: Run, prepared: dict, resume: bool) -> tuple
 def read_status(batch: Batch, run_name: str) -> dict:
     path = batch.report_dir / run_name / "status.json"
     return json.loads(path.read_text()) if path.exists() else {}
+
+
+def unfinished_runs(batch: Batch, only: list[str] | None = None) -> list[str]:
+    """Names of the (selected) runs whose last status is not finished."""
+    return [r.name for r in batch.runs if (not only or r.name in only)
+            and read_status(batch, r.name).get("status") != "finished"]
 
 
 def _save_config(batch: Batch) -> None:

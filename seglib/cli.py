@@ -61,15 +61,15 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from seglib.batch import load_config, read_status
+    from seglib.batch import load_config, unfinished_runs
     from seglib.demo import demo_config, run_demo
 
     weights = None if args.encoder_weights.lower() == "none" else args.encoder_weights
     index = run_demo(args.out, args.data, encoder_weights=weights, resume=args.resume)
     batch = load_config(demo_config(args.out, args.data, weights), args.out)
-    finished = sum(read_status(batch, r.name).get("status") == "finished" for r in batch.runs)
-    print(f"demo: {finished} of {len(batch.runs)} runs finished; open {index}")
-    return 0 if finished == len(batch.runs) else 1
+    failed = unfinished_runs(batch)
+    print(f"demo: {len(batch.runs) - len(failed)} of {len(batch.runs)} runs finished; open {index}")
+    return 1 if failed else 0
 
 
 def _cmd_export(args) -> int:
@@ -108,13 +108,11 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_batch(args) -> int:
-    from seglib.batch import load_config, read_status, run_batch
+    from seglib.batch import load_config, run_batch, unfinished_runs
 
     only = [n for item in args.only for n in item.split(",") if n] if args.only else None
     run_batch(args.config, args.root, only=only, resume=args.resume)
-    batch = load_config(args.config, args.root)
-    failed = [r.name for r in batch.runs if (not only or r.name in only)
-              and read_status(batch, r.name).get("status") != "finished"]
+    failed = unfinished_runs(load_config(args.config, args.root), only)
     if failed:
         print(f"failed runs: {', '.join(failed)} (see the index; --resume re-runs only these)", file=sys.stderr)
     return 1 if failed else 0

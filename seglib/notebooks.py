@@ -7,6 +7,7 @@ the ``notebooks/`` folder, which is the working directory they run in.
 from __future__ import annotations
 
 import ast
+import functools
 import json
 import os
 import sys
@@ -27,6 +28,11 @@ def notebook_path(name: str) -> Path:
 def parameters(name: str) -> dict:
     """The notebook's parameters cell as ``{NAME: default}`` (defaults that are not plain
     literals come back as their source text)."""
+    return dict(_parameters(name))
+
+
+@functools.lru_cache(maxsize=None)
+def _parameters(name: str) -> dict:  # read once per process: a batch asks for each notebook per run
     import papermill as pm
 
     found = pm.inspect_notebook(str(notebook_path(name)))
