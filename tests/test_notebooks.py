@@ -29,7 +29,7 @@ def test_prepare_notebook_with_the_papermill_cli_and_a_parameters_file(tmp_path)
     params.write_text(yaml.safe_dump({"DATA_DIR": str(data), "OUT_DIR": str(prepared), "SIZE": 64, "SYNTH_COUNT": 20,
                                       "N_EXAMPLES": 2, "SAMPLE_PIXELS": 20_000}))
     output = tmp_path / "01_prepare_data.ipynb"
-    done = subprocess.run([str(Path(sys.executable).parent / "papermill"), str(NOTEBOOKS / output.name), str(output),
+    done = subprocess.run([sys.executable, "-m", "papermill", str(NOTEBOOKS / output.name), str(output),
                            "-f", str(params), "--cwd", str(NOTEBOOKS), "--no-progress-bar"],
                           capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stderr[-3000:]
