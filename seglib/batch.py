@@ -151,7 +151,7 @@ def data_setting(run: Run) -> tuple[str, dict]:
         values["DATA_DIR"] = str((notebooks.NOTEBOOKS / values["DATA_DIR"]).resolve())
     digest = hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
     label = f"{Path(values['DATA_DIR']).name}-k{values.get('CLUSTERS')}-{values.get('SIZE')}px-{digest}"
-    return label, {k: v for k, v in run.parameters.items() if k in defaults or k == "N_EXAMPLES"} | values
+    return label, {k: v for k, v in run.parameters.items() if k in defaults} | values
 
 
 def run_batch(config: str | os.PathLike | dict, root: str | os.PathLike = ".", only: list[str] | None = None,
@@ -166,6 +166,7 @@ def run_batch(config: str | os.PathLike | dict, root: str | os.PathLike = ".", o
     batch.report_dir.mkdir(parents=True, exist_ok=True)
     _save_config(batch)
     prepared: dict[str, tuple] = {}  # data setting -> (prepared dir, _StepFailed or None)
+    index = None
     for i, run in enumerate(selected, 1):
         status = read_status(batch, run.name)
         tag = f"[{i}/{len(selected)}] {run.name}"
@@ -175,8 +176,8 @@ def run_batch(config: str | os.PathLike | dict, root: str | os.PathLike = ".", o
         echo(f"{tag}: running ({_describe(run.overrides)})")
         status = _run_one(batch, run, prepared, resume)
         echo(f"{tag}: {_summary_line(batch, run.name, status)}")
-        write_index(batch)
-    index = write_index(batch)
+        index = write_index(batch)  # after every run, so the page shows progress
+    index = index or write_index(batch)  # every run was skipped: still (re)write the page
     echo(f"batch {batch.name}: {index}")
     return index
 
@@ -337,37 +338,6 @@ def results_table(batch: Batch, rows: list[dict] | None = None):
     return pd.DataFrame.from_records(records)
 
 
-def plot_validation_curves(rows: list[dict]):
-    """Validation loss and mean IoU per epoch, one line per run."""
-    import matplotlib.pyplot as plt
-    import pandas as pd
-
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    drawn = 0
-    for r in rows:
-        if not r["history"].exists():
-            continue
-        history = pd.read_csv(r["history"])
-        if history.empty:
-            continue
-        epochs = history["epoch"] + 1 if "epoch" in history else range(1, len(history) + 1)
-        for ax, column in zip(axes, ("val_loss", "val_mean_iou")):
-            if column in history:
-                ax.plot(epochs, history[column], marker="o", label=r["run"])
-        drawn += 1
-    from matplotlib.ticker import MaxNLocator
-
-    for ax, title in zip(axes, ("validation loss", "validation mean IoU")):
-        ax.set_title(title)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        if drawn:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
-
-
 def write_index(batch: Batch) -> Path:
     """``reports/<batch>/index.html``: the comparison table, the validation curves and links;
     self-contained (the figure is embedded), so it opens offline."""
@@ -398,7 +368,9 @@ def write_index(batch: Batch) -> Path:
     table["run"] = [html.escape(str(v)) for v in table["run"]]
     table_html = table.to_html(index=False, escape=False, na_rep="–", float_format=lambda v: f"{v:.4g}",
                                classes="runs", border=0)
-    fig = plot_validation_curves(rows)
+    from seglib.report import plot_validation_curves
+
+    fig = plot_validation_curves({r["run"]: r["history"] for r in rows})
     buffer = io.BytesIO()
     fig.savefig(buffer, format="png", dpi=110)
     plt.close(fig)

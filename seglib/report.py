@@ -108,6 +108,33 @@ def plot_training_curves(run_dir):
     return fig
 
 
+def plot_validation_curves(histories: dict):
+    """Validation loss and mean IoU per epoch, one line per run (``{run name: history.csv}``);
+    runs without a history yet are left out."""
+    import pandas as pd
+    from matplotlib.ticker import MaxNLocator
+
+    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
+    drawn = 0
+    for name, path in histories.items():
+        history = pd.read_csv(path) if Path(path).exists() else None
+        if history is None or history.empty:
+            continue
+        for ax, column in zip(axes, ("val_loss", "val_mean_iou")):
+            if column in history:
+                ax.plot(history["epoch"] + 1, history[column], marker="o", label=name)
+        drawn += 1
+    for ax, title in zip(axes, ("validation loss", "validation mean IoU")):
+        ax.set_title(title)
+        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
+        ax.set_xlabel("epoch")
+        ax.grid(alpha=0.3)
+        if drawn:
+            ax.legend(fontsize=8)
+    fig.tight_layout()
+    return fig
+
+
 def plot_predictions(images, truth, pred, palette: Palette, titles: list[str] | None = None):
     """Rows of photo | true labels | prediction | error map (red where they differ)."""
     n = len(images)
