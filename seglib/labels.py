@@ -26,6 +26,7 @@ from seglib.fsutil import atomic_write_json
 LUT_BITS = 6  # bits kept per channel in the lookup table (64**3 entries); _label_image assumes 6
 FIT_RANGE = 30  # K-Means is fitted on pixels whose 3x3 box varies less than this (pure colours)
 EDGE_TAU = 6.0  # colours farther than this from every centroid (RGB units) may be blends
+MAX_RESOLVE_K = 16  # edge resolution keeps candidate classes as 16-bit sets; more clusters: no resolution
 PALETTE_FORMAT = "seglib-palette-1"
 
 
@@ -68,8 +69,21 @@ class Palette:
         return ((grid - nearest) ** 2).sum(1) > EDGE_TAU**2
 
     @cached_property
-    def centres_ycc(self) -> np.ndarray:
-        return np.ascontiguousarray(self.centroids.astype(np.float32) @ _YCC_WEIGHTED)
+    def _kernel_tables(self) -> tuple:
+        """What :func:`_label_image` looks up: nearest centroid with the far flag in bit 7 per
+        quantised colour, YCbCr centres, squared segment lengths between centres, and for every
+        set of candidate classes (a bit set) its size and members in ascending order."""
+        code = self.lut | (self.far.astype(np.uint8) << 7)
+        centres = np.ascontiguousarray(self.centroids.astype(np.float32) @ _YCC_WEIGHTED)
+        step = centres[None, :, :] - centres[:, None, :]
+        denom = np.maximum(step[..., 0] * step[..., 0] + step[..., 1] * step[..., 1] + step[..., 2] * step[..., 2],
+                           np.float32(1e-6)).astype(np.float32)
+        k = min(self.k, MAX_RESOLVE_K)
+        sets = np.arange(1 << k)
+        member = ((sets[:, None] >> np.arange(k)) & 1).astype(bool)
+        sizes = member.sum(1).astype(np.uint8)
+        order = np.argsort(~member, axis=1, kind="stable").astype(np.uint8)  # members first, ascending
+        return code, centres, denom, sizes, order
 
     def assign(self, masks: np.ndarray, resolve: bool = True) -> np.ndarray:
         """Label every pixel of ``masks`` (..., 3) uint8 RGB; returns (...) uint8 class ids.
@@ -87,8 +101,9 @@ class Palette:
             return self.lut[index]
         images = np.ascontiguousarray(masks.reshape(-1, *masks.shape[-3:]))
         out = np.empty(images.shape[:3], np.uint8)
+        tables = self._kernel_tables
         for i in range(len(images)):
-            _label_image(images[i], self.lut, self.far, self.centres_ycc, resolve, out[i])
+            _label_image(images[i], *tables, resolve, out[i])
         return out.reshape(masks.shape[:-1])
 
     def colourize(self, labels: np.ndarray) -> np.ndarray:
@@ -159,79 +174,129 @@ _YCC_WEIGHTED = (np.array(
 ) * np.array([[2.0], [1.0], [1.0]], np.float32)).T
 
 
-@numba.njit(cache=True, nogil=True)
-def _label_image(mask, lut, far, centres, resolve, out):  # pragma: no cover - compiled
-    """Label one (H, W, 3) mask into ``out`` (H, W); see :func:`resolve_edges` for ``resolve``."""
+@numba.njit(cache=True, nogil=True, fastmath=True)
+def _label_image(mask, code, centres, denom, set_sizes, set_members, resolve, out):  # pragma: no cover - compiled
+    """Label one (H, W, 3) mask into ``out`` (H, W); see :func:`resolve_edges` for ``resolve``.
+
+    Passes: table lookup; 3x3 uniformity (clearing the edge flag of uniform pixels) and the
+    classes of uniform pixels per 4x4 block as bits; those bits spread to the neighbouring
+    blocks; then, row by row, the flagged pixels are gathered and resolved. Blends of two
+    candidates (the common case) take a branch-free path.
+    """
     height, width = mask.shape[0], mask.shape[1]
     k = centres.shape[0]
-    is_far = np.zeros((height, width), np.bool_)
+    padded = (width + 15) & ~7  # flag rows are read as 64-bit words, 8 pixels at a time
     for y in range(height):
+        row = out[y]
         for x in range(width):
-            index = ((np.int32(mask[y, x, 0]) >> 2) << 12) | ((np.int32(mask[y, x, 1]) >> 2) << 6) | (
-                np.int32(mask[y, x, 2]) >> 2)
-            out[y, x] = lut[index]
-            is_far[y, x] = far[index]
-    if not resolve or k > 16:
+            row[x] = code[((np.int32(mask[y, x, 0]) >> 2) << 12) | ((np.int32(mask[y, x, 1]) >> 2) << 6)
+                          | (np.int32(mask[y, x, 2]) >> 2)]
+    if not resolve or k > MAX_RESOLVE_K:
+        for y in range(height):
+            row = out[y]
+            for x in range(width):
+                row[x] &= 127
         return
-    # uniform: all labels of the 3x3 box equal (image borders: never). The classes of uniform pixels
-    # are gathered per 4x4 block as bits, then spread to the 8 neighbouring blocks: a pixel's
-    # candidates are the classes of uniform pixels within its block's 12x12 neighbourhood.
-    uniform = np.zeros((height, width), np.bool_)  # border pixels count as not uniform
-    for y in range(1, height - 1):
-        above, row, below, same = out[y - 1], out[y], out[y + 1], uniform[y]
-        for x in range(1, width - 1):
-            label = row[x]
-            same[x] = ((above[x - 1] == label) & (above[x] == label) & (above[x + 1] == label)
-                       & (row[x - 1] == label) & (row[x + 1] == label)
-                       & (below[x - 1] == label) & (below[x] == label) & (below[x + 1] == label))
+    flag = np.zeros((height, padded), np.bool_)  # edge candidates: far colour, then also not uniform
+    for y in range(height):
+        row, frow = out[y], flag[y]
+        for x in range(width):
+            value = row[x]
+            frow[x] = value >= 128
+            row[x] = value & 127
     grid_h, grid_w = (height + 3) >> 2, (width + 3) >> 2
     grid = np.zeros((grid_h, grid_w), np.uint16)
-    for y in range(height):
-        row, same, cells = out[y], uniform[y], grid[y >> 2]
-        for x in range(width):
-            cells[x >> 2] |= (np.uint16(1) << row[x]) * np.uint16(same[x])
-    spread = np.zeros((grid_h, grid_w), np.uint16)
+    bits = np.zeros(grid_w * 4, np.uint16)  # class bit of each uniform pixel of the row (0: not uniform)
+    for y in range(1, height - 1):
+        above, row, below, frow = out[y - 1], out[y], out[y + 1], flag[y]
+        for x in range(1, width - 1):
+            label = row[x]
+            same = ((above[x - 1] == label) & (above[x] == label) & (above[x + 1] == label)
+                    & (row[x - 1] == label) & (row[x + 1] == label)
+                    & (below[x - 1] == label) & (below[x] == label) & (below[x + 1] == label))
+            frow[x] = frow[x] & ~same
+            bits[x] = np.uint16(same) << label
+        cells = grid[y >> 2]
+        for g in range(grid_w):
+            x = g << 2
+            cells[g] |= bits[x] | bits[x + 1] | bits[x + 2] | bits[x + 3]
+    across = np.zeros((grid_h, grid_w), np.uint16)
     for gy in range(grid_h):
         for gx in range(grid_w):
-            bits = np.uint16(0)
-            for yy in range(max(gy - 1, 0), min(gy + 2, grid_h)):
-                for xx in range(max(gx - 1, 0), min(gx + 2, grid_w)):
-                    bits |= grid[yy, xx]
-            spread[gy, gx] = bits
+            value = grid[gy, gx]
+            if gx > 0:
+                value |= grid[gy, gx - 1]
+            if gx + 1 < grid_w:
+                value |= grid[gy, gx + 1]
+            across[gy, gx] = value
+    support = np.empty((grid_h, grid_w), np.uint16)  # candidate classes of each 4x4 block
+    for gy in range(grid_h):
+        for gx in range(grid_w):
+            value = across[gy, gx]
+            if gy > 0:
+                value |= across[gy - 1, gx]
+            if gy + 1 < grid_h:
+                value |= across[gy + 1, gx]
+            support[gy, gx] = value
     big = np.float32(3.0e38)
+    w00, w10, w20 = _YCC_WEIGHTED[0, 0], _YCC_WEIGHTED[1, 0], _YCC_WEIGHTED[2, 0]
+    w01, w11, w21 = _YCC_WEIGHTED[0, 1], _YCC_WEIGHTED[1, 1], _YCC_WEIGHTED[2, 1]
+    w02, w12, w22 = _YCC_WEIGHTED[0, 2], _YCC_WEIGHTED[1, 2], _YCC_WEIGHTED[2, 2]
+    words = flag.view(np.uint64)
+    xs = np.empty(padded, np.int32)
     for y in range(height):
-        row_far, row_uniform, row_out, cells = is_far[y], uniform[y], out[y], spread[y >> 2]
-        for x in range(width):
-            if row_uniform[x] or not row_far[x]:
+        row_out, frow, block_row = out[y], flag[y], support[y >> 2]
+        found = 0
+        for word in range(padded >> 3):  # gather the flagged pixels of the row, skipping empty words
+            if words[y, word] == 0:
                 continue
-            support = cells[x >> 2]
-            if (support & (support - np.uint16(1))) == 0:  # fewer than two candidate classes
+            base = word << 3
+            for j in range(8):
+                xs[found] = base + j
+                found += np.int32(frow[base + j])
+        for i in range(found):
+            x = xs[i]
+            classes = block_row[x >> 2]
+            n = set_sizes[classes]
+            if n < 2:
                 continue
+            members = set_members[classes]
             r, g, b = np.float32(mask[y, x, 0]), np.float32(mask[y, x, 1]), np.float32(mask[y, x, 2])
-            c0 = r * _YCC_WEIGHTED[0, 0] + g * _YCC_WEIGHTED[1, 0] + b * _YCC_WEIGHTED[2, 0]
-            c1 = r * _YCC_WEIGHTED[0, 1] + g * _YCC_WEIGHTED[1, 1] + b * _YCC_WEIGHTED[2, 1]
-            c2 = r * _YCC_WEIGHTED[0, 2] + g * _YCC_WEIGHTED[1, 2] + b * _YCC_WEIGHTED[2, 2]
+            c0 = r * w00 + g * w10 + b * w20
+            c1 = r * w01 + g * w11 + b * w21
+            c2 = r * w02 + g * w12 + b * w22
             own = row_out[x]
             own_dist = (c0 - centres[own, 0]) ** 2 + (c1 - centres[own, 1]) ** 2 + (c2 - centres[own, 2]) ** 2
-            first, second, d_first, d_second = 0, 0, big, big
-            for c in range(k):  # distances to candidate classes only
-                if not (support >> c) & 1:
-                    continue
-                d = (c0 - centres[c, 0]) ** 2 + (c1 - centres[c, 1]) ** 2 + (c2 - centres[c, 2]) ** 2
-                if d < d_first:
-                    second, d_second, first, d_first = first, d_first, c, d
-                elif d < d_second:
-                    second, d_second = c, d
-            s0 = centres[second, 0] - centres[first, 0]
-            s1 = centres[second, 1] - centres[first, 1]
-            s2 = centres[second, 2] - centres[first, 2]
-            t = ((c0 - centres[first, 0]) * s0 + (c1 - centres[first, 1]) * s1 + (c2 - centres[first, 2]) * s2) / max(
-                s0 * s0 + s1 * s1 + s2 * s2, np.float32(1e-6))
+            if n == 2:  # candidates A < B: the nearer is "first" (A on a tie); no branches
+                a, bb = members[0], members[1]
+                a0, a1, a2 = centres[a, 0], centres[a, 1], centres[a, 2]
+                b0, b1, b2 = centres[bb, 0], centres[bb, 1], centres[bb, 2]
+                da = (c0 - a0) ** 2 + (c1 - a1) ** 2 + (c2 - a2) ** 2
+                db = (c0 - b0) ** 2 + (c1 - b1) ** 2 + (c2 - b2) ** 2
+                swap = db < da
+                f0, f1, f2 = (b0 if swap else a0), (b1 if swap else a1), (b2 if swap else a2)
+                s0, s1, s2 = ((a0 - b0) if swap else (b0 - a0)), ((a1 - b1) if swap else (b1 - a1)), (
+                    (a2 - b2) if swap else (b2 - a2))
+                first, second = (bb if swap else a), (a if swap else bb)
+                length = denom[a, bb]
+            else:
+                first, second, d_first, d_second = 0, 0, big, big
+                for j in range(n):
+                    c = members[j]
+                    d = (c0 - centres[c, 0]) ** 2 + (c1 - centres[c, 1]) ** 2 + (c2 - centres[c, 2]) ** 2
+                    lt_first, lt_second = d < d_first, d < d_second
+                    second = first if lt_first else (c if lt_second else second)
+                    d_second = d_first if lt_first else (d if lt_second else d_second)
+                    first = c if lt_first else first
+                    d_first = d if lt_first else d_first
+                f0, f1, f2 = centres[first, 0], centres[first, 1], centres[first, 2]
+                s0, s1, s2 = centres[second, 0] - f0, centres[second, 1] - f1, centres[second, 2] - f2
+                length = denom[first, second]
+            t = ((c0 - f0) * s0 + (c1 - f1) * s1 + (c2 - f2) * s2) / length
             t = min(max(t, np.float32(0.0)), np.float32(1.0))
-            residual = ((c0 - centres[first, 0] - t * s0) ** 2 + (c1 - centres[first, 1] - t * s1) ** 2
-                        + (c2 - centres[first, 2] - t * s2) ** 2)
-            if residual < own_dist:
-                row_out[x] = first if t < 0.5 else second
+            residual = (c0 - f0 - t * s0) ** 2 + (c1 - f1 - t * s1) ** 2 + (c2 - f2 - t * s2) ** 2
+            pick = first if t < 0.5 else second
+            row_out[x] = pick if residual < own_dist else own
 
 
 def assign_chunks(palette: Palette, masks: np.ndarray, workers: int = 0, resolve: bool = True,
@@ -255,7 +320,7 @@ def resolve_edges(mask: np.ndarray, palette: "Palette") -> np.ndarray:
     squared distance, as JPEG keeps chroma at half resolution.
     """
     out = np.empty(mask.shape[:2], np.uint8)
-    _label_image(np.ascontiguousarray(mask), palette.lut, palette.far, palette.centres_ycc, True, out)
+    _label_image(np.ascontiguousarray(mask), *palette._kernel_tables, True, out)
     return out
 
 
