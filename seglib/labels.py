@@ -57,23 +57,30 @@ class Palette:
         return np.clip(np.rint(self.centroids), 0, 255).astype(np.uint8)
 
     @cached_property
+    def _codes(self) -> np.ndarray:
+        """Per quantised colour (index r<<12 | g<<6 | b, 6 bits each): the nearest centroid, with
+        bit 7 set when even that centroid is farther than ``EDGE_TAU`` (a possible blend). Without
+        edge resolution (more than ``MAX_RESOLVE_K`` clusters) the code is the plain centroid id."""
+        return _lookup_codes(np.ascontiguousarray(self.centroids, dtype=np.float32), np.float32(EDGE_TAU**2),
+                             self.k <= MAX_RESOLVE_K)
+
+    @property
     def lut(self) -> np.ndarray:
         """Nearest centroid of every quantised colour (index r<<12 | g<<6 | b, 6 bits each)."""
-        return nearest_centroid(_lut_grid(), self.centroids)
+        return self._codes & 127 if self.k <= MAX_RESOLVE_K else self._codes
 
-    @cached_property
+    @property
     def far(self) -> np.ndarray:
         """For every quantised colour: is it farther than ``EDGE_TAU`` from every centroid?"""
-        grid = _lut_grid()
-        nearest = self.centroids[self.lut].astype(np.float32)
-        return ((grid - nearest) ** 2).sum(1) > EDGE_TAU**2
+        if self.k <= MAX_RESOLVE_K:
+            return self._codes >= 128
+        return ((_lut_grid() - self.centroids[self.lut]) ** 2).sum(1) > EDGE_TAU**2
 
     @cached_property
     def _kernel_tables(self) -> tuple:
-        """What :func:`_label_image` looks up: nearest centroid with the far flag in bit 7 per
-        quantised colour, YCbCr centres, squared segment lengths between centres, and for every
-        set of candidate classes (a bit set) its size and members in ascending order."""
-        code = self.lut | (self.far.astype(np.uint8) << 7)
+        """What :func:`_label_image` looks up: the lookup codes, YCbCr centres, squared segment
+        lengths between centres, and for every set of candidate classes (a bit set) its size and
+        members in ascending order."""
         centres = np.ascontiguousarray(self.centroids.astype(np.float32) @ _YCC_WEIGHTED)
         step = centres[None, :, :] - centres[:, None, :]
         denom = np.maximum(step[..., 0] * step[..., 0] + step[..., 1] * step[..., 1] + step[..., 2] * step[..., 2],
@@ -83,7 +90,7 @@ class Palette:
         member = ((sets[:, None] >> np.arange(k)) & 1).astype(bool)
         sizes = member.sum(1).astype(np.uint8)
         order = np.argsort(~member, axis=1, kind="stable").astype(np.uint8)  # members first, ascending
-        return code, centres, denom, sizes, order
+        return self._codes, centres, denom, sizes, order
 
     def assign(self, masks: np.ndarray, resolve: bool = True) -> np.ndarray:
         """Label every pixel of ``masks`` (..., 3) uint8 RGB; returns (...) uint8 class ids.
@@ -174,6 +181,37 @@ _YCC_WEIGHTED = (np.array(
 ) * np.array([[2.0], [1.0], [1.0]], np.float32)).T
 
 
+@numba.njit(cache=True, nogil=True)
+def _lookup_codes(centroids, tau_sq, with_far):  # pragma: no cover - compiled
+    """The lookup table of :attr:`Palette._codes`, one pass over the 64**3 cell centres.
+
+    Nearest by ``|c|^2 - 2 p.c`` (as :func:`nearest_centroid`), computed here in plain loops:
+    a BLAS product would leave its threads spinning while the labelling threads need the cores.
+    """
+    k = centroids.shape[0]
+    codes = np.empty(1 << 18, np.uint8)
+    c_sq = np.empty(k, np.float32)
+    for c in range(k):
+        c_sq[c] = centroids[c, 0] * centroids[c, 0] + centroids[c, 1] * centroids[c, 1] + centroids[c, 2] * centroids[c, 2]
+    for r in range(64):
+        pr = np.float32(r * 4 + 1.5)
+        for g in range(64):
+            pg = np.float32(g * 4 + 1.5)
+            for b in range(64):
+                pb = np.float32(b * 4 + 1.5)
+                best, best_d = 0, np.float32(np.inf)
+                for c in range(k):
+                    d = c_sq[c] - np.float32(2.0) * (pr * centroids[c, 0] + pg * centroids[c, 1] + pb * centroids[c, 2])
+                    if d < best_d:
+                        best, best_d = c, d
+                if not with_far:
+                    codes[(r << 12) | (g << 6) | b] = best
+                    continue
+                e = (pr - centroids[best, 0]) ** 2 + (pg - centroids[best, 1]) ** 2 + (pb - centroids[best, 2]) ** 2
+                codes[(r << 12) | (g << 6) | b] = best | (np.uint8(128) if e > tau_sq else np.uint8(0))
+    return codes
+
+
 @numba.njit(cache=True, nogil=True, fastmath=True)
 def _label_image(mask, code, centres, denom, set_sizes, set_members, resolve, out):  # pragma: no cover - compiled
     """Label one (H, W, 3) mask into ``out`` (H, W); see :func:`resolve_edges` for ``resolve``.
@@ -191,7 +229,9 @@ def _label_image(mask, code, centres, denom, set_sizes, set_members, resolve, ou
         for x in range(width):
             row[x] = code[((np.int32(mask[y, x, 0]) >> 2) << 12) | ((np.int32(mask[y, x, 1]) >> 2) << 6)
                           | (np.int32(mask[y, x, 2]) >> 2)]
-    if not resolve or k > MAX_RESOLVE_K:
+    if k > MAX_RESOLVE_K:  # plain centroid ids, no far flag (see Palette._codes)
+        return
+    if not resolve:
         for y in range(height):
             row = out[y]
             for x in range(width):
@@ -330,26 +370,48 @@ def flat_pixels(mask: np.ndarray, flat_range: int) -> np.ndarray:
     return np.maximum(np.maximum(span[..., 0], span[..., 1]), span[..., 2]) < flat_range
 
 
+class PixelSampler:
+    """Draws ``n`` random pixels from ``count`` masks given one at a time, in order.
+
+    Each mask contributes ``ceil(n / count)`` pixels drawn from its flat pixels (see
+    :func:`flat_pixels`; any pixel when it has none), so the slow part, finding the flat pixels,
+    can run in worker threads while the seeded draws stay in one fixed order.
+    """
+
+    def __init__(self, n: int, count: int, seed: int = 0):
+        if count <= 0:
+            raise ValueError("no masks to sample pixels from (the training split is empty)")
+        self.n, self.per_mask = int(n), -(-int(n) // count)
+        self.rng = np.random.default_rng(seed)
+        self.chunks: list[np.ndarray] = []
+
+    def add(self, mask: np.ndarray, keep: np.ndarray | None) -> None:
+        """Draw from ``mask`` (H, W, 3) among the flat indices ``keep`` (None: any pixel)."""
+        if keep is not None and keep.size:
+            pick = keep[self.rng.integers(0, keep.size, size=self.per_mask)]
+        else:
+            pick = self.rng.integers(0, mask.shape[0] * mask.shape[1], size=self.per_mask)
+        self.chunks.append(np.asarray(mask).reshape(-1, 3)[pick])
+
+    def pixels(self) -> np.ndarray:
+        return np.concatenate(self.chunks)[: self.n]
+
+
+def flat_indices(mask: np.ndarray, flat_range: int = FIT_RANGE) -> np.ndarray:
+    """Flat indices of the pixels of ``mask`` inside flat regions (what K-Means is fitted on)."""
+    return np.flatnonzero(flat_pixels(np.asarray(mask), flat_range))
+
+
 def sample_pixels(masks: np.ndarray, n: int, seed: int = 0, flat_range: int | None = FIT_RANGE) -> np.ndarray:
     """Draw ``n`` random pixels from masks (N, H, W, 3); works on memmaps, one mask at a time.
 
     With ``flat_range`` only pixels inside flat regions are drawn, so the blended edges and JPEG
     ringing do not pull the centroids away from the true mask colours (``None``: any pixel).
     """
-    if len(masks) == 0:
-        raise ValueError("no masks to sample pixels from (the training split is empty)")
-    rng = np.random.default_rng(seed)
-    per_mask = -(-int(n) // len(masks))
-    chunks = []
+    sampler = PixelSampler(n, len(masks), seed)
     for mask in masks:
-        mask = np.asarray(mask)
-        keep = np.flatnonzero(flat_pixels(mask, flat_range)) if flat_range is not None else np.empty(0)
-        if keep.size:
-            pick = keep[rng.integers(0, keep.size, size=per_mask)]
-        else:
-            pick = rng.integers(0, mask.shape[0] * mask.shape[1], size=per_mask)
-        chunks.append(mask.reshape(-1, 3)[pick])
-    return np.concatenate(chunks)[: int(n)]
+        sampler.add(mask, flat_indices(mask, flat_range) if flat_range is not None else None)
+    return sampler.pixels()
 
 
 def fit_palette(pixels: np.ndarray, k: int = 10, seed: int = 0) -> Palette:

@@ -11,6 +11,7 @@ a crash or a bad file never leaves a half-written OUT_DIR that looks complete.
 from __future__ import annotations
 
 import os
+from concurrent.futures import ThreadPoolExecutor
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
@@ -23,7 +24,7 @@ from tqdm import tqdm
 from seglib import __version__
 from seglib.cityscapes import nearest_label_names
 from seglib.fsutil import atomic_write_json, atomic_write_text, staged_dir
-from seglib.labels import Palette, assign_chunks, fit_palette, sample_pixels
+from seglib.labels import Palette, PixelSampler, fit_palette, flat_indices, sample_pixels
 from seglib.pairs import PairError, iter_pairs, scan_folder
 
 SPLITS = ("train", "val", "test")
@@ -145,17 +146,33 @@ class _NpyWriter:
         self.file.close()
 
 
-def _read_split(files, folder: Path, size: int, skip_bad: bool, skipped: list, workers, progress, name,
-                palette: Palette | None = None, resolve: bool = True):
-    """Decode a split, writing ``images.npy`` (and ``labels.npy`` when ``palette`` is known).
+def _class_counts(labels: np.ndarray, k: int) -> np.ndarray:
+    """Pixels per class id in ``labels`` (..., W) uint8 (OpenCV's histogram: fast, GIL-free)."""
+    rows = np.ascontiguousarray(labels).reshape(-1, labels.shape[-1])
+    return cv2.calcHist([rows], [0], None, [256], [0, 256]).ravel()[:k].astype(np.float64)
 
-    Without a palette the masks are returned (in memory) for fitting. Returns (kept, masks).
+
+def _read_split(files, folder: Path, size: int, skip_bad: bool, skipped: list, workers, progress, name,
+                palette: Palette | None = None, resolve: bool = True, sampler: PixelSampler | None = None):
+    """Decode a split, writing ``images.npy``.
+
+    With a ``palette``, the worker threads also label each mask and count its classes, and
+    ``labels.npy`` is written. Without one, the masks are returned (a list of the decoded arrays,
+    in memory) for fitting, and each mask's flat pixels, found in the worker threads, feed
+    ``sampler``. Returns (kept files, masks or None, class pixel counts or None).
     """
     folder.mkdir(parents=True)
     images = _NpyWriter(folder / "images.npy", (size, size, 3), np.uint8, len(files))
     labels = _NpyWriter(folder / "labels.npy", (size, size), np.uint8, len(files)) if palette else None
-    masks = None if palette else np.empty((len(files), size, size, 3), np.uint8)
-    then = (lambda photo, mask: (photo, palette.assign(mask, resolve))) if palette else None
+    masks = None if palette else []
+    counts = np.zeros(palette.k) if palette else None
+    if palette:
+        def then(photo, mask):
+            label = palette.assign(mask, resolve)
+            return photo, label, _class_counts(label, palette.k)
+    else:
+        def then(photo, mask):
+            return photo, mask, flat_indices(mask) if sampler else None
     kept: list[Path] = []
     try:
         with tqdm(total=len(files), desc=f"read {name}", unit="pair", disable=not progress, leave=False) as bar:
@@ -169,33 +186,40 @@ def _read_split(files, folder: Path, size: int, skip_bad: bool, skipped: list, w
                 images.append(result[0])
                 if labels is not None:
                     labels.append(result[1])
+                    counts += result[2]
                 else:
-                    masks[len(kept)] = result[1]
+                    masks.append(result[1])
+                    if sampler:
+                        sampler.add(result[1], result[2])
                 kept.append(path)
     finally:
         images.close()
         if labels is not None:
             labels.close()
-    return kept, (None if masks is None else masks[: len(kept)])
+    return kept, masks, counts
 
 
-def _label_masks(palette: Palette, masks: np.ndarray, folder: Path, workers: int, resolve: bool,
-                 chunk: int = 16) -> None:
-    """Write ``labels.npy`` for masks kept in memory, labelling chunks in parallel threads."""
-    writer = _NpyWriter(folder / "labels.npy", masks.shape[1:3], np.uint8, len(masks))
+def _label_masks(palette: Palette, masks: list[np.ndarray], folder: Path, workers: int,
+                 resolve: bool) -> np.ndarray:
+    """Write ``labels.npy`` for masks kept in memory, labelling and counting them in parallel
+    threads; returns the class pixel counts."""
+    def label(mask):
+        labels = palette.assign(mask, resolve)
+        return labels, _class_counts(labels, palette.k)
+
+    writer = _NpyWriter(folder / "labels.npy", masks[0].shape[:2], np.uint8, len(masks))
+    counts = np.zeros(palette.k)
     try:
-        for block in assign_chunks(palette, masks, workers, resolve, chunk):
-            writer.append(block)
+        with ThreadPoolExecutor(max_workers=workers) as pool:
+            for labels, mask_counts in pool.map(label, masks):
+                writer.append(labels)
+                counts += mask_counts
     finally:
         writer.close()
+    return counts
 
 
-def _class_shares(folder: Path, k: int) -> list[float]:
-    labels = np.load(folder / "labels.npy", mmap_mode="r")
-    counts = np.zeros(k, np.float64)
-    for start in range(0, len(labels), 256):
-        block = np.ascontiguousarray(labels[start : start + 256]).reshape(-1, labels.shape[-1])
-        counts += cv2.calcHist([block], [0], None, [256], [0, 256]).ravel()[:k]
+def _shares(counts: np.ndarray) -> list[float]:
     total = counts.sum()
     return [round(float(c / total), 6) if total else 0.0 for c in counts]
 
@@ -230,26 +254,30 @@ def prepare(
     workers = workers or min(8, os.cpu_count() or 1)
     with staged_dir(out_dir, SUMMARY) as tmp:
         skipped: list[dict] = []
-        kept = {}
-        kept["train"], train_masks = _read_split(splits["train"], tmp / "train", size, skip_bad, skipped, workers,
-                                                 progress, "train")
+        kept, counts = {}, {}
+        sampler = PixelSampler(sample_pixels_count, len(splits["train"]), seed)
+        kept["train"], train_masks, _ = _read_split(splits["train"], tmp / "train", size, skip_bad, skipped,
+                                                    workers, progress, "train", sampler=sampler)
         if not kept["train"]:
             raise DatasetError(f"{data_dir}: no usable training pairs (all {len(skipped)} files were bad)")
         decoded = time.perf_counter()
 
-        palette = fit_palette(sample_pixels(train_masks, sample_pixels_count, seed), clusters, seed)
+        # the sampler drew ceil(n / files) pixels per mask; when bad files were skipped, draw again
+        # over the kept masks, so the sample is what sample_pixels gives for them
+        pixels = sampler.pixels() if len(kept["train"]) == len(splits["train"]) else sample_pixels(
+            train_masks, sample_pixels_count, seed)
+        palette = fit_palette(pixels, clusters, seed)
         palette.names = nearest_label_names(palette.centroids)
         fitted = time.perf_counter()
 
-        _label_masks(palette, train_masks, tmp / "train", workers, resolve_edges)
+        counts["train"] = _label_masks(palette, train_masks, tmp / "train", workers, resolve_edges)
         del train_masks
         for name in ("val", "test"):
-            kept[name], _ = _read_split(splits[name], tmp / name, size, skip_bad, skipped, workers, progress, name,
-                                        palette, resolve_edges)
-        shares = {}
+            kept[name], _, counts[name] = _read_split(splits[name], tmp / name, size, skip_bad, skipped, workers,
+                                                      progress, name, palette, resolve_edges)
         for name in SPLITS:
-            shares[name] = _class_shares(tmp / name, palette.k)
             atomic_write_text(tmp / name / "files.txt", "".join(f"{p}\n" for p in kept[name]))
+        shares = {name: _shares(counts[name]) for name in SPLITS}
         assigned = time.perf_counter()
 
         palette.save(tmp / "palette.json")

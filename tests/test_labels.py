@@ -153,3 +153,14 @@ def test_edge_kernel_matches_plain_reference(shape):
     expected = _reference_labels(mask, pal)
     assert (expected != pal.assign(mask, resolve=False)).sum() > 20  # the rule does change labels here
     assert (pal.assign(mask) != expected).sum() <= 2  # float rounding may flip a tie, nothing more
+
+
+def test_many_clusters_label_without_edge_resolution():
+    """Above 16 clusters there is no edge resolution, and ids above 127 survive the lookup."""
+    rng = np.random.default_rng(3)
+    pal = Palette(rng.uniform(0, 255, (200, 3)).astype(np.float32), np.full(200, 1 / 200))
+    masks = rng.integers(0, 256, (2, 40, 50, 3), dtype=np.uint8)
+    labels = pal.assign(masks)
+    assert labels.max() > 127
+    assert (labels == pal.assign(masks, resolve=False)).all()
+    assert (pal.assign(pal.colours, resolve=False) == np.arange(200)).all()
