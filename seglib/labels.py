@@ -306,18 +306,36 @@ def _label_image(mask, code, centres, denom, set_sizes, set_members, resolve, ou
             c1 = r * w01 + g * w11 + b * w21
             c2 = r * w02 + g * w12 + b * w22
             own = row_out[x]
+            if (classes >> own) & 1:  # own class is a candidate: the nearest candidate, own on a tie
+                if n == 2:
+                    a, bb = members[0], members[1]
+                    da = (c0 - centres[a, 0]) ** 2 + (c1 - centres[a, 1]) ** 2 + (c2 - centres[a, 2]) ** 2
+                    db = (c0 - centres[bb, 0]) ** 2 + (c1 - centres[bb, 1]) ** 2 + (c2 - centres[bb, 2]) ** 2
+                    row_out[x] = bb if (db < da) | ((db == da) & (own == bb)) else a
+                else:
+                    first, d_first, d_own = own, big, big
+                    for j in range(n):
+                        c = members[j]
+                        d = (c0 - centres[c, 0]) ** 2 + (c1 - centres[c, 1]) ** 2 + (c2 - centres[c, 2]) ** 2
+                        d_own = d if c == own else d_own
+                        lt_first = d < d_first
+                        first = c if lt_first else first
+                        d_first = d if lt_first else d_first
+                    row_out[x] = own if d_own <= d_first else first
+                continue
             own_dist = (c0 - centres[own, 0]) ** 2 + (c1 - centres[own, 1]) ** 2 + (c2 - centres[own, 2]) ** 2
-            if n == 2:  # candidates A < B: the nearer is "first" (A on a tie); no branches
+            # a blend of the nearest candidate ("first", the lower id on a tie) and the second?
+            if n == 2:  # branch-free
                 a, bb = members[0], members[1]
                 a0, a1, a2 = centres[a, 0], centres[a, 1], centres[a, 2]
                 b0, b1, b2 = centres[bb, 0], centres[bb, 1], centres[bb, 2]
                 da = (c0 - a0) ** 2 + (c1 - a1) ** 2 + (c2 - a2) ** 2
                 db = (c0 - b0) ** 2 + (c1 - b1) ** 2 + (c2 - b2) ** 2
                 swap = db < da
+                first = bb if swap else a
                 f0, f1, f2 = (b0 if swap else a0), (b1 if swap else a1), (b2 if swap else a2)
                 s0, s1, s2 = ((a0 - b0) if swap else (b0 - a0)), ((a1 - b1) if swap else (b1 - a1)), (
                     (a2 - b2) if swap else (b2 - a2))
-                first, second = (bb if swap else a), (a if swap else bb)
                 length = denom[a, bb]
             else:
                 first, second, d_first, d_second = 0, 0, big, big
@@ -335,8 +353,7 @@ def _label_image(mask, code, centres, denom, set_sizes, set_members, resolve, ou
             t = ((c0 - f0) * s0 + (c1 - f1) * s1 + (c2 - f2) * s2) / length
             t = min(max(t, np.float32(0.0)), np.float32(1.0))
             residual = (c0 - f0 - t * s0) ** 2 + (c1 - f1 - t * s1) ** 2 + (c2 - f2 - t * s2) ** 2
-            pick = first if t < 0.5 else second
-            row_out[x] = pick if residual < own_dist else own
+            row_out[x] = first if residual < own_dist else own
 
 
 def assign_chunks(palette: Palette, masks: np.ndarray, workers: int = 0, resolve: bool = True,
@@ -354,10 +371,15 @@ def resolve_edges(mask: np.ndarray, palette: "Palette") -> np.ndarray:
 
     An edge pixel is one whose 3x3 box of nearest-centroid labels is not uniform and whose colour
     is farther than ``EDGE_TAU`` from every centroid. Its candidates are the classes of uniform
-    pixels nearby (the 12x12 cells around its 4x4 cell); when its colour lies closer to the segment between the two
-    nearest candidates, A and B, than to its own centroid, it is a blend and takes whichever of
-    A and B it is nearer to along the segment. Distances are in YCbCr with luma weighted 4x in
-    squared distance, as JPEG keeps chroma at half resolution.
+    pixels nearby (the 12x12 pixels of the 4x4 blocks around its own block). When its colour lies
+    closer to the segment between the two nearest candidates, A and B, than to its own centroid,
+    it is a blend and takes whichever of A and B it is nearer to along the segment.
+
+    When its own class is a candidate this is simply the nearest candidate (own class on a tie):
+    the nearer of A and B is the nearer along the segment, and the segment's closest point is no
+    farther than A, so it is always closer than the own centroid unless that is A; the compiled
+    kernel takes that shortcut. Distances are in YCbCr with luma weighted 4x in squared
+    distance, as JPEG keeps chroma at half resolution.
     """
     out = np.empty(mask.shape[:2], np.uint8)
     _label_image(np.ascontiguousarray(mask), *palette._kernel_tables, True, out)
