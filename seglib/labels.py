@@ -356,14 +356,51 @@ def _label_image(mask, code, centres, denom, set_sizes, set_members, resolve, ou
             row_out[x] = first if residual < own_dist else own
 
 
-def assign_chunks(palette: Palette, masks: np.ndarray, workers: int = 0, resolve: bool = True,
-                  chunk: int = 16):
-    """Label ``masks`` (N, H, W, 3) in chunks on ``workers`` threads (0: one per core; the
-    compiled kernel releases the GIL); yields the (n, H, W) label chunks in order."""
+@numba.njit(cache=True, nogil=True)
+def _count_classes(labels, counts):  # pragma: no cover - compiled
+    """Add the pixels per class id of ``labels`` (C-contiguous uint8) to ``counts`` (4, 256)
+    (four interleaved histograms, so equal neighbours do not wait on one counter)."""
+    flat = labels.reshape(-1)
+    even = flat.size & ~3
+    for i in range(0, even, 4):
+        counts[0, flat[i]] += 1
+        counts[1, flat[i + 1]] += 1
+        counts[2, flat[i + 2]] += 1
+        counts[3, flat[i + 3]] += 1
+    for i in range(even, flat.size):
+        counts[0, flat[i]] += 1
+
+
+def label_counted(palette: Palette, masks, resolve: bool = True) -> tuple[np.ndarray, np.ndarray]:
+    """Label ``masks`` (a sequence of (H, W, 3) uint8 RGB arrays of one size, or an (N, H, W, 3)
+    array) and count the pixels of each class: returns ``(labels (N, H, W), counts (K,))``.
+
+    This is what prepare runs in its worker threads: compiled calls that release the GIL, with
+    next to no Python work per mask, so the threads scale.
+    """
+    if len(masks) == 0:
+        return np.empty((0, 0, 0), np.uint8), np.zeros(palette.k, np.int64)
+    shape = np.shape(masks[0])
+    out = np.empty((len(masks), *shape[:2]), np.uint8)
+    tables = palette._kernel_tables
+    for i, mask in enumerate(masks):
+        if mask.dtype != np.uint8 or mask.shape != shape or len(shape) != 3 or shape[2] != 3:
+            raise ValueError(f"mask {i}: expected uint8 {shape} RGB like the first, got {mask.dtype} {mask.shape}")
+        _label_image(np.ascontiguousarray(mask), *tables, resolve, out[i])
+    counts = np.zeros((4, 256), np.int64)
+    _count_classes(out, counts)
+    return out, counts.sum(0)[: palette.k]
+
+
+def assign_chunks(palette: Palette, masks, workers: int = 0, resolve: bool = True, chunk: int = 16):
+    """Label and count ``masks`` (a sequence of (H, W, 3) arrays) in chunks on ``workers``
+    threads (0: one per core); yields :func:`label_counted`'s ``(labels, counts)`` per chunk, in
+    order."""
     from concurrent.futures import ThreadPoolExecutor
 
     with ThreadPoolExecutor(max_workers=workers or os.cpu_count() or 1) as pool:
-        yield from pool.map(lambda i: palette.assign(masks[i : i + chunk], resolve), range(0, len(masks), chunk))
+        yield from pool.map(lambda i: label_counted(palette, masks[i : i + chunk], resolve),
+                            range(0, len(masks), chunk))
 
 
 def resolve_edges(mask: np.ndarray, palette: "Palette") -> np.ndarray:

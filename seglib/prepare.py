@@ -11,20 +11,18 @@ a crash or a bad file never leaves a half-written OUT_DIR that looks complete.
 from __future__ import annotations
 
 import os
-from concurrent.futures import ThreadPoolExecutor
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
-import cv2
 import numpy as np
 from tqdm import tqdm
 
 from seglib import __version__
 from seglib.cityscapes import nearest_label_names
 from seglib.fsutil import atomic_write_json, atomic_write_text, staged_dir
-from seglib.labels import Palette, PixelSampler, fit_palette, flat_indices, sample_pixels
+from seglib.labels import Palette, PixelSampler, assign_chunks, fit_palette, flat_indices, label_counted, sample_pixels
 from seglib.pairs import PairError, iter_pairs, scan_folder
 
 SPLITS = ("train", "val", "test")
@@ -146,12 +144,6 @@ class _NpyWriter:
         self.file.close()
 
 
-def _class_counts(labels: np.ndarray, k: int) -> np.ndarray:
-    """Pixels per class id in ``labels`` (..., W) uint8 (OpenCV's histogram: fast, GIL-free)."""
-    rows = np.ascontiguousarray(labels).reshape(-1, labels.shape[-1])
-    return cv2.calcHist([rows], [0], None, [256], [0, 256]).ravel()[:k].astype(np.float64)
-
-
 def _read_split(files, folder: Path, size: int, skip_bad: bool, skipped: list, workers, progress, name,
                 palette: Palette | None = None, resolve: bool = True, sampler: PixelSampler | None = None):
     """Decode a split, writing ``images.npy``.
@@ -168,8 +160,8 @@ def _read_split(files, folder: Path, size: int, skip_bad: bool, skipped: list, w
     counts = np.zeros(palette.k) if palette else None
     if palette:
         def then(photo, mask):
-            label = palette.assign(mask, resolve)
-            return photo, label, _class_counts(label, palette.k)
+            label, label_counts = label_counted(palette, [mask], resolve)
+            return photo, label[0], label_counts
     else:
         def then(photo, mask):
             return photo, mask, flat_indices(mask) if sampler else None
@@ -201,19 +193,14 @@ def _read_split(files, folder: Path, size: int, skip_bad: bool, skipped: list, w
 
 def _label_masks(palette: Palette, masks: list[np.ndarray], folder: Path, workers: int,
                  resolve: bool) -> np.ndarray:
-    """Write ``labels.npy`` for masks kept in memory, labelling and counting them in parallel
-    threads; returns the class pixel counts."""
-    def label(mask):
-        labels = palette.assign(mask, resolve)
-        return labels, _class_counts(labels, palette.k)
-
+    """Write ``labels.npy`` for masks kept in memory, labelling and counting chunks of them in
+    parallel threads; returns the class pixel counts."""
     writer = _NpyWriter(folder / "labels.npy", masks[0].shape[:2], np.uint8, len(masks))
     counts = np.zeros(palette.k)
     try:
-        with ThreadPoolExecutor(max_workers=workers) as pool:
-            for labels, mask_counts in pool.map(label, masks):
-                writer.append(labels)
-                counts += mask_counts
+        for labels, chunk_counts in assign_chunks(palette, masks, workers, resolve):
+            writer.append(labels)
+            counts += chunk_counts
     finally:
         writer.close()
     return counts

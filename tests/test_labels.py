@@ -165,3 +165,20 @@ def test_many_clusters_label_without_edge_resolution():
     assert labels.max() > 127
     assert (labels == pal.assign(masks, resolve=False)).all()
     assert (pal.assign(pal.colours, resolve=False) == np.arange(200)).all()
+
+
+def test_label_counted_matches_assign_and_counts():
+    from seglib.labels import assign_chunks, label_counted
+
+    rng = np.random.default_rng(5)
+    pal = Palette(np.array([ROAD, BUILDING, BLACK], np.float32), np.array([0.5, 0.3, 0.2]))
+    masks = [np.ascontiguousarray(pal.colours[rng.integers(0, 3, (30, 41))]) for _ in range(5)]
+    masks[1] = masks[1][:, ::-1]  # a non-contiguous view is fine too
+    labels, counts = label_counted(pal, masks)
+    assert (labels == pal.assign(np.stack(masks))).all()
+    assert counts.tolist() == np.bincount(labels.ravel(), minlength=3).tolist()
+    chunks = list(assign_chunks(pal, masks, workers=2, chunk=2))
+    assert len(chunks) == 3 and (np.concatenate([c[0] for c in chunks]) == labels).all()
+    assert sum(c[1] for c in chunks).tolist() == counts.tolist()
+    with pytest.raises(ValueError, match="mask 2"):
+        label_counted(pal, [masks[0], masks[1], masks[2][:20]])
