@@ -140,3 +140,19 @@ def test_real_sample_label_purity(shared_sample, tmp_path):
     summary = prepare(shared_sample, tmp_path / "real", progress=False)
     assert summary["counts"] == {"train": 240, "val": 60, "test": 100}
     assert split_purity(tmp_path / "real", "test") >= 0.92
+
+
+def test_skipped_training_file_palette_uses_kept_masks(messy_dir, tmp_path):
+    """With a bad training file skipped, the palette is fitted on the kept training masks alone."""
+    from seglib.labels import fit_palette, sample_pixels
+    from seglib.pairs import read_pair
+    from seglib.prepare import load_palette, split_files
+
+    splits, _, _ = split_files(messy_dir)
+    assert {"corrupt.jpg", "square.png"} & {p.name for p in splits["train"]}  # a bad file is in train
+    prepare(messy_dir, tmp_path / "out", size=64, skip_bad=True, sample_pixels_count=5000, progress=False)
+    kept = open_split(tmp_path / "out", "train").files
+    assert len(kept) < len(splits["train"])
+    masks = np.stack([read_pair(f, 64)[1] for f in kept])
+    expected = fit_palette(sample_pixels(masks, 5000, seed=0), 10, seed=0)
+    assert np.allclose(load_palette(tmp_path / "out").centroids, expected.centroids, atol=1e-3)  # JSON keeps 4 decimals
