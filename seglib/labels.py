@@ -20,6 +20,7 @@ import cv2
 import numba
 import numpy as np
 from sklearn.cluster import KMeans
+from threadpoolctl import threadpool_limits
 
 from seglib.fsutil import atomic_write_json
 
@@ -488,7 +489,9 @@ def fit_palette(pixels: np.ndarray, k: int = 10, seed: int = 0) -> Palette:
             f"cannot fit {k} clusters (use fewer --clusters)"
         )
     colours = np.stack([(unique >> 16) & 255, (unique >> 8) & 255, unique & 255], axis=1).astype(np.float32)
-    kmeans = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(colours, sample_weight=counts)
+    with threadpool_limits(1):  # one thread: the same centroids on any core count (and no idle
+        # OpenMP/BLAS threads left spinning while prepare's own threads need the cores)
+        kmeans = KMeans(n_clusters=k, n_init=4, random_state=seed).fit(colours, sample_weight=counts)
     shares = np.bincount(kmeans.labels_, weights=counts, minlength=k) / counts.sum()
     order = np.argsort(-shares, kind="stable")
     return Palette(

@@ -182,3 +182,15 @@ def test_label_counted_matches_assign_and_counts():
     assert sum(c[1] for c in chunks).tolist() == counts.tolist()
     with pytest.raises(ValueError, match="mask 2"):
         label_counted(pal, [masks[0], masks[1], masks[2][:20]])
+
+
+def test_fit_is_the_same_on_any_thread_count():
+    """K-Means runs on one thread, so palette.json does not depend on the machine's core count."""
+    from threadpoolctl import threadpool_limits
+
+    px = pixels_of({ROAD: 3000, BLACK: 1000, BUILDING: 2000, (220, 20, 60): 500}, noise=20)
+    with threadpool_limits(2):
+        many = fit_palette(px, k=4, seed=1)
+    with threadpool_limits(1):
+        one = fit_palette(px, k=4, seed=1)
+    assert many.to_dict() == one.to_dict()
