@@ -226,7 +226,7 @@ def prepare(
 ) -> dict:
     """Prepare ``data_dir`` into ``out_dir``; returns the summary (also written as summary.json).
 
-    ``resolve_edges=False`` labels by nearest colour only: about 3x faster labelling, lower
+    ``resolve_edges=False`` labels by nearest colour only: about 4x faster labelling, lower
     label quality at class borders (see ``seglib.labels``).
     """
     started = time.perf_counter()
