@@ -219,8 +219,9 @@ def _label_image(mask, code, centres, denom, set_sizes, set_members, resolve, ou
 
     Passes: table lookup; 3x3 uniformity (clearing the edge flag of uniform pixels) and the
     classes of uniform pixels per 4x4 block as bits; those bits spread to the neighbouring
-    blocks; then, row by row, the flagged pixels are gathered and resolved. Blends of two
-    candidates (the common case) take a branch-free path.
+    blocks; then, row by row, the flagged pixels are gathered and resolved: by the nearest
+    candidate when the own class is one (see :func:`resolve_edges`), else by the blend test,
+    branch-free for two candidates (the common case).
     """
     height, width = mask.shape[0], mask.shape[1]
     k = centres.shape[0]
