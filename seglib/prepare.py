@@ -22,7 +22,15 @@ from tqdm import tqdm
 from seglib import __version__
 from seglib.cityscapes import nearest_label_names
 from seglib.fsutil import atomic_write_json, atomic_write_text, staged_dir
-from seglib.labels import Palette, PixelSampler, assign_chunks, fit_palette, flat_indices, label_counted, sample_pixels
+from seglib.labels import (
+    Palette,
+    PixelSampler,
+    assign_chunks,
+    fit_palette,
+    flat_indices,
+    label_counted,
+    sample_pixels,
+)
 from seglib.pairs import PairError, iter_pairs, scan_folder
 
 SPLITS = ("train", "val", "test")
