@@ -93,6 +93,12 @@ class Palette:
         order = np.argsort(~member, axis=1, kind="stable").astype(np.uint8)  # members first, ascending
         return self._codes, centres, denom, sizes, order
 
+    def build_tables(self) -> "Palette":
+        """Build the labelling tables now rather than on first use, so that threads labelling
+        with this palette find them ready instead of each building its own."""
+        self._kernel_tables  # noqa: B018 - a cached property: reading it builds it
+        return self
+
     def assign(self, masks: np.ndarray, resolve: bool = True) -> np.ndarray:
         """Label every pixel of ``masks`` (..., 3) uint8 RGB; returns (...) uint8 class ids.
 
@@ -431,31 +437,74 @@ def flat_pixels(mask: np.ndarray, flat_range: int) -> np.ndarray:
     return np.maximum(np.maximum(span[..., 0], span[..., 1]), span[..., 2]) < flat_range
 
 
-class PixelSampler:
-    """Draws ``n`` random pixels from ``count`` masks given one at a time, in order.
+@numba.njit(cache=True, nogil=True)
+def _flat_at(mask, indices, flat_range, out):  # pragma: no cover - compiled
+    """``out[j]``: the pixel at flat index ``indices[j]`` of ``mask`` (H, W, 3) is flat, i.e. its
+    3x3 box (cut at the image border) varies less than ``flat_range`` in every channel, exactly
+    as :func:`flat_pixels` finds for the whole mask."""
+    height, width = mask.shape[0], mask.shape[1]
+    for j in range(indices.size):
+        y = indices[j] // width
+        x = indices[j] - y * width
+        lo0 = lo1 = lo2 = np.int32(255)
+        hi0 = hi1 = hi2 = np.int32(0)
+        for yy in range(max(y - 1, 0), min(y + 2, height)):
+            for xx in range(max(x - 1, 0), min(x + 2, width)):
+                v0, v1, v2 = np.int32(mask[yy, xx, 0]), np.int32(mask[yy, xx, 1]), np.int32(mask[yy, xx, 2])
+                lo0, hi0 = min(lo0, v0), max(hi0, v0)
+                lo1, hi1 = min(lo1, v1), max(hi1, v1)
+                lo2, hi2 = min(lo2, v2), max(hi2, v2)
+        out[j] = (hi0 - lo0 < flat_range) & (hi1 - lo1 < flat_range) & (hi2 - lo2 < flat_range)
 
-    Each mask contributes ``ceil(n / count)`` pixels drawn from its flat pixels (see
-    :func:`flat_pixels`; any pixel when it has none), so the slow part, finding the flat pixels,
-    can run in worker threads while the seeded draws stay in one fixed order.
+
+class PixelSampler:
+    """Draws ``n`` random pixels from ``count`` masks, ``ceil(n / count)`` from each.
+
+    A mask's pixels are uniform with replacement among its flat pixels (see
+    :func:`flat_pixels`; among all its pixels when it has none, or when ``flat_range`` is None).
+    Each mask has its own random stream, seeded by ``(seed, its index)``, so masks can be drawn
+    from in any order, in worker threads, and the sample stays the same. Draws are by rejection,
+    uniform candidates kept when their box is flat, so only about as many boxes are tested as
+    pixels are drawn instead of the whole mask; a mask with few flat pixels falls back to
+    finding all of them.
     """
 
-    def __init__(self, n: int, count: int, seed: int = 0):
+    REJECTION_ROUNDS = 8
+
+    def __init__(self, n: int, count: int, seed: int = 0, flat_range: int | None = FIT_RANGE):
         if count <= 0:
             raise ValueError("no masks to sample pixels from (the training split is empty)")
-        self.n, self.per_mask = int(n), -(-int(n) // count)
-        self.rng = np.random.default_rng(seed)
-        self.chunks: list[np.ndarray] = []
+        self.n, self.count, self.seed, self.flat_range = int(n), int(count), int(seed), flat_range
+        self.per_mask = -(-self.n // self.count)
 
-    def add(self, mask: np.ndarray, keep: np.ndarray | None) -> None:
-        """Draw from ``mask`` (H, W, 3) among the flat indices ``keep`` (None: any pixel)."""
-        if keep is not None and keep.size:
-            pick = keep[self.rng.integers(0, keep.size, size=self.per_mask)]
-        else:
-            pick = self.rng.integers(0, mask.shape[0] * mask.shape[1], size=self.per_mask)
-        self.chunks.append(np.asarray(mask).reshape(-1, 3)[pick])
+    def draw(self, mask: np.ndarray, index: int) -> np.ndarray:
+        """The pixels (per_mask, 3) drawn from ``mask`` (H, W, 3), the ``index``-th mask."""
+        mask = np.ascontiguousarray(mask)
+        rng = np.random.default_rng([self.seed, index])
+        size, need, picks = mask.shape[0] * mask.shape[1], self.per_mask, []
+        if self.flat_range is not None:
+            for _ in range(self.REJECTION_ROUNDS):
+                candidates = rng.integers(0, size, size=need * 3 // 2 + 16)  # masks are ~80% flat
+                flat = np.empty(candidates.size, np.bool_)
+                _flat_at(mask, candidates, self.flat_range, flat)
+                picks.append(candidates[flat][:need])
+                need -= picks[-1].size
+                if need == 0:
+                    break
+            else:
+                keep = flat_indices(mask, self.flat_range)
+                if keep.size:
+                    picks.append(keep[rng.integers(0, keep.size, size=need)])
+                    need = 0
+        if need:
+            picks.append(rng.integers(0, size, size=need))
+        return mask.reshape(-1, 3)[np.concatenate(picks)]
 
-    def pixels(self) -> np.ndarray:
-        return np.concatenate(self.chunks)[: self.n]
+    def join(self, drawn: list[np.ndarray]) -> np.ndarray:
+        """The sample: the pixels drawn from every mask, in mask order, cut to ``n``."""
+        if len(drawn) != self.count:
+            raise ValueError(f"pixels drawn from {len(drawn)} masks, expected {self.count}")
+        return np.concatenate(drawn)[: self.n]
 
 
 def flat_indices(mask: np.ndarray, flat_range: int = FIT_RANGE) -> np.ndarray:
@@ -469,10 +518,8 @@ def sample_pixels(masks: np.ndarray, n: int, seed: int = 0, flat_range: int | No
     With ``flat_range`` only pixels inside flat regions are drawn, so the blended edges and JPEG
     ringing do not pull the centroids away from the true mask colours (``None``: any pixel).
     """
-    sampler = PixelSampler(n, len(masks), seed)
-    for mask in masks:
-        sampler.add(mask, flat_indices(mask, flat_range) if flat_range is not None else None)
-    return sampler.pixels()
+    sampler = PixelSampler(n, len(masks), seed, flat_range)
+    return sampler.join([sampler.draw(mask, i) for i, mask in enumerate(masks)])
 
 
 def fit_palette(pixels: np.ndarray, k: int = 10, seed: int = 0) -> Palette:

@@ -110,29 +110,30 @@ def scan_folder(folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:
 
 def iter_pairs(
     files: Iterable[str | os.PathLike], size: int | None = 256, workers: int | None = None,
-    then: Callable[[np.ndarray, np.ndarray], Any] | None = None,
+    then: Callable[[int, np.ndarray, np.ndarray], Any] | None = None,
 ) -> Iterator[tuple[Path, Any]]:
     """Decode pairs in parallel threads (OpenCV releases the GIL), yielding in input order.
 
-    Yields ``(path, (photo, mask))``, or ``(path, then(photo, mask))`` when ``then`` is given
-    (it runs in the worker thread too), or ``(path, PairError)``. At most a few batches are in
-    flight, so memory stays bounded for any folder size.
+    Yields ``(path, (photo, mask))``, or ``(path, then(index, photo, mask))`` when ``then`` is
+    given (it runs in the worker thread too; ``index`` is the file's position in ``files``), or
+    ``(path, PairError)``. At most a few batches are in flight, so memory stays bounded for any
+    folder size.
     """
     files = [Path(f) for f in files]
     workers = workers or min(8, os.cpu_count() or 1)
 
-    def load(path: Path):
+    def load(index: int, path: Path):
         try:
             photo, mask = read_pair(path, size)
         except PairError as exc:
             return exc
-        return (photo, mask) if then is None else then(photo, mask)
+        return (photo, mask) if then is None else then(index, photo, mask)
 
     window = 4 * workers
     pending: deque = deque()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for path in files:
-            pending.append((path, pool.submit(load, path)))
+        for index, path in enumerate(files):
+            pending.append((path, pool.submit(load, index, path)))
             if len(pending) >= window:
                 done_path, future = pending.popleft()
                 yield done_path, future.result()

@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import os
 import time
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
@@ -27,7 +28,6 @@ from seglib.labels import (
     PixelSampler,
     assign_chunks,
     fit_palette,
-    flat_indices,
     label_counted,
     sample_pixels,
 )
@@ -153,26 +153,12 @@ class _NpyWriter:
 
 
 def _read_split(files, folder: Path, size: int, skip_bad: bool, skipped: list, workers, progress, name,
-                palette: Palette | None = None, resolve: bool = True, sampler: PixelSampler | None = None):
-    """Decode a split, writing ``images.npy``.
-
-    With a ``palette``, the worker threads also label each mask and count its classes, and
-    ``labels.npy`` is written. Without one, the masks are returned (a list of the decoded arrays,
-    in memory) for fitting, and each mask's flat pixels, found in the worker threads, feed
-    ``sampler``. Returns (kept files, masks or None, class pixel counts or None).
-    """
-    folder.mkdir(parents=True)
+                then, keep) -> list[Path]:
+    """Decode ``files`` in worker threads, which also run ``then(index, photo, mask)``, and write
+    ``folder/images.npy``; each kept result goes to ``keep(result)``, in file order. Bad files
+    raise, or with ``skip_bad`` are listed in ``skipped``. Returns the kept files."""
+    folder.mkdir(parents=True, exist_ok=True)
     images = _NpyWriter(folder / "images.npy", (size, size, 3), np.uint8, len(files))
-    labels = _NpyWriter(folder / "labels.npy", (size, size), np.uint8, len(files)) if palette else None
-    masks = None if palette else []
-    counts = np.zeros(palette.k) if palette else None
-    if palette:
-        def then(photo, mask):
-            label, label_counts = label_counted(palette, [mask], resolve)
-            return photo, label[0], label_counts
-    else:
-        def then(photo, mask):
-            return photo, mask, flat_indices(mask) if sampler else None
     kept: list[Path] = []
     try:
         with tqdm(total=len(files), desc=f"read {name}", unit="pair", disable=not progress, leave=False) as bar:
@@ -184,25 +170,91 @@ def _read_split(files, folder: Path, size: int, skip_bad: bool, skipped: list, w
                     skipped.append({"file": str(path), "reason": result.reason})
                     continue
                 images.append(result[0])
-                if labels is not None:
-                    labels.append(result[1])
-                    counts += result[2]
-                else:
-                    masks.append(result[1])
-                    if sampler:
-                        sampler.add(result[1], result[2])
+                keep(result)
                 kept.append(path)
     finally:
         images.close()
-        if labels is not None:
-            labels.close()
-    return kept, masks, counts
+    return kept
 
 
-def _label_masks(palette: Palette, masks: list[np.ndarray], folder: Path, workers: int,
+class _SplitLabeller:
+    """Labels a split's masks as they are decoded and writes ``labels.npy`` in row order.
+
+    The palette is still being fitted (``fitting``, the future of :func:`_fit`) while the first
+    pairs are decoded: until it is ready, the worker threads pass their masks on unlabelled and
+    they wait here; afterwards the workers label and count each mask themselves, and the masks
+    still waiting are labelled before the first labelled row is written.
+    """
+
+    def __init__(self, fitting: Future, path: Path, size: int, capacity: int, resolve: bool):
+        self.fitting, self.resolve, self.waiting, self.counts = fitting, resolve, [], 0
+        self.writer = _NpyWriter(path, (size, size), np.uint8, capacity)
+
+    def then(self, _index, photo, mask):
+        if not self.fitting.done():
+            return photo, mask, None
+        labels, counts = label_counted(self.fitting.result()[0], [mask], self.resolve)
+        return photo, labels[0], counts
+
+    def keep(self, result) -> None:
+        if result[2] is None:
+            self.waiting.append(result[1])
+        else:
+            self._label_waiting()
+            self.writer.append(result[1])
+            self.counts += result[2]
+
+    def _label_waiting(self) -> None:
+        if self.waiting:
+            labels, counts = label_counted(self.fitting.result()[0], self.waiting, self.resolve)
+            self.writer.append(labels)
+            self.counts += counts
+            self.waiting = []
+
+    def close(self, complete: bool) -> None:
+        """Finish ``labels.npy``, labelling the masks still waiting when the split is ``complete``."""
+        try:
+            if complete:
+                self._label_waiting()
+        finally:
+            self.writer.close()
+
+    def class_counts(self) -> np.ndarray:
+        """Pixels per class over the labelled masks."""
+        return self.counts + np.zeros(self.fitting.result()[0].k)  # counts is still 0 if no pair was kept
+
+
+def _read_labelled(files, folder: Path, size: int, skip_bad: bool, skipped: list, workers, progress, name,
+                   fitting: Future, resolve: bool) -> tuple[list[Path], np.ndarray]:
+    """Decode a split and write its ``images.npy`` and ``labels.npy``; returns (kept files, class
+    pixel counts)."""
+    folder.mkdir(parents=True)
+    labeller = _SplitLabeller(fitting, folder / "labels.npy", size, len(files), resolve)
+    complete = False
+    try:
+        kept = _read_split(files, folder, size, skip_bad, skipped, workers, progress, name,
+                           labeller.then, labeller.keep)
+        complete = True
+    finally:
+        labeller.close(complete)
+    return kept, labeller.class_counts()
+
+
+def _fit(pixels: np.ndarray, clusters: int, seed: int) -> tuple[Palette, float]:
+    """Fit and name the palette and build its labelling tables; returns it and the seconds taken."""
+    started = time.perf_counter()
+    palette = fit_palette(pixels, clusters, seed)
+    palette.names = nearest_label_names(palette.centroids)
+    palette.build_tables()
+    return palette, time.perf_counter() - started
+
+
+def _label_masks(fitting: Future, masks: list[np.ndarray], folder: Path, workers: int,
                  resolve: bool) -> np.ndarray:
-    """Write ``labels.npy`` for masks kept in memory, labelling and counting chunks of them in
-    parallel threads; returns the class pixel counts."""
+    """Once the palette is fitted (``fitting``, the future of :func:`_fit`), write ``labels.npy``
+    for masks kept in memory, labelling and counting chunks of them in parallel threads;
+    returns the class pixel counts."""
+    palette = fitting.result()[0]
     writer = _NpyWriter(folder / "labels.npy", masks[0].shape[:2], np.uint8, len(masks))
     counts = np.zeros(palette.k)
     try:
@@ -250,26 +302,40 @@ def prepare(
     with staged_dir(out_dir, SUMMARY) as tmp:
         skipped: list[dict] = []
         kept, counts = {}, {}
+        # the worker threads draw each training mask's share of the K-Means sample; the masks stay
+        # in memory to be labelled once the palette is fitted
         sampler = PixelSampler(sample_pixels_count, len(splits["train"]), seed)
-        kept["train"], train_masks, _ = _read_split(splits["train"], tmp / "train", size, skip_bad, skipped,
-                                                    workers, progress, "train", sampler=sampler)
+        train_masks, drawn = [], []
+
+        def draw(index, photo, mask):
+            return photo, mask, sampler.draw(mask, index)
+
+        def keep_train(result):
+            train_masks.append(result[1])
+            drawn.append(result[2])
+
+        kept["train"] = _read_split(splits["train"], tmp / "train", size, skip_bad, skipped, workers, progress,
+                                    "train", draw, keep_train)
         if not kept["train"]:
             raise DatasetError(f"{data_dir}: no usable training pairs (all {len(skipped)} files were bad)")
         decoded = time.perf_counter()
 
-        # the sampler drew ceil(n / files) pixels per mask; when bad files were skipped, draw again
-        # over the kept masks, so the sample is what sample_pixels gives for them
-        pixels = sampler.pixels() if len(kept["train"]) == len(splits["train"]) else sample_pixels(
+        # each mask drew ceil(n / files) pixels; when bad files were skipped, draw again over the
+        # kept masks, so the sample is what sample_pixels gives for them
+        pixels = sampler.join(drawn) if len(kept["train"]) == len(splits["train"]) else sample_pixels(
             train_masks, sample_pixels_count, seed)
-        palette = fit_palette(pixels, clusters, seed)
-        palette.names = nearest_label_names(palette.centroids)
-        fitted = time.perf_counter()
-
-        counts["train"] = _label_masks(palette, train_masks, tmp / "train", workers, resolve_edges)
-        del train_masks
-        for name in ("val", "test"):
-            kept[name], _, counts[name] = _read_split(splits[name], tmp / name, size, skip_bad, skipped, workers,
-                                                      progress, name, palette, resolve_edges)
+        # the K-Means fit runs on one thread: fit, then label the training masks, in a background
+        # thread while the worker threads already decode val and test, so no core waits for it
+        with ThreadPoolExecutor(1, thread_name_prefix="seglib-fit") as background:
+            fitting = background.submit(_fit, pixels, clusters, seed)
+            train_labelling = background.submit(_label_masks, fitting, train_masks, tmp / "train", workers,
+                                                resolve_edges)
+            for name in ("val", "test"):
+                kept[name], counts[name] = _read_labelled(splits[name], tmp / name, size, skip_bad, skipped,
+                                                          workers, progress, name, fitting, resolve_edges)
+            counts["train"] = train_labelling.result()
+        train_masks.clear()
+        palette, fit_seconds = fitting.result()
         for name in SPLITS:
             atomic_write_text(tmp / name / "files.txt", "".join(f"{p}\n" for p in kept[name]))
         shares = {name: _shares(counts[name]) for name in SPLITS}
@@ -294,8 +360,8 @@ def prepare(
             "class_shares": shares,
             "timings_s": {
                 "read_train": round(decoded - started, 3),
-                "fit": round(fitted - decoded, 3),
-                "label_and_read_rest": round(assigned - fitted, 3),
+                "fit": round(fit_seconds, 3),
+                "label_and_read_rest": round(assigned - decoded, 3),
                 "total": round(time.perf_counter() - started, 3),
             },
         }

@@ -194,3 +194,56 @@ def test_fit_is_the_same_on_any_thread_count():
     with threadpool_limits(1):
         one = fit_palette(px, k=4, seed=1)
     assert many.to_dict() == one.to_dict()
+
+
+def test_flat_test_at_chosen_pixels_matches_the_whole_mask_filter():
+    from seglib.labels import FIT_RANGE, _flat_at, flat_pixels
+
+    rng = np.random.default_rng(2)
+    road = np.zeros((40, 50, 3), np.uint8) + np.array(ROAD, np.uint8)
+    road[10:30, 20:35] = BUILDING
+    road[::7, ::5] += rng.integers(0, 40, (6, 10, 3), dtype=np.uint8)  # specks: some boxes not flat
+    masks = [road, rng.integers(0, 256, (7, 5, 3), dtype=np.uint8), rng.integers(0, 40, (9, 11, 3), dtype=np.uint8),
+             rng.integers(0, 256, (1, 1, 3), dtype=np.uint8), rng.integers(0, 60, (2, 9, 3), dtype=np.uint8)]
+    for mask in masks:
+        whole = flat_pixels(mask, FIT_RANGE).ravel()
+        at = np.empty(whole.size, np.bool_)
+        _flat_at(mask, np.arange(whole.size), FIT_RANGE, at)
+        assert (at == whole).all(), mask.shape
+    assert 0 < flat_pixels(road, FIT_RANGE).mean() < 1
+
+
+def test_sampler_draws_uniformly_among_flat_pixels_in_any_order():
+    from seglib.labels import PixelSampler
+
+    mask = np.zeros((60, 60, 3), np.uint8) + np.array(ROAD, np.uint8)
+    mask[:, 45:] = BUILDING  # a quarter of the width; the boundary columns are not flat
+    mask[:, 44] = (99, 67, 99)  # a blend column
+    sampler = PixelSampler(40_000, 4, seed=3)
+    drawn = [sampler.draw(mask, i) for i in range(4)]
+    px = sampler.join(drawn)
+    assert px.shape == (40_000, 3)
+    assert not (px == (99, 67, 99)).all(1).any()  # blends and their neighbours are never drawn
+    # flat pixels: road columns 0..42 (43 of them), building columns 46..59 (14)
+    building_share = (px == BUILDING).all(1).mean()
+    assert building_share == pytest.approx(14 / 57, abs=0.01)
+    # each mask has its own seeded stream: any order (or thread) gives the same sample
+    assert (sampler.join([sampler.draw(mask, i) for i in (3, 2, 1, 0)][::-1]) == px).all()
+    assert not (drawn[0] == drawn[1]).all()
+    with pytest.raises(ValueError, match="3 masks"):
+        sampler.join(drawn[:3])
+
+
+def test_sampler_with_few_or_no_flat_pixels():
+    from seglib.labels import PixelSampler
+
+    rng = np.random.default_rng(4)
+    noise = rng.integers(0, 256, (50, 50, 3), dtype=np.uint8)  # no flat box anywhere
+    patch = noise.copy()
+    patch[20:23, 30:33] = ROAD  # one flat pixel, (21, 31): rejection gives up, all flat ones are found
+    px = PixelSampler(500, 1, seed=0).draw(patch, 0)
+    assert len(px) == 500 and (px == ROAD).all(1).all()
+    px = PixelSampler(500, 1, seed=0).draw(noise, 0)  # none flat: any pixel
+    assert len(px) == 500 and len(np.unique(px, axis=0)) > 300
+    px = PixelSampler(500, 1, seed=0, flat_range=None).draw(patch, 0)  # no filter: any pixel
+    assert len(np.unique(px, axis=0)) > 300

@@ -156,3 +156,43 @@ def test_skipped_training_file_palette_uses_kept_masks(messy_dir, tmp_path):
     masks = np.stack([read_pair(f, 64)[1] for f in kept])
     expected = fit_palette(sample_pixels(masks, 5000, seed=0), 10, seed=0)
     assert np.allclose(load_palette(tmp_path / "out").centroids, expected.centroids, atol=1e-3)  # JSON keeps 4 decimals
+
+
+def test_masks_decoded_before_the_fit_are_labelled_in_row_order(tmp_path):
+    """Val/test pairs decoded while the palette is still being fitted wait, then are labelled
+    before any later row is written."""
+    from concurrent.futures import Future
+
+    from seglib.labels import Palette
+    from seglib.prepare import _SplitLabeller
+
+    pal = Palette(np.array([[128, 64, 128], [70, 70, 70], [0, 0, 0]], np.float32), np.array([0.5, 0.3, 0.2]))
+    rng = np.random.default_rng(0)
+    masks = [np.ascontiguousarray(pal.colours[rng.integers(0, 3, (16, 16))]) for _ in range(6)]
+    fitting = Future()
+    labeller = _SplitLabeller(fitting, tmp_path / "labels.npy", 16, len(masks), resolve=True)
+    photo = np.zeros((16, 16, 3), np.uint8)
+    early = [labeller.then(i, photo, masks[i]) for i in range(3)]  # fit not done: passed on unlabelled
+    assert all(result[2] is None and result[1] is masks[i] for i, result in enumerate(early))
+    fitting.set_result((pal, 0.0))
+    labeller.keep(early[0])
+    labeller.keep(early[1])
+    labeller.keep(labeller.then(3, photo, masks[3]))  # labelled in the worker; 0 and 1 go first
+    labeller.keep(early[2])  # decoded early, arrives after a labelled one: waits again
+    labeller.keep(labeller.then(4, photo, masks[4]))
+    labeller.keep(labeller.then(5, photo, masks[5]))
+    labeller.close(complete=True)
+    order = [0, 1, 3, 2, 4, 5]
+    expected = pal.assign(np.stack([masks[i] for i in order]))
+    assert np.array_equal(np.load(tmp_path / "labels.npy"), expected)
+    assert labeller.class_counts().tolist() == np.bincount(expected.ravel(), minlength=3).tolist()
+
+
+def test_same_output_on_any_number_of_worker_threads(synth_dir, prepared_dir, tmp_path):
+    for workers in (1, 3):
+        out = tmp_path / f"w{workers}"
+        prepare(synth_dir, out, seed=0, size=128, workers=workers, progress=False)
+        assert (out / "palette.json").read_bytes() == (prepared_dir / "palette.json").read_bytes()
+        for split in ("train", "val", "test"):
+            for name in ("images.npy", "labels.npy", "files.txt"):
+                assert (out / split / name).read_bytes() == (prepared_dir / split / name).read_bytes()
