@@ -1,4 +1,9 @@
-"""Atomic file and folder writes: a crash never leaves a half-written file that looks complete."""
+"""Atomic file and folder writes: a crash never leaves a half-written file that looks complete.
+
+Temp files and folders are created private (``tempfile`` uses 0600/0700); before they are renamed
+into place they get the modes a plain ``open``/``mkdir`` would give them under the user's umask
+(0644/0755 under umask 022), so reports and datasets can be shared and served as they are.
+"""
 from __future__ import annotations
 
 import json
@@ -9,6 +14,28 @@ from contextlib import contextmanager
 from pathlib import Path
 
 
+def _umask() -> int:
+    """The process umask (read without changing it where Linux tells it, else set and restored)."""
+    try:
+        with open("/proc/self/status") as f:
+            for line in f:
+                if line.startswith("Umask:"):
+                    return int(line.split()[1], 8)
+    except OSError:
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def file_mode() -> int:
+    return 0o666 & ~_umask()
+
+
+def dir_mode() -> int:
+    return 0o777 & ~_umask()
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path``, then rename it into place."""
     path = Path(path)
@@ -17,6 +44,7 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     try:
         with os.fdopen(fd, "wb") as f:
             f.write(data)
+            os.fchmod(f.fileno(), file_mode())
         os.replace(tmp, path)
     except BaseException:
         Path(tmp).unlink(missing_ok=True)
@@ -35,7 +63,9 @@ def make_temp_dir(final: str | os.PathLike) -> Path:
     """A fresh temp folder beside ``final`` (same file system, so the last rename is atomic)."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
-    return Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
+    tmp.chmod(dir_mode())
+    return tmp
 
 
 def replace_dir(tmp: Path, final: str | os.PathLike, marker: str) -> None:
