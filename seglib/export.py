@@ -2,17 +2,19 @@
 
 int8 is full-integer post-training quantization (every op int8, calibrated on a representative
 dataset drawn from the train split); its input is the uint8 image itself (scale 1), its output
-float32 probabilities. Models run with ai-edge-litert's interpreter (``tf.lite.Interpreter`` is
-deprecated) at a fixed thread count, so latencies are comparable.
+float32 probabilities. Models run with ai-edge-litert's interpreter at a fixed thread count, so
+latencies are comparable. Where ai-edge-litert cannot be imported or loaded (its macOS wheels
+from 1.3.0 on need macOS 15.2), TensorFlow's own, deprecated ``tf.lite.Interpreter`` runs them;
+``export.json`` records which runtime measured the latencies.
 """
 from __future__ import annotations
 
 import json
 import os
 import shutil
-import statistics
 import tempfile
 import time
+import warnings
 from pathlib import Path
 
 import numpy as np
@@ -24,14 +26,34 @@ from seglib.prepare import open_split
 FORMATS = ("fp32", "fp16", "int8")
 
 
+def tflite_interpreter(path: str | os.PathLike, threads: int = 2):
+    """``(interpreter, runtime)`` for a .tflite file: ai-edge-litert's interpreter, or TensorFlow's
+    ``tf.lite.Interpreter`` when ai-edge-litert cannot be imported or its binary cannot be loaded
+    here; ``runtime`` names the one used, with its version."""
+    try:
+        from ai_edge_litert.interpreter import Interpreter
+    except (ImportError, OSError):  # missing, or its binary needs a newer OS (dlopen fails on import)
+        import tensorflow as tf
+
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # "tf.lite.Interpreter is deprecated": it is the fallback
+            interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads)
+        return interpreter, f"tf.lite (TensorFlow {tf.__version__})"
+    from importlib.metadata import PackageNotFoundError, version
+
+    try:
+        runtime = f"ai-edge-litert {version('ai-edge-litert')}"
+    except PackageNotFoundError:
+        runtime = "ai-edge-litert"
+    return Interpreter(model_path=str(path), num_threads=threads), runtime
+
+
 class TFLiteModel:
     """A .tflite segmentation model: ``predict(images)`` -> probabilities (N, H, W, K)."""
 
     def __init__(self, path: str | os.PathLike, threads: int = 2):
-        from ai_edge_litert.interpreter import Interpreter
-
         self.path = Path(path)
-        self.interpreter = Interpreter(model_path=str(path), num_threads=threads)
+        self.interpreter, self.runtime = tflite_interpreter(path, threads)
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
@@ -73,14 +95,18 @@ def convert(saved_model_dir: str | os.PathLike, fmt: str, representative: np.nda
     return converter.convert()
 
 
-def _median_latency_ms(fn, image, repeats: int) -> float:
+def latency_ms(fn, image, repeats: int) -> dict:
+    """Single-image latency of ``fn`` over ``repeats`` calls after a warm-up: median, p10 and p90
+    in milliseconds (the spread shows how noisy the machine was)."""
     fn(image)  # warm-up
     times = []
     for _ in range(repeats):
         start = time.perf_counter()
         fn(image)
         times.append((time.perf_counter() - start) * 1000)
-    return statistics.median(times)
+    p10, median, p90 = np.percentile(times, [10, 50, 90])
+    return {"latency_ms": float(median), "latency_p10_ms": float(p10), "latency_p90_ms": float(p90),
+            "latency_repeats": repeats}
 
 
 def export_run(run_dir: str | os.PathLike, formats=FORMATS, calibration_images: int = 100,
@@ -112,9 +138,9 @@ def export_run(run_dir: str | os.PathLike, formats=FORMATS, calibration_images: 
     keras_pred = np.concatenate([model.predict(images[i : i + 8], verbose=0).argmax(-1)
                                  for i in range(0, n_eval, 8)])
     keras_cm = update_confusion(np.zeros((k, k), np.int64), truth, keras_pred)
-    keras_latency = _median_latency_ms(lambda x: model.predict(x, verbose=0), images[:1], latency_repeats)
-    result = {"eval_images": n_eval, "calibration_images": len(rows), "threads": threads,
-              "keras": {"mean_iou": scores(keras_cm)["mean_iou"], "latency_ms": keras_latency,
+    keras_latency = latency_ms(lambda x: model.predict(x, verbose=0), images[:1], latency_repeats)
+    result = {"eval_images": n_eval, "calibration_images": len(rows), "threads": threads, "runtime": None,
+              "keras": {"mean_iou": scores(keras_cm)["mean_iou"], **keras_latency,
                         "file_bytes": (run_dir / "model.keras").stat().st_size},
               "formats": {}}
     saved = Path(tempfile.mkdtemp(prefix=".saved_model-", dir=run_dir))
@@ -131,6 +157,7 @@ def export_run(run_dir: str | os.PathLike, formats=FORMATS, calibration_images: 
             path = run_dir / f"model_{fmt}.tflite"
             atomic_write_bytes(path, data)
             lite = TFLiteModel(path, threads)
+            result["runtime"] = lite.runtime
             pred = lite.predict(images).argmax(-1)
             cm = update_confusion(np.zeros((k, k), np.int64), truth, pred)
             result["formats"][fmt] = {
@@ -138,13 +165,13 @@ def export_run(run_dir: str | os.PathLike, formats=FORMATS, calibration_images: 
                 "size_vs_fp32": None,
                 "agreement": float((pred == keras_pred).mean()),
                 "mean_iou": scores(cm)["mean_iou"],
-                "latency_ms": _median_latency_ms(lite.predict_one, images[0], latency_repeats),
+                **latency_ms(lite.predict_one, images[0], latency_repeats),
             }
     finally:
         shutil.rmtree(saved, ignore_errors=True)
     fp32 = result["formats"].get("fp32", {}).get("file_bytes")
     for info in result["formats"].values():
         info["size_vs_fp32"] = info["file_bytes"] / fp32 if fp32 else None
-        info["latency_vs_keras"] = info["latency_ms"] / keras_latency
+        info["latency_vs_keras"] = info["latency_ms"] / keras_latency["latency_ms"]
     atomic_write_json(run_dir / "export.json", result)
     return result

@@ -31,6 +31,9 @@ def test_metrics_match_an_independent_computation(trained):
 def test_tflite_export_parity_and_size(trained):
     result = export_run(trained / "run", calibration_images=32, eval_images=16, latency_repeats=5)
     formats = result["formats"]
+    from importlib.metadata import version
+
+    assert result["runtime"] == f"ai-edge-litert {version('ai-edge-litert')}"
     assert formats["fp16"]["agreement"] >= 0.995
     assert formats["int8"]["agreement"] >= 0.97
     assert formats["int8"]["file_bytes"] <= 0.3 * formats["fp32"]["file_bytes"]
@@ -65,3 +68,29 @@ def test_predict_folder_with_a_corrupt_file(trained, tmp_path, model_file):
     mask = cv2.imread(str(tmp_path / "out" / "pair0_mask.png"))
     assert mask.shape == (128, 128, 3)  # the photo half of a 256x128 pair, at its own size
     assert cv2.imread(str(tmp_path / "out" / "photo_overlay.png")).shape == (64, 64, 3)
+
+
+@pytest.fixture
+def no_litert(monkeypatch):
+    """ai-edge-litert unimportable, as on macOS < 15.2 where its 1.3+ binaries fail to load."""
+    import sys
+
+    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
+    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
+
+
+@pytest.mark.slow
+def test_without_ai_edge_litert_export_and_predict_fall_back_to_tf_lite(trained, tmp_path, no_litert):
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run)
+    result = export_run(run, formats=["int8"], calibration_images=8, eval_images=4, latency_repeats=3,
+                        prepared_dir=trained / "prepared")
+    assert result["runtime"].startswith("tf.lite (TensorFlow ")
+    assert json.loads((run / "export.json").read_text())["runtime"] == result["runtime"]
+    int8 = result["formats"]["int8"]
+    assert int8["agreement"] >= 0.97 and int8["latency_p10_ms"] <= int8["latency_ms"] <= int8["latency_p90_ms"]
+    assert TFLiteModel(run / "model_int8.tflite").runtime.startswith("tf.lite")
+    image = sorted((trained / "pairs" / "val").glob("*.jpg"))[0]
+    done = predict_paths(run / "model_int8.tflite", image, tmp_path / "out")
+    assert len(done["written"]) == 1 and (tmp_path / "out" / f"{image.stem}_mask.png").exists()
+
