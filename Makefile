@@ -1,20 +1,40 @@
 # Two commands do all set-up on a fresh machine: `make demo` and `make test`.
+#
+# Where it installs: into the active conda env when one other than `base` is activated (the Apple
+# Silicon env of environment.yml, with its Metal TensorFlow); otherwise into .venv/ (created with
+# python3 -m venv). Either way: pip install -e ".[dev]", which leaves versions already installed
+# that satisfy pyproject.toml as they are (so the env's pins stay).
 PYTHON ?= python3
-VENV   := .venv
-PY     := $(VENV)/bin/python
-STAMP  := $(VENV)/.installed
 DATA   ?=
+ifneq ($(strip $(CONDA_PREFIX)),)
+ifneq ($(CONDA_DEFAULT_ENV),base)
+CONDA_ENV := $(CONDA_PREFIX)
+endif
+endif
+ifdef CONDA_ENV
+PY    := $(CONDA_ENV)/bin/python
+STAMP := $(CONDA_ENV)/.seglib-installed
+ENV_NOTE := using the active conda env $(CONDA_DEFAULT_ENV) ($(CONDA_ENV)); no .venv is made
+else
+VENV  := .venv
+PY    := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+ENV_NOTE := using .venv/ (activate a conda env other than base to install there instead)
+endif
 # The Apple Silicon TF line (environment.yml: TF 2.18.1), tested on Linux in a second venv.
 VENV_TF218  := .venv-tf2.18
 STAMP_TF218 := $(VENV_TF218)/.installed
 
-.PHONY: install test test-tf2.18 demo bench clean
+.PHONY: install test test-tf2.18 demo lab bench clean
 
 install: $(STAMP)
 
 $(STAMP): pyproject.toml
+	@echo "seglib: $(ENV_NOTE)"
+ifndef CONDA_ENV
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install --upgrade pip
+endif
 	$(PY) -m pip install -e ".[dev]"
 	touch $(STAMP)
 
@@ -37,8 +57,14 @@ else
 	$(PY) -m seglib demo --out . --data $(DATA)
 endif
 
+# JupyterLab on the notebooks (the conda env has it already; .venv gets it on first use).
+lab: install
+	$(PY) -m pip install -q -e ".[dev,lab]"
+	$(PY) -m jupyter lab notebooks
+
 bench: install
 	$(PY) bench/prepare.py
 
+# Removes only what these targets made: the venvs and the demo's outputs.
 clean:
-	rm -rf $(VENV) $(VENV_TF218) data/synthetic data/prepared artifacts/demo reports/demo
+	rm -rf .venv .venv-tf2.18 data/synthetic data/prepared/synthetic-k10-128px-* artifacts/demo reports/demo

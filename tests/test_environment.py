@@ -1,31 +1,142 @@
-"""environment.yml (Apple Silicon) parses and agrees with pyproject.toml's dependencies."""
+"""environment.yml (Apple Silicon) parses, and every pin in it holds what it must: Metal's TF line,
+what TF 2.18.1 accepts, pyproject.toml's ranges, the ai-edge-litert whose macOS binaries need the
+oldest macOS, the same pins CI tests on Linux; and the Makefile installs into an active conda env."""
 import re
+import struct
+import subprocess
+import sys
+import zipfile
 from pathlib import Path
 
+import pytest
 import tomllib
 import yaml
 from packaging.requirements import Requirement
+from packaging.specifiers import SpecifierSet
 
 REPO = Path(__file__).resolve().parents[1]
+# What tensorflow 2.18.1's wheel metadata requires (Requires-Dist), for the pins beside it.
+TF_2181_REQUIRES = {"numpy": SpecifierSet(">=1.26.0,<2.1.0"), "keras": SpecifierSet(">=3.5.0")}
+CANDIDATES = {"numpy": ["1.25.2", "1.26.0", "1.26.4", "2.0.2", "2.1.0", "2.2.6", "2.4.0"],
+              "keras": ["3.4.1", "3.5.0", "3.8.0", "3.9.0", "3.12.0"]}
+LITERT_MACOS_MINIMUM = "14.5"  # read from ai-edge-litert 1.2.0's macOS arm64 wheel; 1.3.0 onwards: 15.2
 
 
-def test_environment_yml_pins_agree_with_pyproject():
+def env_pip() -> dict:
     env = yaml.safe_load((REPO / "environment.yml").read_text())
     deps = env["dependencies"]
     assert "python=3.12" in deps and "conda-forge" in env["channels"]
     pip = next(d["pip"] for d in deps if isinstance(d, dict) and "pip" in d)
     assert "-e ." in pip
-    env_reqs = {Requirement(line).name.lower(): Requirement(line) for line in pip if not line.startswith("-")}
-    assert str(env_reqs["tensorflow"].specifier) == "==2.18.1"
-    assert str(env_reqs["tensorflow-metal"].specifier) == "==1.2.0"
+    return {Requirement(line).name.lower(): Requirement(line) for line in pip if not line.startswith("-")}
+
+
+def test_environment_yml_pins_metal_and_what_tf_2_18_1_accepts():
+    reqs = env_pip()
+    assert str(reqs["tensorflow"].specifier) == "==2.18.1"
+    assert str(reqs["tensorflow-metal"].specifier) == "==1.2.0"
+    for name, allowed in TF_2181_REQUIRES.items():
+        env_spec = reqs[name].specifier
+        admitted = [v for v in CANDIDATES[name] if env_spec.contains(v)]
+        assert admitted, f"environment.yml admits no {name} version"
+        assert all(allowed.contains(v) for v in admitted), f"{name} {env_spec} admits versions TF 2.18.1 refuses"
+    assert {"jupyterlab", "pytest", "ipykernel"} <= set(reqs)  # notebooks by hand, make test in the env
+
+
+def test_installed_tf_2_18_requirements_match_the_recorded_ones():
+    """On the TF 2.18 CI line the real metadata is here: the recorded requirements must match it."""
+    from importlib.metadata import requires, version
+
+    if version("tensorflow") != "2.18.1":
+        pytest.skip(f"tensorflow {version('tensorflow')} installed; the check needs 2.18.1 (make test-tf2.18)")
+    found = {Requirement(r).name.lower(): Requirement(r).specifier for r in requires("tensorflow")
+             if "extra ==" not in r}
+    for name, spec in TF_2181_REQUIRES.items():
+        assert found[name] == spec, f"tensorflow 2.18.1 requires {name}{found[name]}, recorded {spec}"
+
+
+def test_environment_yml_pins_agree_with_pyproject():
+    reqs = env_pip()
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    for line in project["dependencies"]:
+    for line in project["dependencies"] + project["optional-dependencies"]["dev"]:
         req = Requirement(line)
-        assert req.name.lower() in env_reqs, f"{req.name} is missing from environment.yml"
-        env_spec = env_reqs[req.name.lower()].specifier
+        assert req.name.lower() in reqs, f"{req.name} is missing from environment.yml"
+        env_spec = reqs[req.name.lower()].specifier
         # the version environment.yml pins, or the lowest it allows, must satisfy pyproject
         versions = [s.version for s in env_spec if s.operator in ("==", ">=")]
         assert versions, f"environment.yml gives {req.name} no pin or lower bound"
         for version in versions:
             assert req.specifier.contains(version, prereleases=True), f"{req.name}: {version} vs {req.specifier}"
+
+
+def test_ci_tests_the_same_pins_on_linux():
+    """make test-tf2.18 installs with .ci/constraints-tf2.18.txt: it must hold the env's pins, so the
+    Mac's TF, Keras, NumPy and ai-edge-litert versions are what CI tests (and pip checks they resolve)."""
+    reqs = env_pip()
+    lines = [line for line in (REPO / ".ci" / "constraints-tf2.18.txt").read_text().splitlines()
+             if line.strip() and not line.startswith("#")]
+    constraints = {Requirement(line).name.lower(): Requirement(line).specifier for line in lines}
+    assert set(constraints) == {"tensorflow", "keras", "numpy", "ai-edge-litert"}
+    for name, spec in constraints.items():
+        assert reqs[name].specifier == spec, f"{name}: environment.yml {reqs[name].specifier}, CI {spec}"
+
+
+def macos_minimums(wheel: Path) -> set[str]:
+    """Minimum macOS of every Mach-O binary in a wheel (LC_BUILD_VERSION / LC_VERSION_MIN_MACOSX)."""
+    def read(data: bytes) -> list[str]:
+        magic = struct.unpack_from("<I", data, 0)[0]
+        if magic == 0xBEBAFECA:  # universal binary: read each architecture's slice
+            found = []
+            for i in range(struct.unpack_from(">I", data, 4)[0]):
+                start, size = struct.unpack_from(">II", data, 8 + 20 * i + 8)
+                found += read(data[start : start + size])
+            return found
+        if magic != 0xFEEDFACF:
+            return []
+        found, offset = [], 32
+        for _ in range(struct.unpack_from("<I", data, 16)[0]):
+            cmd, size = struct.unpack_from("<II", data, offset)
+            if cmd in (0x32, 0x24):  # LC_BUILD_VERSION: platform, minos; LC_VERSION_MIN_MACOSX: version
+                v = struct.unpack_from("<I", data, offset + (12 if cmd == 0x32 else 8))[0]
+                found.append(f"{v >> 16}.{(v >> 8) & 0xFF}")
+            offset += size
+        return found
+
+    with zipfile.ZipFile(wheel) as z:
+        return {m for name in z.namelist() if name.endswith((".so", ".dylib")) for m in read(z.read(name))}
+
+
+def test_ai_edge_litert_is_pinned_to_the_oldest_macos_minimum(tmp_path):
+    reqs = env_pip()
+    spec = reqs["ai-edge-litert"].specifier
+    assert len(spec) == 1 and next(iter(spec)).operator == "==", "ai-edge-litert must be pinned (==)"
+    version = next(iter(spec)).version
+    assert f"macOS {LITERT_MACOS_MINIMUM}" in (REPO / "README.md").read_text()
+    assert f"need macOS {LITERT_MACOS_MINIMUM}" in (REPO / "environment.yml").read_text()
+    done = subprocess.run([sys.executable, "-m", "pip", "download", f"ai-edge-litert=={version}", "--no-deps",
+                           "--only-binary=:all:", "--platform", "macosx_12_0_arm64", "--python-version", "3.12",
+                           "-d", str(tmp_path), "-q"], capture_output=True, text=True, timeout=300)
+    wheels = list(tmp_path.glob("*.whl"))
+    if done.returncode != 0 or not wheels:
+        pytest.skip(f"could not download the macOS wheel from the package index: {done.stderr.strip()[-300:]}")
+    minimums = macos_minimums(wheels[0])
+    assert minimums and max(minimums, key=lambda v: tuple(map(int, v.split(".")))) == LITERT_MACOS_MINIMUM
+
+
+@pytest.mark.parametrize("conda_env, uses", [("seglib", "conda"), ("base", "venv"), (None, "venv")])
+def test_make_installs_into_an_active_conda_env(conda_env, uses):
+    env = {"PATH": "/usr/bin:/bin"}
+    if conda_env:
+        env |= {"CONDA_PREFIX": f"/opt/conda/envs/{conda_env}", "CONDA_DEFAULT_ENV": conda_env}
+    dry = subprocess.run(["make", "-n", "-B", "test"], cwd=REPO, env=env, capture_output=True, text=True)
+    assert dry.returncode == 0, dry.stderr
+    if uses == "conda":
+        assert "using the active conda env seglib" in dry.stdout and "venv" not in dry.stdout.replace("no .venv", "")
+        assert re.search(r"^/opt/conda/envs/seglib/bin/python -m pip install -e \"\.\[dev\]\"$", dry.stdout, re.M)
+        assert "/opt/conda/envs/seglib/bin/python -m pytest" in dry.stdout
+    else:
+        assert "-m venv .venv" in dry.stdout and ".venv/bin/python -m pytest" in dry.stdout
+
+
+def test_environment_yml_states_metal_limits():
     assert re.search(r"tensorflow-metal 1\.2\.0 loads only up to TF 2\.18", (REPO / "environment.yml").read_text())
