@@ -76,11 +76,17 @@ def nearest_label_names(colours: np.ndarray, max_distance: float = 40.0) -> list
 
     Colours farther than ``max_distance`` from every palette colour are named "mixed <i>".
     When several labelIds share the colour, the first name is used (e.g. "unlabeled" for black).
+    Names stay unique: a second class nearest to the same colour is named "road (2)".
     """
     table = np.array([c for _, _, c in LABELS], np.float32)
-    names = []
+    names: list[str] = []
     for i, colour in enumerate(np.asarray(colours, np.float32)):
         dist = np.sqrt(((table - colour) ** 2).sum(1))
         j = int(dist.argmin())
-        names.append(LABELS[j][1] if dist[j] <= max_distance else f"mixed {i}")
+        base = LABELS[j][1] if dist[j] <= max_distance else f"mixed {i}"
+        name, n = base, 1
+        while name in names:
+            n += 1
+            name = f"{base} ({n})"
+        names.append(name)
     return names

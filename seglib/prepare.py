@@ -27,6 +27,7 @@ from seglib.labels import (
     Palette,
     PixelSampler,
     assign_chunks,
+    close_classes,
     fit_palette,
     label_counted,
     sample_pixels,
@@ -358,6 +359,7 @@ def prepare(
             "skipped": skipped,
             "ignored_files": [str(p) for p in ignored],
             "class_shares": shares,
+            "palette_warnings": close_classes(palette),
             "timings_s": {
                 "read_train": round(decoded - started, 3),
                 "fit": round(fit_seconds, 3),

@@ -139,7 +139,7 @@ def render_scene(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray,
             tex = _rgb(60, 105, 40) * rng.uniform(0.7, 1.2) + c.noise(int(size / 3), 28)
             c.paint(region, VEGETATION, tex)
         elif kind == "pole":
-            h, w = rng.uniform(90, 150) * s * d, max(1.5, 4 * s * d)
+            h, w = rng.uniform(90, 150) * s * d, max(6 * s, 8 * s * d)  # wide enough for flat pixels at half size
             c.paint(c.region(_poly([(x - w / 2, y - h), (x + w / 2, y - h), (x + w / 2, y), (x - w / 2, y)])),
                     POLE, _rgb(115, 115, 118) * rng.uniform(0.8, 1.2) + c.noise(16, 4))
             if rng.random() < 0.7:

@@ -3,7 +3,16 @@ import json
 import numpy as np
 import pytest
 
-from seglib.labels import Palette, fit_palette, nearest_centroid, purity, resolve_edges, sample_pixels
+from seglib.cityscapes import nearest_label_names
+from seglib.labels import (
+    Palette,
+    close_classes,
+    fit_palette,
+    nearest_centroid,
+    purity,
+    resolve_edges,
+    sample_pixels,
+)
 
 ROAD, BLACK, BUILDING = (128, 64, 128), (0, 0, 0), (70, 70, 70)
 
@@ -25,6 +34,20 @@ def test_fit_is_deterministic_for_a_seed():
     px = pixels_of({ROAD: 3000, BLACK: 1000, BUILDING: 2000, (220, 20, 60): 500}, noise=20)
     a, b = fit_palette(px, k=4, seed=3), fit_palette(px, k=4, seed=3)
     assert a.to_dict() == b.to_dict()
+
+
+def test_one_colour_split_in_two_is_named_apart_and_warned_about():
+    """K > the mask's colours: K-Means splits the widest colour; the two halves lie within JPEG noise."""
+    px = pixels_of({ROAD: 6000, BLACK: 2000, BUILDING: 2000}, noise=4)
+    pal = fit_palette(px, k=4, seed=0)
+    pal.names = nearest_label_names(pal.centroids)
+    assert sorted(pal.names) == ["building", "road", "road (2)", "unlabeled"]
+    warnings = close_classes(pal)
+    assert len(warnings) == 1
+    i, j = warnings[0]["classes"]
+    assert {pal.names[i], pal.names[j]} == {"road", "road (2)"}
+    assert 0 < warnings[0]["distance"] < 12 and "split in two" in warnings[0]["message"]
+    assert close_classes(fit_palette(px, k=3, seed=0)) == []  # distinct Cityscapes colours: no warning
 
 
 def test_too_few_colours():
