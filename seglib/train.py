@@ -3,8 +3,10 @@ with the best weights restored, an atomic checkpoint of the best model, and resu
 
 A run lives in RUN_DIR: ``config.json``, ``palette.json``, ``history.csv``, ``model.keras`` (best
 weights), ``run.json`` (stop reason, timings, device) and ``backup/`` while it is unfinished.
-Started again with the same RUN_DIR, a killed run continues after its last finished epoch
-(Keras ``BackupAndRestore``).
+Started again with the same RUN_DIR, a killed run continues after its last finished epoch: after
+every epoch the weights with the optimizer's state, the epoch and the callbacks' state are written
+to a new folder in ``backup/`` that appears complete or not at all, so a kill or a full disk at
+any moment leaves the previous epoch's backup to resume from.
 """
 from __future__ import annotations
 
@@ -43,6 +45,10 @@ class TrainConfig:
     seed: int = 0
     reduce_lr: bool = False
     jit_compile: bool = False
+
+    def __post_init__(self):
+        if isinstance(self.encoder_weights, str) and self.encoder_weights.strip().lower() in ("", "none", "null"):
+            self.encoder_weights = None  # "none" from a command line or a Colab form: random init
 
 
 @dataclass
@@ -131,7 +137,7 @@ def _atomic_checkpoint(path: Path, monitor: str):
     """Save the model when ``monitor`` improves: to a temp file, then renamed into place.
 
     The saved copy is uncompiled, so it holds no optimizer state (a third of the size with
-    Adam); resuming uses the separate BackupAndRestore checkpoint.
+    Adam); resuming uses the separate backup (:func:`_epoch_backup`).
     """
     import keras
 
@@ -157,37 +163,102 @@ def _atomic_checkpoint(path: Path, monitor: str):
     return AtomicCheckpoint()
 
 
-def _resume_state(path: Path, checkpoint, early):
-    """Carry the best-model checkpoint's and EarlyStopping's state across a restart.
+BACKUP = "backup"
+_GENERATION = "epoch-{:04d}"  # one folder per backed-up epoch; the newest complete one is kept
 
-    BackupAndRestore restores weights, optimizer and epoch, but callbacks start afresh: the
-    first resumed epoch would overwrite ``model.keras`` even when it is worse than the best
-    before the interruption, and patience would start again. This callback (placed after both)
-    writes their state next to the backup after every epoch and restores it when training
-    starts again.
-    """
+
+def latest_backup(run_dir: str | os.PathLike) -> tuple[Path, dict] | None:
+    """The newest complete backup of an unfinished run, ``(folder, state)``, or None."""
+    done = sorted(p for p in (Path(run_dir) / BACKUP).glob("epoch-*") if (p / "state.json").exists())
+    return (done[-1], json.loads((done[-1] / "state.json").read_text())) if done else None
+
+
+def _epoch_backup(folder: Path, checkpoint, early, restored: dict | None):
+    """After every epoch, back up what a restart needs: the weights with the optimizer's state
+    (``save_weights``), the epoch, and the state of the best-model checkpoint and EarlyStopping
+    (otherwise the first resumed epoch would overwrite a better ``model.keras`` and patience would
+    start again). Each backup is built in a temp folder and renamed into place, then the older
+    ones are removed. Placed after the checkpoint and EarlyStopping; ``restored`` (the state of
+    the backup training starts from) is put back into them when training begins."""
     import keras
 
-    class ResumeState(keras.callbacks.Callback):
+    from seglib.fsutil import staged_dir
+
+    class EpochBackup(keras.callbacks.Callback):
         def on_train_begin(self, logs=None):
-            if path.exists():
-                state = json.loads(path.read_text())
-                checkpoint.best, checkpoint.best_epoch = state["checkpoint_best"], state["checkpoint_best_epoch"]
-                early.best, early.wait = state["early_best"], state["early_wait"]
-                early.best_epoch = state["early_best_epoch"]
+            if restored:
+                checkpoint.best, checkpoint.best_epoch = restored["checkpoint_best"], restored["checkpoint_best_epoch"]
+                early.best, early.wait = restored["early_best"], restored["early_wait"]
+                early.best_epoch = restored["early_best_epoch"]
 
         def on_epoch_end(self, epoch, logs=None):
-            path.parent.mkdir(parents=True, exist_ok=True)
-            atomic_write_json(path, {
-                "checkpoint_best": float(checkpoint.best), "checkpoint_best_epoch": checkpoint.best_epoch,
-                "early_best": None if early.best is None else float(early.best), "early_wait": int(early.wait),
-                "early_best_epoch": int(early.best_epoch)})
+            final = folder / _GENERATION.format(epoch + 1)
+            try:
+                with staged_dir(final, "state.json") as tmp:
+                    self.model.save_weights(tmp / "model.weights.h5")
+                    atomic_write_json(tmp / "state.json", {
+                        "epoch": epoch + 1,
+                        "checkpoint_best": float(checkpoint.best), "checkpoint_best_epoch": checkpoint.best_epoch,
+                        "early_best": None if early.best is None else float(early.best),
+                        "early_wait": int(early.wait), "early_best_epoch": int(early.best_epoch)})
+            except OSError as exc:
+                raise OSError(f"{final}: could not write the training backup ({exc.strerror or exc}); "
+                              f"free some space and run again: training continues after epoch {epoch}") from exc
+            for old in folder.glob("epoch-*"):
+                if old != final:
+                    shutil.rmtree(old, ignore_errors=True)
 
-    return ResumeState()
+    return EpochBackup()
 
 
-def train(config: TrainConfig, verbose: int | str = "auto") -> Run:
-    """Train a U-Net on a prepared dataset into ``config.run_dir``; see the module docstring."""
+def format_seconds(seconds: float) -> str:
+    """``0.4s``, ``37s``, ``2m05s``."""
+    if seconds < 9.95:
+        return f"{seconds:.1f}s"
+    seconds = int(round(seconds))
+    return f"{seconds // 60}m{seconds % 60:02d}s" if seconds >= 60 else f"{seconds}s"
+
+
+def epoch_line(epoch: int, epochs: int, logs: dict, seconds: float, left: float) -> str:
+    """``epoch 3/6: loss 0.4123, val loss 0.3987, val pixel accuracy 0.9121, val mean IoU 0.5531 · 12s · ETA ≤ 37s``
+    (an upper bound: early stopping may end the run sooner)."""
+    shown = [("loss", "loss"), ("val_loss", "val loss"), ("val_pixel_accuracy", "val pixel accuracy"),
+             ("val_mean_iou", "val mean IoU")]
+    values = ", ".join(f"{label} {logs[key]:.4f}" for key, label in shown if key in logs)
+    eta = f" · ETA ≤ {format_seconds(left)}" if epoch < epochs else ""
+    return f"epoch {epoch}/{epochs}: {values} · {format_seconds(seconds)}{eta}"
+
+
+def _epoch_timer(epochs: int, log=None):
+    """Times every epoch into ``logs["seconds"]`` and, with ``log``, reports one :func:`epoch_line`
+    per finished epoch (what notebooks and batches show instead of Keras' step lines)."""
+    import keras
+
+    class EpochTimer(keras.callbacks.Callback):
+        def __init__(self):
+            super().__init__()
+            self.seconds: list[float] = []
+
+        def on_epoch_begin(self, epoch, logs=None):
+            self.start = time.perf_counter()
+
+        def on_epoch_end(self, epoch, logs=None):
+            took = time.perf_counter() - self.start
+            self.seconds.append(took)
+            if logs is not None:
+                logs["seconds"] = round(took, 2)
+            if log is not None:
+                typical = float(np.median(self.seconds[1:] or self.seconds))  # the first epoch also compiles
+                left = (epochs - epoch - 1) * typical
+                log(epoch_line(epoch + 1, epochs, logs or {}, took, left))
+
+    return EpochTimer()
+
+
+def train(config: TrainConfig, verbose: int | str = "auto", log=None) -> Run:
+    """Train a U-Net on a prepared dataset into ``config.run_dir``; see the module docstring.
+
+    ``verbose`` is Keras' (progress bar, or 0); ``log`` (e.g. ``print``) gets one line per epoch."""
     palette = validate(config)
     import keras
     import tensorflow as tf
@@ -197,8 +268,9 @@ def train(config: TrainConfig, verbose: int | str = "auto") -> Run:
 
     run_dir = Path(config.run_dir)
     run_dir.mkdir(parents=True, exist_ok=True)
-    if not (run_dir / "backup").exists():  # a new run, not a resume: start a new history
-        (run_dir / "history.csv").unlink(missing_ok=True)
+    backup = latest_backup(run_dir)
+    initial_epoch = backup[1]["epoch"] if backup else 0
+    _keep_history(run_dir / "history.csv", initial_epoch)  # a new run starts a new history
     device = detect_device()
     if device["kind"] == "cuda":
         keras.mixed_precision.set_global_policy("mixed_float16")
@@ -234,34 +306,28 @@ def train(config: TrainConfig, verbose: int | str = "auto") -> Run:
                  keras.metrics.MeanIoU(palette.k, name="mean_iou", sparse_y_pred=False)],
         jit_compile=config.jit_compile,
     )
+    if backup:  # resume: the weights and the optimizer's state of the last backed-up epoch
+        model.optimizer.build(model.trainable_variables)
+        model.load_weights(backup[0] / "model.weights.h5")
     checkpoint = _atomic_checkpoint(run_dir / "model.keras", config.monitor)
     mode = "max" if ("accuracy" in config.monitor or "iou" in config.monitor) else "min"
     early = keras.callbacks.EarlyStopping(config.monitor, patience=config.patience, mode=mode,
                                           restore_best_weights=True)
-    epoch_times: list[float] = []
-
-    class Timer(keras.callbacks.Callback):
-        def on_epoch_begin(self, epoch, logs=None):
-            self.start = time.perf_counter()
-
-        def on_epoch_end(self, epoch, logs=None):
-            epoch_times.append(time.perf_counter() - self.start)
-
+    timer = _epoch_timer(config.epochs, log)
     callbacks = [
-        keras.callbacks.BackupAndRestore(str(run_dir / "backup")),
+        timer,  # first: puts the epoch's seconds into the logs the others see (history.csv keeps them)
         keras.callbacks.TerminateOnNaN(),
         checkpoint,
         early,
-        _resume_state(run_dir / "backup" / "callbacks.json", checkpoint, early),
+        _epoch_backup(run_dir / BACKUP, checkpoint, early, backup[1] if backup else None),
         keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
-        Timer(),
     ]
     if config.reduce_lr:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(config.monitor, mode=mode, factor=0.5,
                                                            patience=max(1, config.patience // 2)))
     started = time.perf_counter()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, callbacks=callbacks,
-                        verbose=verbose, shuffle=False)  # the dataset shuffles itself
+    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=initial_epoch,
+                        callbacks=callbacks, verbose=verbose, shuffle=False)  # the dataset shuffles itself
     losses = history.history.get("loss", [])
     epochs_run = len(_read_history(run_dir / "history.csv"))
     if losses and not all(math.isfinite(v) for v in losses):
@@ -272,7 +338,7 @@ def train(config: TrainConfig, verbose: int | str = "auto") -> Run:
         stop = "finished"
     if not (run_dir / "model.keras").exists():
         stop += " (no finite epoch: no model saved)"
-    shutil.rmtree(run_dir / "backup", ignore_errors=True)
+    shutil.rmtree(run_dir / BACKUP, ignore_errors=True)
     run_info = {
         "stop_reason": stop,
         "epochs_run": epochs_run,
@@ -280,12 +346,34 @@ def train(config: TrainConfig, verbose: int | str = "auto") -> Run:
         "best_" + config.monitor: None if not math.isfinite(checkpoint.best) else float(checkpoint.best),
         "device": device["kind"],
         "seconds_total": round(time.perf_counter() - started, 2),
-        "seconds_per_epoch": [round(t, 2) for t in epoch_times],
-        "train_images_per_second": round(n_train / float(np.median(epoch_times)), 2) if epoch_times else None,
+        "seconds_per_epoch": [round(t, 2) for t in timer.seconds],
+        "train_images_per_second": round(n_train / float(np.median(timer.seconds)), 2) if timer.seconds else None,
     }
     atomic_write_json(run_dir / "run.json", run_info)
     return Run(run_dir, config, _read_history(run_dir / "history.csv"), stop, epochs_run,
                checkpoint.best_epoch)
+
+
+def _keep_history(path: Path, epochs: int) -> None:
+    """Keep the rows of the first ``epochs`` epochs of history.csv (all of a resumed run's backed-up
+    epochs, none for a new run): an epoch logged after its backup was written is run again."""
+    import csv
+    import io
+
+    from seglib.fsutil import atomic_write_text
+
+    if not path.exists():
+        return
+    if epochs == 0:
+        path.unlink()
+        return
+    with open(path, newline="") as f:
+        rows = list(csv.reader(f))
+    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < epochs]
+    if len(kept) != len(rows):
+        text = io.StringIO()
+        csv.writer(text).writerows(kept)
+        atomic_write_text(path, text.getvalue())
 
 
 def _read_history(path: Path) -> list[dict]:

@@ -119,29 +119,51 @@ def test_killed_run_resumes_where_it_stopped(small_prepared, tmp_path):
     assert info["best_val_loss"] == pytest.approx(min(val_loss))
 
 
-def test_resume_state_restores_checkpoint_and_early_stopping(tmp_path):
+def test_backup_keeps_the_callbacks_state_and_survives_a_failed_write(tmp_path):
     """Unit check of what survives a restart (the kill test cannot force the best epoch to fall
-    before the kill)."""
+    before the kill), and of a backup that cannot be written (a full disk): the previous one stays."""
+    import errno
+
     import keras
 
-    from seglib.train import _atomic_checkpoint, _resume_state
+    from seglib.train import _atomic_checkpoint, _epoch_backup, latest_backup
 
-    def fresh():
+    model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
+    model.compile(optimizer="adam", loss="mse")
+    folder = tmp_path / "backup"
+
+    def fresh(restored=None):
         checkpoint = _atomic_checkpoint(tmp_path / "model.keras", "val_loss")
         early = keras.callbacks.EarlyStopping("val_loss", patience=5)
         early.on_train_begin()
-        return checkpoint, early, _resume_state(tmp_path / "backup" / "callbacks.json", checkpoint, early)
+        backup = _epoch_backup(folder, checkpoint, early, restored)
+        backup.set_model(model)
+        return checkpoint, early, backup
 
-    checkpoint, early, state = fresh()
-    state.on_epoch_end(0)  # before any value was seen (EarlyStopping's best is still None)
+    checkpoint, early, backup = fresh()
+    backup.on_epoch_end(0)  # before any value was seen (EarlyStopping's best is still None)
     checkpoint.best, checkpoint.best_epoch = 0.25, 2
     early.best, early.wait, early.best_epoch = 0.25, 3, 1
-    state.on_epoch_end(3)
-    checkpoint, early, state = fresh()  # a restarted process
+    backup.on_epoch_end(3)
+    assert sorted(p.name for p in folder.iterdir()) == ["epoch-0004"]  # older backups removed
+    (folder / "epoch-0005").mkdir()  # a backup killed half-way has no state.json: not used
+    found, state = latest_backup(tmp_path)
+    assert found.name == "epoch-0004" and state["epoch"] == 4
+
+    checkpoint, early, backup = fresh(state)  # a restarted process
     assert checkpoint.best == math.inf and early.wait == 0 and early.best is None
-    state.on_train_begin()
+    backup.on_train_begin()
     assert (checkpoint.best, checkpoint.best_epoch) == (0.25, 2)
     assert (early.best, early.wait, early.best_epoch) == (0.25, 3, 1)
+
+    def full_disk(*args, **kwargs):
+        raise OSError(errno.ENOSPC, "No space left on device")
+
+    model.save_weights = full_disk
+    with pytest.raises(OSError, match="could not write the training backup .*No space left.*after epoch 5"):
+        backup.on_epoch_end(5)
+    assert latest_backup(tmp_path)[1]["epoch"] == 4  # the last complete backup is still there
+    assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no half-written temp folder
 
 
 @pytest.mark.slow
@@ -162,10 +184,13 @@ def test_default_demo_reaches_90_percent_pixel_accuracy(tmp_path):
     """The demo's first run (ResNet-34, CPU, 128 px, 6 epochs, random encoder) on its synthetic data."""
     from seglib.demo import DEMO, DEMO_RUNS
     from seglib.evaluate import evaluate
-    from seglib.synthetic import generate
+    from seglib.synthetic import CLASSES, generate
 
     generate(tmp_path / "pairs", count=DEMO["SYNTH_COUNT"], seed=DEMO["SEED"], progress=False)
-    prepare(tmp_path / "pairs", tmp_path / "prepared", size=DEMO["SIZE"], seed=DEMO["SEED"], progress=False)
+    summary = prepare(tmp_path / "pairs", tmp_path / "prepared", size=DEMO["SIZE"], seed=DEMO["SEED"], progress=False)
+    names = json.loads((tmp_path / "prepared" / "palette.json").read_text())["classes"]
+    assert sorted(c["name"] for c in names) == sorted(CLASSES)  # ten distinct classes, none split in two
+    assert summary["palette_warnings"] == []
     run_dir = tmp_path / "run"
     train(TrainConfig(str(tmp_path / "prepared"), str(run_dir), backbone=DEMO_RUNS[0]["BACKBONE"], epochs=DEMO["EPOCHS"],
                       batch_size=DEMO["BATCH_SIZE"], lr=DEMO["LR"], encoder_weights=None), verbose=0)
