@@ -1,4 +1,5 @@
-"""Evaluate a run's best model on a prepared split: ``metrics.json`` and ``confusion.npy``."""
+"""Evaluate a run's best model on a prepared split: ``metrics.json`` (with every image's mean IoU,
+so reports can show the best and worst images without another pass) and ``confusion.npy``."""
 from __future__ import annotations
 
 import io
@@ -9,7 +10,7 @@ import numpy as np
 
 from seglib.fsutil import atomic_write_bytes, atomic_write_json
 from seglib.labels import Palette
-from seglib.metrics import scores, update_confusion
+from seglib.metrics import image_ious, scores, update_confusion
 
 
 def evaluate(run_dir: str | os.PathLike, prepared_dir: str | os.PathLike, split: str = "test",
@@ -26,10 +27,13 @@ def evaluate(run_dir: str | os.PathLike, prepared_dir: str | os.PathLike, split:
         raise ValueError(f"{prepared_dir} has K={data_palette.k} classes, the run has K={palette.k}")
     model = load_model(run_dir)
     confusion = np.zeros((palette.k, palette.k), np.int64)
+    per_image: list[float] = []
     for _rows, _images, labels, pred in predict_split(model, prepared_dir, split, batch_size):
         update_confusion(confusion, labels, pred)
+        per_image.extend(image_ious(labels, pred, palette.k))
     result = {"split": split, "prepared_dir": str(prepared_dir), "num_pixels": int(confusion.sum()),
-              "class_names": palette.names, **scores(confusion)}
+              "class_names": palette.names, **scores(confusion),
+              "image_mean_iou": [round(float(v), 5) for v in per_image]}
     atomic_write_json(run_dir / "metrics.json", result)
     buffer = io.BytesIO()
     np.save(buffer, confusion)
@@ -46,3 +50,25 @@ def predict_split(model, prepared_dir: str | os.PathLike, split: str = "test", b
         pred = np.asarray(model(images, training=False)).argmax(-1).astype(np.uint8)
         yield np.arange(start, start + len(pred)), np.asarray(images), np.asarray(labels), pred
         start += len(pred)
+
+
+def predict_rows(model, prepared_dir: str | os.PathLike, split: str, rows) -> tuple[np.ndarray, ...]:
+    """``(images, labels, predicted labels)`` of the given rows of a split."""
+    from seglib.prepare import open_split
+
+    data = open_split(prepared_dir, split)
+    rows = [int(r) for r in rows]
+    images = np.stack([np.asarray(data.images[r]) for r in rows])
+    labels = np.stack([np.asarray(data.labels[r]) for r in rows])
+    pred = model.predict(images.astype(np.float32), verbose=0).argmax(-1).astype(np.uint8)
+    return images, labels, pred
+
+
+def best_and_worst(metrics: dict, n: int = 2) -> list[tuple[int, str]]:
+    """``(row, title)`` of the ``n`` best and ``n`` worst images of the evaluated split by mean IoU."""
+    ious = np.array(metrics["image_mean_iou"], np.float64)
+    order = [int(i) for i in np.argsort(np.nan_to_num(ious, nan=-1.0), kind="stable")]
+    best = order[::-1][: min(n, len(order))]
+    worst = [r for r in order[:n] if r not in best]
+    return ([(r, f"best #{r} IoU {ious[r]:.2f}") for r in best]
+            + [(r, f"worst #{r} IoU {ious[r]:.2f}") for r in worst])

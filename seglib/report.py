@@ -1,205 +1,172 @@
-"""Figures for the notebooks and HTML reports (matplotlib); each returns its Figure."""
+"""HTML output: a run's self-contained report, and executed notebooks rendered for batches.
+
+:func:`write_run_report` builds ``report.html`` from a run's files (config, history, metrics,
+export) and its prepared dataset, with the same tables (:mod:`seglib.tables`) and figures
+(:mod:`seglib.figures`) the notebooks show. Figures are embedded and nothing is fetched from the
+network, so the page opens offline and can be mailed or served as it is.
+"""
 from __future__ import annotations
 
+import base64
+import html
+import io
+import json
+import os
 import re
+from datetime import datetime, timezone
 from pathlib import Path
 
-import matplotlib.pyplot as plt
-import numpy as np
-from matplotlib.patches import Patch
+from seglib.fsutil import atomic_write_text
 
-from seglib.labels import Palette
+REPORT = "report.html"
 
 
-def class_names(palette: Palette) -> list[str]:
-    """Display names of the palette classes: given names, else the id and RGB colour."""
-    if palette.names:
-        return [f"{i}: {name}" for i, name in enumerate(palette.names)]
-    return [f"{i}: rgb{tuple(int(v) for v in c)}" for i, c in enumerate(palette.colours)]
+def _read_json(path: Path) -> dict | None:
+    return json.loads(path.read_text()) if path.exists() else None
 
 
-def palette_legend(palette: Palette) -> list[Patch]:
-    names = class_names(palette)
-    return [Patch(facecolor=palette.colours[i] / 255.0, edgecolor="k", label=names[i]) for i in range(palette.k)]
+def figure_png(fig) -> str:
+    """A matplotlib figure as an embedded ``<img>`` (PNG data URI); the figure is closed."""
+    import matplotlib.pyplot as plt
+
+    buffer = io.BytesIO()
+    fig.savefig(buffer, format="png", dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return f'<img alt="figure" src="data:image/png;base64,{base64.b64encode(buffer.getvalue()).decode()}">'
 
 
-def plot_palette(palette: Palette):
-    """The palette as colour swatches with each class's share of training pixels."""
-    fig, ax = plt.subplots(figsize=(8, 0.45 * palette.k + 0.6))
-    names = class_names(palette)
-    for i in range(palette.k):
-        ax.barh(i, palette.shares[i], color=palette.colours[i] / 255.0, edgecolor="k")
-        ax.text(palette.shares[i], i, f"  {100 * palette.shares[i]:.1f}%", va="center")
-    ax.set_yticks(range(palette.k), names)
-    ax.invert_yaxis()
-    ax.set_xlabel("share of sampled training-mask pixels")
-    ax.set_xlim(0, max(palette.shares) * 1.25)
-    ax.set_title(f"K-Means palette (K={palette.k}, seed={palette.seed})")
-    fig.tight_layout()
-    return fig
+def _table(frame, escape: bool = True) -> str:
+    return frame.to_html(escape=escape, na_rep="–", border=0, classes="table",
+                         float_format=lambda v: f"{v:.4g}")
 
 
-def plot_examples(images: np.ndarray, labels: np.ndarray, palette: Palette, masks: np.ndarray | None = None,
-                  titles: list[str] | None = None):
-    """Rows of photo | (original mask) | labels rendered with the palette."""
-    n = len(images)
-    cols = 3 if masks is not None else 2
-    fig, axes = plt.subplots(n, cols, figsize=(3.2 * cols, 3.2 * n), squeeze=False)
-    for r in range(n):
-        panels = [("photo", images[r])]
-        if masks is not None:
-            panels.append(("mask", masks[r]))
-        panels.append(("labels", palette.colourize(labels[r])))
-        for c, (name, img) in enumerate(panels):
-            axes[r, c].imshow(img)
-            axes[r, c].set_axis_off()
-            axes[r, c].set_title(name if titles is None else f"{titles[r]} {name}", fontsize=9)
-    fig.legend(handles=palette_legend(palette), loc="lower center", ncol=min(palette.k, 5), fontsize=8,
-               bbox_to_anchor=(0.5, 0.0))
-    fig.tight_layout(rect=(0, 0.06, 1, 1))
-    return fig
+def _palette_table(palette, summary) -> str:
+    from seglib import tables
+
+    frame = tables.palette(palette, summary)
+    frame.index = [html.escape(str(i)) for i in frame.index]
+    frame.insert(0, "colour", [f'<span class="swatch" style="background: rgb({r}, {g}, {b})"></span>'
+                               for r, g, b in palette.colours])
+    return _table(frame, escape=False)
 
 
-def plot_class_shares(summary: dict, palette: Palette):
-    """Grouped bars: pixel share of every class in each split (from summary.json)."""
-    shares = summary["class_shares"]
-    splits = [s for s in ("train", "val", "test") if s in shares]
-    width = 0.8 / len(splits)
-    fig, ax = plt.subplots(figsize=(max(6, palette.k * 0.8), 3.8))
-    x = np.arange(palette.k)
-    for j, split in enumerate(splits):
-        ax.bar(x + j * width - 0.4 + width / 2, shares[split], width, label=f"{split} ({summary['counts'][split]})",
-               color=palette.colours / 255.0, edgecolor="k", alpha=[1.0, 0.65, 0.35][j % 3])
-    ax.set_xticks(x, [str(i) for i in range(palette.k)])
-    ax.set_xlabel("class id")
-    ax.set_ylabel("pixel share")
-    ax.set_title("class pixel shares per split (bars: train, val, test)")
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-def plot_training_curves(run_dir):
-    """Loss, pixel accuracy and mean IoU per epoch (train and val) from a run's history.csv,
-    with the best epoch (the weights kept in model.keras) marked."""
-    import json
-
-    import pandas as pd
+def write_run_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
+                     prepared_dir: str | os.PathLike | None = None, n_examples: int = 4) -> Path:
+    """Write ``out_dir/report.html`` (default ``reports/<run name>/``) for a trained run: its
+    parameters and environment, the data, training, test metrics, predictions and the TFLite
+    export. Evaluates the run first if it has no ``metrics.json``; the export section needs
+    ``export.json``. Returns the path of the report."""
+    from seglib import figures, tables
+    from seglib.evaluate import best_and_worst, evaluate, predict_rows
+    from seglib.labels import Palette
+    from seglib.prepare import open_split
+    from seglib.train import load_model
 
     run_dir = Path(run_dir)
-    history = pd.read_csv(run_dir / "history.csv")
-    epochs = history["epoch"] + 1
-    info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
-    best = info.get("best_epoch")
-    panels = [("loss", "loss"), ("pixel_accuracy", "pixel accuracy"), ("mean_iou", "mean IoU")]
-    fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, (key, title) in zip(axes, panels):
-        if key in history:
-            ax.plot(epochs, history[key], "o-", label="train")
-        if f"val_{key}" in history:
-            ax.plot(epochs, history[f"val_{key}"], "o-", label="val")
-        if best:
-            ax.axvline(best, color="grey", linestyle="--", label=f"best epoch {best}")
-        ax.set_title(title)
-        ax.set_xlabel("epoch")
-        ax.legend(fontsize=8)
-    fig.suptitle(info.get("stop_reason", ""), fontsize=9)
-    fig.tight_layout()
-    return fig
+    config = _read_json(run_dir / "config.json")
+    if config is None or not (run_dir / "model.keras").exists():
+        raise FileNotFoundError(f"{run_dir}: not a trained run (no config.json or model.keras; train first)")
+    prepared_dir = Path(prepared_dir or config["prepared_dir"])
+    metrics = _read_json(run_dir / "metrics.json") or evaluate(run_dir, prepared_dir)
+    split = metrics.get("split", "test")
+    summary = _read_json(prepared_dir / "summary.json")
+    run_info = _read_json(run_dir / "run.json") or {}
+    exported = _read_json(run_dir / "export.json")
+    palette = Palette.load(run_dir / "palette.json")
+    name = run_dir.resolve().name
+
+    sections: list[tuple[str, str, str]] = []  # (anchor, title, body)
+    headline = {"pixel accuracy": metrics["pixel_accuracy"], "mean IoU": metrics["mean_iou"],
+                "mean Dice": metrics["mean_dice"], "epochs": run_info.get("epochs_run"),
+                "stopped": run_info.get("stop_reason"), "trained on": config["device"]["kind"]}
+    if exported and "int8" in exported["formats"]:
+        headline["int8 latency ms"] = exported["formats"]["int8"]["latency_ms"]
+    sections.append(("summary", f"Summary ({split} split)", _table(tables.key_values(headline, "value").T)))
+    sections.append(("parameters", "Parameters", _table(tables.parameters(config, summary))))
+    sections.append(("environment", "Environment", _table(tables.environment(config, exported))))
+
+    data = []
+    if summary:
+        data.append(_table(tables.splits(summary)))
+        data.append(_table(tables.dataset(summary)))
+        if summary.get("skipped"):
+            data.append("<h3>Skipped files</h3>" + _table(tables.skipped(summary)))
+    warnings = tables.palette_warnings(summary or {})
+    data += [f'<p class="warning">Palette warning: {html.escape(w)}</p>' for w in warnings]
+    data.append("<h3>Palette</h3>" + _palette_table(palette, summary))
+    if summary:
+        data.append(figure_png(figures.class_shares(summary, palette)))
+    sections.append(("data", "Data", "\n".join(data)))
+
+    training = [_table(tables.training(run_info))] if run_info else []
+    if (run_dir / "history.csv").exists():
+        training += [figure_png(figures.training_curves(run_dir)), _table(tables.history(run_dir))]
+    sections.append(("training", "Training", "\n".join(training) or "<p>No training history.</p>"))
+
+    sections.append(("metrics", f"Metrics on the {split} split", "\n".join([
+        _table(tables.overall_metrics(metrics)),
+        "<h3>Per class</h3>" + _table(tables.per_class(metrics, palette)),
+        figure_png(figures.class_iou(metrics, palette)),
+        figure_png(figures.confusion_matrix(_confusion(run_dir), palette)),
+    ])))
+
+    model = load_model(run_dir)
+    rows = list(range(min(n_examples, len(open_split(prepared_dir, split)))))
+    examples = figures.predictions(*predict_rows(model, prepared_dir, split, rows), palette,
+                                   titles=[f"#{r}" for r in rows])
+    picked = best_and_worst(metrics)
+    extremes = figures.predictions(*predict_rows(model, prepared_dir, split, [r for r, _ in picked]), palette,
+                                   titles=[t for _, t in picked])
+    sections.append(("predictions", "Predictions", figure_png(examples)
+                     + "<h3>Best and worst images by mean IoU</h3>" + figure_png(extremes)))
+
+    if exported:
+        sections.append(("export", "TFLite export", _table(tables.export(exported)) + (
+            f"<p>Agreement: share of {split} pixels whose class matches the Keras model's, on "
+            f"{exported['eval_images']} images. Latency: one image, median and 10th-90th percentile of "
+            f"{exported['keras'].get('latency_repeats', '')} runs; TFLite models ran with "
+            f"{html.escape(str(exported.get('runtime')))} on {exported['threads']} threads.</p>")))
+
+    nav = " · ".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t, _ in sections)
+    body = "\n".join(f'<h2 id="{a}">{html.escape(t)}</h2>\n{b}' for a, t, b in sections)
+    page = _PAGE.format(name=html.escape(name), created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+                        run_dir=html.escape(str(run_dir.resolve())), nav=nav, body=body)
+    out = Path(out_dir) if out_dir is not None else Path("reports") / name
+    atomic_write_text(out / REPORT, page)
+    return out / REPORT
 
 
-def plot_validation_curves(histories: dict):
-    """Validation loss and mean IoU per epoch, one line per run (``{run name: history.csv}``);
-    runs without a history yet are left out."""
-    import pandas as pd
-    from matplotlib.ticker import MaxNLocator
+def _confusion(run_dir: Path):
+    import numpy as np
 
-    fig, axes = plt.subplots(1, 2, figsize=(11, 3.6))
-    drawn = 0
-    for name, path in histories.items():
-        history = pd.read_csv(path) if Path(path).exists() else None
-        if history is None or history.empty:
-            continue
-        for ax, column in zip(axes, ("val_loss", "val_mean_iou")):
-            if column in history:
-                ax.plot(history["epoch"] + 1, history[column], marker="o", label=name)
-        drawn += 1
-    for ax, title in zip(axes, ("validation loss", "validation mean IoU")):
-        ax.set_title(title)
-        ax.xaxis.set_major_locator(MaxNLocator(integer=True))
-        ax.set_xlabel("epoch")
-        ax.grid(alpha=0.3)
-        if drawn:
-            ax.legend(fontsize=8)
-    fig.tight_layout()
-    return fig
+    path = run_dir / "confusion.npy"
+    if not path.exists():
+        raise FileNotFoundError(f"{path}: missing; evaluate the run again")
+    return np.load(path)
 
 
-def plot_predictions(images, truth, pred, palette: Palette, titles: list[str] | None = None):
-    """Rows of photo | true labels | prediction | error map (red where they differ)."""
-    n = len(images)
-    fig, axes = plt.subplots(n, 4, figsize=(12, 3 * n), squeeze=False)
-    for r in range(n):
-        error = np.zeros(truth[r].shape + (3,), np.uint8)
-        error[truth[r] != pred[r]] = (220, 30, 30)
-        accuracy = float((truth[r] == pred[r]).mean())
-        panels = [("photo", np.asarray(images[r]).astype(np.uint8)), ("truth", palette.colourize(truth[r])),
-                  ("prediction", palette.colourize(pred[r])), (f"errors ({100 * (1 - accuracy):.1f}%)", error)]
-        for c, (name, img) in enumerate(panels):
-            axes[r, c].imshow(img)
-            axes[r, c].set_axis_off()
-            axes[r, c].set_title(name if titles is None else f"{titles[r]}: {name}", fontsize=9)
-    fig.legend(handles=palette_legend(palette), loc="lower center", ncol=min(palette.k, 5), fontsize=8)
-    fig.tight_layout(rect=(0, 0.05, 1, 1))
-    return fig
-
-
-def plot_confusion(confusion, palette: Palette):
-    """Row-normalised confusion matrix (share of each true class predicted as each class)."""
-    confusion = np.asarray(confusion, np.float64)
-    rows = confusion.sum(1, keepdims=True)
-    normalised = np.divide(confusion, rows, out=np.zeros_like(confusion), where=rows > 0)
-    names = class_names(palette)
-    fig, ax = plt.subplots(figsize=(7.5, 6.5))
-    im = ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
-    for t in range(len(names)):
-        for p in range(len(names)):
-            if normalised[t, p] >= 0.01:
-                ax.text(p, t, f"{normalised[t, p]:.2f}", ha="center", va="center", fontsize=7,
-                        color="white" if normalised[t, p] > 0.5 else "black")
-    ax.set_xticks(range(len(names)), names, rotation=60, ha="right", fontsize=8)
-    ax.set_yticks(range(len(names)), names, fontsize=8)
-    ax.set_xlabel("predicted")
-    ax.set_ylabel("true")
-    ax.set_title("confusion matrix (rows normalised)")
-    fig.colorbar(im, ax=ax, fraction=0.046)
-    fig.tight_layout()
-    return fig
-
-
-def plot_class_iou(metrics: dict, palette: Palette):
-    """Per-class IoU bars in palette colours; absent classes (NaN) are marked."""
-    iou = np.array(metrics["per_class"]["iou"], np.float64)
-    names = class_names(palette)
-    fig, ax = plt.subplots(figsize=(max(6, 0.7 * len(names)), 3.8))
-    ax.bar(range(len(names)), np.nan_to_num(iou), color=palette.colours / 255.0, edgecolor="k")
-    for i, v in enumerate(iou):
-        ax.text(i, (0 if np.isnan(v) else v) + 0.02, "absent" if np.isnan(v) else f"{v:.2f}", ha="center", fontsize=8)
-    ax.axhline(metrics["mean_iou"], color="grey", linestyle="--", label=f"mean IoU {metrics['mean_iou']:.3f}")
-    ax.set_xticks(range(len(names)), names, rotation=45, ha="right", fontsize=8)
-    ax.set_ylim(0, 1.08)
-    ax.set_ylabel("IoU")
-    ax.legend()
-    fig.tight_layout()
-    return fig
-
-
-def image_ious(truth, pred, num_classes: int) -> np.ndarray:
-    """Mean IoU of each image over the classes present in its truth or prediction."""
-    from seglib.metrics import scores, update_confusion
-
-    return np.array([scores(update_confusion(np.zeros((num_classes, num_classes), np.int64), t, p))["mean_iou"]
-                     for t, p in zip(truth, pred)])
+_PAGE = """<!DOCTYPE html>
+<html lang="en"><head><meta charset="utf-8"><title>seglib run {name}</title>
+<style>
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1150px; color: #222; line-height: 1.4; }}
+h2 {{ border-bottom: 1px solid #ddd; padding-bottom: 4px; margin-top: 2em; }}
+table.table {{ border-collapse: collapse; font-size: 13px; margin: 0.6em 0; }}
+table.table th, table.table td {{ padding: 3px 9px; border-bottom: 1px solid #e3e3e3; text-align: right; }}
+table.table th {{ background: #f4f4f4; }}
+table.table tbody th {{ text-align: left; }}
+.swatch {{ display: inline-block; width: 2.2em; height: 1em; border: 1px solid #555; }}
+.warning {{ background: #fff4ce; border-left: 4px solid #d9a400; padding: 6px 10px; }}
+nav {{ font-size: 14px; margin-bottom: 1em; }}
+img {{ max-width: 100%; display: block; margin: 0.8em 0; }}
+.meta {{ color: #666; font-size: 13px; }}
+</style></head>
+<body>
+<h1>seglib run <code>{name}</code></h1>
+<p class="meta">{run_dir} · report written {created}</p>
+<nav>{nav}</nav>
+{body}
+</body></html>
+"""
 
 
 _EXTERNAL = re.compile(r"<script[^>]*\bsrc=[\"']https?://[^>]*>\s*</script>|<link[^>]*\bhref=[\"']https?://[^>]*>",
@@ -210,12 +177,8 @@ def render_html(notebook_path, html_path) -> Path:
     """An executed notebook -> one self-contained HTML file: inputs hidden, figures embedded as
     data URIs, no script or stylesheet fetched from the network (opens offline), and no stderr
     log streams."""
-    from pathlib import Path
-
     import nbformat
     from nbconvert import HTMLExporter
-
-    from seglib.fsutil import atomic_write_text
 
     exporter = HTMLExporter(template_name="lab", exclude_input=True, exclude_input_prompt=True,
                             exclude_output_prompt=True, embed_images=True)
@@ -227,15 +190,3 @@ def render_html(notebook_path, html_path) -> Path:
     body = _EXTERNAL.sub("", body)
     atomic_write_text(html_path, body)
     return Path(html_path)
-
-
-def build_report(run_dir, out_dir=None, **parameters) -> Path:
-    """Execute ``03_evaluate_export`` for a run with papermill and render it as
-    ``reports/<run>/report.html`` (the executed notebook is kept beside it)."""
-    from seglib import notebooks
-
-    run_dir = Path(run_dir).resolve()
-    out_dir = Path(out_dir) if out_dir else Path("reports") / run_dir.name
-    executed = notebooks.execute(notebooks.EVALUATE, out_dir / f"{notebooks.EVALUATE}.ipynb",
-                                 {"RUN_DIR": str(run_dir), **parameters})
-    return render_html(executed, out_dir / "report.html")

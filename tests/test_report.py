@@ -1,32 +1,31 @@
-"""The HTML report: executed with papermill, rendered self-contained, opened offline in Chromium."""
-import re
+"""The run report's inputs and errors. (Whole reports are written and checked, and opened in
+Chromium, by test_journeys.py and test_batch.py.)"""
+import json
+import subprocess
+import sys
 
-import pytest
-
-from seglib.report import build_report
-
-
-@pytest.fixture(scope="session")
-def report_html(trained, tmp_path_factory):
-    out = tmp_path_factory.mktemp("report")
-    return build_report(trained / "run", out, CALIBRATION_IMAGES=16, EVAL_IMAGES=8, N_EXAMPLES=2)
+from seglib import tables
 
 
-@pytest.mark.slow
-def test_report_is_self_contained_with_figures_and_tables(report_html):
-    html = report_html.read_text()
-    assert report_html.name == "report.html" and (report_html.parent / "03_evaluate_export.ipynb").exists()
-    # curves, predictions, confusion matrix, per-class IoU, best/worst: embedded, not linked
-    assert html.count("data:image/png;base64,") >= 5
-    assert not re.search(r"""(src|href)=["']https?://""", html)
-    tables = re.findall(r"<table.*?</table>", html, flags=re.S)
-    assert any("pixel_accuracy" in t and "mean_iou" in t for t in tables)  # overall metrics
-    assert any("specificity" in t for t in tables)  # per-class table
-    assert any("int8" in t and "agreement" in t for t in tables)  # export table
-    assert "from seglib" not in html  # inputs hidden
-    assert "INFO:tensorflow" not in html and "Segmentation Models:" not in html  # no library log lines
+def test_report_of_an_untrained_folder_is_a_clear_error(tmp_path):
+    done = subprocess.run([sys.executable, "-m", "seglib", "report", str(tmp_path)], capture_output=True, text=True)
+    assert done.returncode == 2 and "not a trained run" in done.stderr and "Traceback" not in done.stderr
 
 
-@pytest.mark.slow
-def test_report_opens_offline_in_chromium(report_html, open_in_chromium):
-    open_in_chromium(report_html)  # asserts: screenshot not blank, no failed request
+def test_history_table_numbers_epochs_from_one_and_marks_the_best(tmp_path):
+    (tmp_path / "history.csv").write_text("epoch,loss,val_loss,seconds\n0,2.0,1.5,3.1\n1,1.0,1.2,0.5\n2,0.8,1.3,0.5\n")
+    (tmp_path / "run.json").write_text(json.dumps({"best_epoch": 2}))
+    table = tables.history(tmp_path)
+    assert list(table.index) == [1, 2, 3] and list(table.columns) == ["loss", "val loss", "seconds", "best"]
+    assert list(table["best"]) == ["", "✓", ""]
+
+
+def test_export_table_shows_latency_spread():
+    exported = {"keras": {"file_bytes": 2e6, "mean_iou": 0.5, "latency_ms": 10.0, "latency_p10_ms": 9.0,
+                          "latency_p90_ms": 12.0},
+                "formats": {"int8": {"file_bytes": 5e5, "agreement": 0.99, "mean_iou": 0.49, "latency_ms": 2.0,
+                                     "latency_p10_ms": 1.8, "latency_p90_ms": 2.5}}}
+    table = tables.export(exported)
+    assert list(table.index) == ["keras", "int8"]
+    assert table.loc["int8", "p10 ms"] == 1.8 and table.loc["int8", "p90 ms"] == 2.5
+    assert table.loc["int8", "size MB"] == 0.5 and table.loc["keras", "agreement"] == 1.0
