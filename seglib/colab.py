@@ -1,23 +1,41 @@
-"""The first cell of every notebook: Colab set-up, a no-op anywhere else.
+"""Colab: the set-up cell every notebook starts with (a no-op anywhere else), and the fast local
+copy of prepared data that training reads there.
 
-On Colab (``"google.colab" in sys.modules``) it mounts Google Drive, installs seglib from the
-repository checkout on Drive (cloning it first if ``SEGLIB_GIT`` names one and it is not there
-yet), and makes ``DRIVE_ROOT/notebooks`` the working directory. The notebooks' relative paths
-(``../data``, ``../artifacts``, ``../reports``) then point into ``DRIVE_ROOT`` on Drive, so
-prepared data, models and reports outlive the Colab session, and a training started again with
-the same ``RUN_DIR`` continues after its last finished epoch.
+On Colab (``"google.colab" in sys.modules``) the cell mounts Google Drive and keeps two places
+apart:
+
+- ``DRIVE_ROOT`` (on Drive) gets the outputs: the notebooks run in ``DRIVE_ROOT/notebooks``, so
+  their ``../data``, ``../artifacts`` and ``../reports`` are on Drive and outlive the session; a
+  training started again with the same ``RUN_DIR`` continues after its last finished epoch. Data
+  or earlier runs already there are used as they are, never replaced by the set-up.
+- The code: ``DRIVE_ROOT`` itself when the repository was copied there, else ``SEGLIB_CODE``: a
+  checkout found there, or a clone of ``SEGLIB_GIT`` made there (local disk by default, so it is
+  cloned again in a new session). A clone into a non-empty folder is never attempted.
+
+It installs seglib from the code when it is not importable (pip's output is shown if that fails)
+and sets ``SEGLIB_LOCAL_CACHE``, so that :func:`local_copy` serves training from local disk:
+memory-mapped reads through the Drive mount are slow.
 
 The cell cannot import seglib (it may install it), so its text lives here once and
 ``tests/test_colab.py`` checks that every notebook starts with exactly this cell.
 """
+from __future__ import annotations
+
+import os
+from pathlib import Path
 
 CELL_TAG = "colab-setup"
+LOCAL_CACHE_ENV = "SEGLIB_LOCAL_CACHE"
 
 CELL = '''\
-# Colab set-up (does nothing elsewhere): mount Google Drive, install seglib from its checkout on Drive,
-# and work in DRIVE_ROOT so data/, artifacts/ and reports/ survive a dropped session.
-DRIVE_ROOT = "/content/drive/MyDrive/seglib"  # Colab only: the seglib repository folder on your Drive
-SEGLIB_GIT = ""  # Colab only: git URL to clone into DRIVE_ROOT if it is not there yet ("" = you copied it)
+# @title Colab set-up (does nothing elsewhere)
+# Outputs (data/, artifacts/, reports/) go to DRIVE_ROOT on Drive; data or earlier runs there are kept.
+# The code is DRIVE_ROOT itself if you copied the repository there, else SEGLIB_CODE: a checkout you put
+# there, or a clone of SEGLIB_GIT (its git URL) made there.
+DRIVE_ROOT = "/content/drive/MyDrive/seglib"  # @param {type:"string"}
+SEGLIB_CODE = "/content/seglib-code"  # @param {type:"string"}
+SEGLIB_GIT = ""  # @param {type:"string"}
+LOCAL_CACHE = "/content/seglib-cache"  # local disk: training reads a copy of the prepared data from here
 
 import os
 import sys
@@ -28,18 +46,72 @@ if "google.colab" in sys.modules:
 
     from google.colab import drive
 
+    def _checkout(folder):
+        return os.path.exists(os.path.join(folder, "pyproject.toml"))
+
     drive.mount("/content/drive")
-    if not os.path.exists(os.path.join(DRIVE_ROOT, "pyproject.toml")):
+    code = DRIVE_ROOT if _checkout(DRIVE_ROOT) else SEGLIB_CODE
+    if not _checkout(code):
         if not SEGLIB_GIT:
-            raise RuntimeError(f"{DRIVE_ROOT}: no seglib checkout there. Copy the repository to that Drive "
-                               "folder, or set SEGLIB_GIT to its git URL and run this cell again.")
-        subprocess.run(["git", "clone", "--depth", "1", SEGLIB_GIT, DRIVE_ROOT], check=True)
-    if find_spec("seglib") is None:
-        subprocess.run([sys.executable, "-m", "pip", "install", "-q", "-e", DRIVE_ROOT], check=True)
-        sys.path.insert(0, DRIVE_ROOT)  # importable in this kernel at once (no restart needed)
+            raise RuntimeError(f"no seglib code at {DRIVE_ROOT} or {SEGLIB_CODE}: set SEGLIB_GIT to the repository's "
+                               "git URL, or copy the repository to one of them, and run this cell again")
+        if os.path.isdir(code) and os.listdir(code):
+            raise RuntimeError(f"{code} is not empty and holds no seglib checkout: set SEGLIB_CODE to a new folder")
+        done = subprocess.run(["git", "clone", "--depth", "1", SEGLIB_GIT, code], capture_output=True, text=True)
+        if done.returncode != 0:
+            raise RuntimeError(f"git clone {SEGLIB_GIT} failed:\\n{done.stderr}")
+    spec = find_spec("seglib")
+    if spec is None or spec.origin is None:  # not installed (a folder named seglib is no package)
+        done = subprocess.run([sys.executable, "-m", "pip", "install", "-e", code], capture_output=True, text=True)
+        if done.returncode != 0:
+            print(done.stdout[-4000:], done.stderr[-4000:], sep="\\n")
+            raise RuntimeError(f"pip install -e {code} failed (its output is above)")
+        sys.path.insert(0, code)  # importable in this kernel at once (no restart needed)
+    os.makedirs(os.path.join(DRIVE_ROOT, "notebooks"), exist_ok=True)
     os.chdir(os.path.join(DRIVE_ROOT, "notebooks"))
-    print("Colab: working in", os.getcwd())
+    os.environ["SEGLIB_LOCAL_CACHE"] = LOCAL_CACHE
+    print(f"Colab: code in {code}, working in {os.getcwd()} (outputs on Drive)")
 '''
+
+
+CELL_SETTINGS = ("DRIVE_ROOT", "SEGLIB_CODE", "SEGLIB_GIT", "LOCAL_CACHE")
+
+
+def cell_with(**settings: str) -> str:
+    """The set-up cell with some of its settings (``CELL_SETTINGS``) given other values, e.g. the
+    repository's git URL as ``SEGLIB_GIT`` once it is published."""
+    import re
+
+    source = CELL
+    for name, value in settings.items():
+        if name not in CELL_SETTINGS:
+            raise ValueError(f"the Colab cell has no setting {name!r} (it has {', '.join(CELL_SETTINGS)})")
+        source = re.sub(rf'^{name} = ".*?"', lambda _m, n=name, v=str(value): f"{n} = {v!r}", source, count=1,
+                        flags=re.M)
+    return source
+
+
+def local_copy(prepared_dir: str | os.PathLike) -> Path:
+    """The prepared dataset to read from: a copy on local disk when ``SEGLIB_LOCAL_CACHE`` is set
+    (by the Colab cell), made once per session and per dataset; else ``prepared_dir`` itself."""
+    import json
+    import shutil
+    from hashlib import sha1
+
+    from seglib.fsutil import staged_dir
+
+    cache = os.environ.get(LOCAL_CACHE_ENV)
+    prepared_dir = Path(prepared_dir)
+    summary = prepared_dir / "summary.json"
+    if not cache or not summary.exists() or Path(cache).resolve() in prepared_dir.resolve().parents:
+        return prepared_dir
+    created = json.loads(summary.read_text()).get("created", "")
+    key = sha1(f"{prepared_dir.resolve()}|{created}".encode()).hexdigest()[:10]
+    copy = Path(cache) / f"{prepared_dir.name}-{key}"
+    if not (copy / "summary.json").exists():
+        with staged_dir(copy, "summary.json") as tmp:
+            shutil.copytree(prepared_dir, tmp, dirs_exist_ok=True)
+    return copy
 
 
 BADGES_START, BADGES_END = "<!-- colab-badges -->", "<!-- /colab-badges -->"
@@ -69,8 +141,6 @@ def badges_markdown(repo_url: str, branch: str = "main", notebooks=None) -> str:
 
 def write_badges(readme, repo_url: str, branch: str = "main") -> str:
     """Replace the README's badge block (between the two markers) with badges for ``repo_url``."""
-    from pathlib import Path
-
     from seglib.fsutil import atomic_write_text
 
     text = Path(readme).read_text()

@@ -42,6 +42,9 @@ def make_dataset(prepared_dir: str | os.PathLike, split: str, batch_size: int = 
     """
     import tensorflow as tf
 
+    from seglib.colab import local_copy
+
+    prepared_dir = local_copy(prepared_dir)  # on Colab: read a copy on local disk, not through the Drive mount
     data = open_split(prepared_dir, split)
     n, size = len(data), data.images.shape[1]
     if n == 0:

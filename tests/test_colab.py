@@ -1,5 +1,7 @@
-"""The notebooks' first cell: Colab set-up with a stand-in ``google.colab``, a no-op elsewhere."""
-import re
+"""The notebooks' Colab set-up cell with a stand-in ``google.colab``: a blank Drive, a Drive that
+holds only data, one with the repository, one with an earlier run; a no-op elsewhere. The whole
+Colab journey through the three notebooks is in ``test_journeys.py``."""
+import os
 import subprocess
 import sys
 import types
@@ -8,22 +10,23 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from seglib.colab import CELL, CELL_TAG
+from seglib.colab import CELL, CELL_TAG, LOCAL_CACHE_ENV, cell_with
 from seglib.notebooks import NOTEBOOKS
 
 
 def test_every_notebook_starts_with_the_colab_cell():
     for path in sorted(NOTEBOOKS.glob("*.ipynb")):
-        first = nbformat.read(path, as_version=4).cells[0]
-        assert first.cell_type == "code" and first.source == CELL, path
+        first = next(c for c in nbformat.read(path, as_version=4).cells if c.cell_type == "code")
+        assert first.source == CELL, path
         assert first.metadata["tags"] == [CELL_TAG], path
 
 
-def run_cell(drive_root: Path, git: str = "") -> dict:
-    """Execute the cell as a notebook would, with its two Colab settings given."""
-    source = re.sub(r'^DRIVE_ROOT = ".*?"', f"DRIVE_ROOT = {str(drive_root)!r}", CELL, flags=re.M)
-    source = re.sub(r'^SEGLIB_GIT = ".*?"', f"SEGLIB_GIT = {git!r}", source, flags=re.M)
-    assert source != CELL
+def run_cell(drive_root: Path, code: Path, git: str = "") -> dict:
+    """Execute the cell with its settings pointed at temp folders, as a user fills Colab's form."""
+    source = cell_with(DRIVE_ROOT=drive_root, SEGLIB_CODE=code, SEGLIB_GIT=git,
+                       LOCAL_CACHE=drive_root.parent / "local-cache")
+    for name, value in (("DRIVE_ROOT", drive_root), ("SEGLIB_CODE", code), ("SEGLIB_GIT", git)):
+        assert f"{name} = {str(value)!r}" in source
     namespace = {}
     exec(compile(source, "colab-setup", "exec"), namespace)
     return namespace
@@ -31,22 +34,26 @@ def run_cell(drive_root: Path, git: str = "") -> dict:
 
 @pytest.fixture
 def colab(monkeypatch, tmp_path):
-    """A stand-in ``google.colab`` that records mounts, and a recorder for the cell's commands."""
+    """A stand-in ``google.colab`` that records mounts, and a recorder for the cell's commands
+    (a clone makes a checkout; pip succeeds unless ``colab.pip_fails``)."""
     mounts, commands = [], []
     fake = types.ModuleType("google.colab")
     fake.drive = types.SimpleNamespace(mount=lambda path, **kw: mounts.append(path))
     monkeypatch.setitem(sys.modules, "google.colab", fake)
+    state = types.SimpleNamespace(mounts=mounts, commands=commands, pip_fails=False)
 
     def fake_run(cmd, check=False, **kw):
         commands.append(cmd)
-        if cmd[0] == "git":  # a clone puts the repository there
-            (Path(cmd[-1]) / "notebooks").mkdir(parents=True)
-            (Path(cmd[-1]) / "pyproject.toml").write_text("")
-        return subprocess.CompletedProcess(cmd, 0)
+        if cmd[0] == "git":
+            checkout(Path(cmd[-1]))
+        if "pip" in cmd and state.pip_fails:
+            return subprocess.CompletedProcess(cmd, 1, "Collecting tensorflow\n", "ERROR: No matching distribution\n")
+        return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(subprocess, "run", fake_run)
+    monkeypatch.delenv(LOCAL_CACHE_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
-    return types.SimpleNamespace(mounts=mounts, commands=commands)
+    return state
 
 
 def checkout(root: Path) -> Path:
@@ -55,44 +62,95 @@ def checkout(root: Path) -> Path:
     return root
 
 
-def test_on_colab_it_mounts_drive_and_works_in_the_drive_folder(colab, tmp_path):
-    root = checkout(tmp_path / "MyDrive" / "seglib")
-    run_cell(root)
+def test_blank_drive_clones_the_code_to_its_own_folder_and_works_on_drive(colab, tmp_path):
+    drive, code = tmp_path / "MyDrive" / "seglib", tmp_path / "content" / "seglib"
+    run_cell(drive, code, git="https://example.org/seglib.git")
     assert colab.mounts == ["/content/drive"]
-    assert Path.cwd() == root / "notebooks"  # ../data, ../artifacts, ../reports are on Drive
-    assert colab.commands == []  # seglib is importable here: nothing to install
+    assert colab.commands == [["git", "clone", "--depth", "1", "https://example.org/seglib.git", str(code)]]
+    assert Path.cwd() == drive / "notebooks"  # ../data, ../artifacts, ../reports are on Drive
+    assert not (drive / "pyproject.toml").exists()  # the code is not put into the outputs folder
+    assert os.environ[LOCAL_CACHE_ENV] == str(tmp_path / "MyDrive" / "local-cache")
 
 
-def test_on_colab_it_installs_seglib_from_the_checkout_when_missing(colab, tmp_path, monkeypatch):
+def test_drive_with_data_only_is_left_as_it_is(colab, tmp_path):
+    drive, code = tmp_path / "MyDrive" / "seglib", tmp_path / "content" / "seglib"
+    pairs = drive / "data" / "cityscapes_data" / "train"
+    pairs.mkdir(parents=True)
+    (pairs / "1.jpg").write_bytes(b"pair")
+    run_cell(drive, code, git="https://example.org/seglib.git")
+    assert colab.commands[0][-1] == str(code)  # cloned beside, never into the non-empty Drive folder
+    assert (pairs / "1.jpg").read_bytes() == b"pair" and Path.cwd() == drive / "notebooks"
+
+
+def test_drive_holding_the_repository_uses_it_without_cloning(colab, tmp_path):
+    drive = checkout(tmp_path / "MyDrive" / "seglib")
+    run_cell(drive, tmp_path / "content" / "seglib", git="https://example.org/seglib.git")
+    assert colab.commands == [] and Path.cwd() == drive / "notebooks"
+
+
+def test_drive_with_an_earlier_run_keeps_it(colab, tmp_path):
+    drive, code = tmp_path / "MyDrive" / "seglib", checkout(tmp_path / "content" / "seglib")
+    backup = drive / "artifacts" / "default" / "backup" / "epoch-0003"
+    backup.mkdir(parents=True)
+    (backup / "state.json").write_text('{"epoch": 3}')
+    run_cell(drive, code)
+    assert colab.commands == []  # the code is there (a checkout in SEGLIB_CODE): nothing to clone
+    assert (backup / "state.json").read_text() == '{"epoch": 3}' and Path.cwd() == drive / "notebooks"
+
+
+def test_it_never_clones_into_a_non_empty_folder(colab, tmp_path):
+    code = tmp_path / "content" / "seglib"
+    code.mkdir(parents=True)
+    (code / "notes.txt").write_text("mine")
+    with pytest.raises(RuntimeError, match="is not empty and holds no seglib checkout"):
+        run_cell(tmp_path / "MyDrive" / "seglib", code, git="https://example.org/seglib.git")
+    assert colab.commands == [] and (code / "notes.txt").read_text() == "mine"
+
+
+def test_without_code_or_url_it_says_what_to_do(colab, tmp_path):
+    with pytest.raises(RuntimeError, match="set SEGLIB_GIT to the repository's git URL, or copy the repository"):
+        run_cell(tmp_path / "MyDrive" / "seglib", tmp_path / "content" / "seglib")
+    assert colab.mounts == ["/content/drive"] and colab.commands == []
+
+
+def test_it_installs_seglib_when_missing_and_shows_pips_output_if_that_fails(colab, tmp_path, monkeypatch, capsys):
     import importlib.util
 
-    root = checkout(tmp_path / "MyDrive" / "seglib")
-    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: None)
+    drive = checkout(tmp_path / "MyDrive" / "seglib")
+    # not installed, only a folder named seglib in the working directory (a namespace package)
+    monkeypatch.setattr(importlib.util, "find_spec", lambda name, *a: types.SimpleNamespace(origin=None))
     monkeypatch.setattr(sys, "path", list(sys.path))
-    run_cell(root)
-    assert colab.commands == [[sys.executable, "-m", "pip", "install", "-q", "-e", str(root)]]
-    assert sys.path[0] == str(root)
-
-
-def test_on_colab_it_clones_the_repository_when_drive_has_none(colab, tmp_path):
-    root = tmp_path / "MyDrive" / "seglib"
-    run_cell(root, git="https://example.org/seglib.git")
-    assert colab.commands[0] == ["git", "clone", "--depth", "1", "https://example.org/seglib.git", str(root)]
-    assert Path.cwd() == root / "notebooks"
-
-
-def test_on_colab_without_a_checkout_or_url_it_says_what_to_do(colab, tmp_path):
-    with pytest.raises(RuntimeError, match="no seglib checkout there"):
-        run_cell(tmp_path / "MyDrive" / "seglib")
-    assert colab.mounts == ["/content/drive"] and colab.commands == []
+    run_cell(drive, tmp_path / "content" / "seglib")
+    assert colab.commands == [[sys.executable, "-m", "pip", "install", "-e", str(drive)]]
+    assert sys.path[0] == str(drive)
+    colab.pip_fails = True
+    with pytest.raises(RuntimeError, match="pip install -e .* failed"):
+        run_cell(drive, tmp_path / "content" / "seglib")
+    printed = capsys.readouterr().out
+    assert "Collecting tensorflow" in printed and "No matching distribution" in printed
 
 
 def test_elsewhere_the_cell_does_nothing(monkeypatch, tmp_path):
     monkeypatch.delitem(sys.modules, "google.colab", raising=False)
     monkeypatch.chdir(tmp_path)
-    namespace = run_cell(tmp_path / "nowhere")
+    namespace = run_cell(tmp_path / "nowhere", tmp_path / "code")
     assert Path.cwd() == tmp_path and not (tmp_path / "nowhere").exists()
     assert "drive" not in namespace
+
+
+def test_training_reads_a_local_copy_of_prepared_data_when_the_cell_asked_for_one(prepared_dir, tmp_path,
+                                                                                  monkeypatch):
+    from seglib.colab import local_copy
+
+    monkeypatch.delenv(LOCAL_CACHE_ENV, raising=False)
+    assert local_copy(prepared_dir) == prepared_dir  # not on Colab: read in place
+    monkeypatch.setenv(LOCAL_CACHE_ENV, str(tmp_path / "cache"))
+    copy = local_copy(prepared_dir)
+    assert copy.parent == tmp_path / "cache" and (copy / "train" / "images.npy").read_bytes() == \
+        (prepared_dir / "train" / "images.npy").read_bytes()
+    stamp = (copy / "summary.json").stat().st_mtime_ns
+    assert local_copy(prepared_dir) == copy and (copy / "summary.json").stat().st_mtime_ns == stamp  # once
+    assert local_copy(copy) == copy  # already local
 
 
 def test_colab_badges_for_a_github_remote_fill_the_readme_block(tmp_path):
