@@ -16,32 +16,38 @@ them; the names are the notebooks' UPPER_CASE parameters::
         BACKBONE: mobilenetv2
 
 Each run executes ``01_prepare_data`` (once per distinct data setting, then reused),
-``02_train`` and ``03_evaluate_export``. Executed notebooks and their HTML go to
+``02_train`` and ``03_evaluate_export``. Executed notebooks and their HTML, the run's report
+(``report.html``) and its log (``run.log``: everything the kernels printed) go to
 ``reports/<batch>/<run>/``, the model to ``artifacts/<batch>/<run>/``, the prepared data to
-``data/prepared/<setting>/``. ``reports/<batch>/index.html`` compares the runs. A failing run is
-marked failed with its error and the others go on; ``resume=True`` skips finished runs (an
-interrupted training continues from its last finished epoch).
+``data/prepared/<setting>/``. ``reports/<batch>/index.html`` compares the runs.
+
+While it runs, each run's step and epoch lines (with the time left) are printed. A failing run
+is marked failed with its error and the others go on; Ctrl-C or SIGTERM marks the running run
+interrupted (so does a batch process that died: its status file names a process that is gone);
+``resume=True`` skips finished runs (an interrupted training continues from its last finished
+epoch).
 """
 from __future__ import annotations
 
-import base64
 import hashlib
 import html
-import io
 import json
 import os
 import re
 import shutil
+import socket
 import time
 from dataclasses import dataclass
 from datetime import datetime, timezone
 from pathlib import Path
 
 from seglib import notebooks
+from seglib.datasets import is_kaggle
 from seglib.fsutil import atomic_write_json, atomic_write_text
 
-SET_BY_BATCH = {"OUT_DIR", "PREPARED_DIR", "RUN_DIR"}  # paths the batch chooses for each run
+SET_BY_BATCH = {"OUT_DIR", "PREPARED_DIR", "RUN_DIR", "REPORT_DIR"}  # paths the batch chooses for each run
 PATH_PARAMETERS = {"DATA_DIR"}  # relative paths in a config are relative to the current directory
+RUN_LOG = "run.log"
 DISPLAY_ONLY = {"N_EXAMPLES"}  # do not make a data setting distinct
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -120,8 +126,10 @@ def load_config(config: str | os.PathLike | dict, root: str | os.PathLike = ".")
         _check_keys(overrides, known, f"{source}: run {run_name!r}")
         parameters = {**shared, **overrides}
         for key in PATH_PARAMETERS & parameters.keys():
-            parameters[key] = str(Path(parameters[key]).resolve())
-        if "DATA_DIR" in parameters and not Path(parameters["DATA_DIR"]).exists() and "SYNTH_COUNT" not in parameters:
+            if not is_kaggle(parameters[key]):
+                parameters[key] = str(Path(parameters[key]).resolve())
+        if ("DATA_DIR" in parameters and not is_kaggle(parameters["DATA_DIR"])
+                and not Path(parameters["DATA_DIR"]).exists() and "SYNTH_COUNT" not in parameters):
             raise BatchError(f"{source}: run {run_name!r}: DATA_DIR {parameters['DATA_DIR']} does not exist "
                              "(set SYNTH_COUNT to generate synthetic pairs there instead)")
         runs.append(Run(run_name, overrides, parameters))
@@ -147,7 +155,7 @@ def data_setting(run: Run) -> tuple[str, dict]:
     parameters share one."""
     defaults = notebooks.parameters(notebooks.PREPARE)
     values = {k: run.parameters.get(k, v) for k, v in defaults.items() if k not in SET_BY_BATCH | DISPLAY_ONLY}
-    if "DATA_DIR" not in run.parameters:  # the notebook's default is relative to notebooks/
+    if "DATA_DIR" not in run.parameters and not is_kaggle(values["DATA_DIR"]):  # relative to notebooks/
         values["DATA_DIR"] = str((notebooks.NOTEBOOKS / values["DATA_DIR"]).resolve())
     digest = hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
     label = f"{Path(values['DATA_DIR']).name}-k{values.get('CLUSTERS')}-{values.get('SIZE')}px-{digest}"
@@ -157,6 +165,8 @@ def data_setting(run: Run) -> tuple[str, dict]:
 def run_batch(config: str | os.PathLike | dict, root: str | os.PathLike = ".", only: list[str] | None = None,
               resume: bool = False, echo=print) -> Path:
     """Run a batch (see the module docstring) and return the path of its ``index.html``."""
+    from seglib.train import format_seconds
+
     batch = load_config(config, root)
     names = [r.name for r in batch.runs]
     for name in only or []:
@@ -166,15 +176,22 @@ def run_batch(config: str | os.PathLike | dict, root: str | os.PathLike = ".", o
     batch.report_dir.mkdir(parents=True, exist_ok=True)
     _save_config(batch)
     prepared: dict[str, tuple] = {}  # data setting -> (prepared dir, _StepFailed or None)
-    index = None
+    index, took = None, []
     for i, run in enumerate(selected, 1):
-        status = read_status(batch, run.name)
         tag = f"[{i}/{len(selected)}] {run.name}"
-        if resume and status.get("status") == "finished":
+        if resume and read_status(batch, run.name).get("status") == "finished":
             echo(f"{tag}: finished earlier, skipped (--resume)")
             continue
-        echo(f"{tag}: running ({_describe(run.overrides)})")
-        status = _run_one(batch, run, prepared, resume)
+        left = len(selected) - i + 1
+        eta = f" · batch ETA about {format_seconds(sum(took) / len(took) * left)}" if took else ""
+        echo(f"{tag}: running ({_describe(run.overrides)}){eta} · log {batch.report_dir / run.name / RUN_LOG}")
+        try:
+            status = _run_one(batch, run, prepared, resume, lambda line, tag=tag: echo(f"{tag}: {line}"))
+        except KeyboardInterrupt:
+            write_index(batch)
+            echo(f"{tag}: interrupted; run the batch again with --resume to continue where it stopped")
+            raise
+        took.append(status.get("seconds", 0))
         echo(f"{tag}: {_summary_line(batch, run.name, status)}")
         index = write_index(batch)  # after every run, so the page shows progress
     index = index or write_index(batch)  # every run was skipped: still (re)write the page
@@ -182,7 +199,7 @@ def run_batch(config: str | os.PathLike | dict, root: str | os.PathLike = ".", o
     return index
 
 
-def _run_one(batch: Batch, run: Run, prepared: dict, resume: bool) -> dict:
+def _run_one(batch: Batch, run: Run, prepared: dict, resume: bool, progress) -> dict:
     out = batch.report_dir / run.name
     run_dir = batch.artifacts_dir / batch.name / run.name
     if not resume:  # a fresh batch run starts this run from scratch
@@ -191,34 +208,59 @@ def _run_one(batch: Batch, run: Run, prepared: dict, resume: bool) -> dict:
     out.mkdir(parents=True, exist_ok=True)
     before = read_status(batch, run.name) if resume else {}
     status = {"run": run.name, "status": "running", "overrides": run.overrides, "parameters": run.parameters,
-              "run_dir": str(run_dir), "started": _now()}
+              "effective_parameters": effective_parameters(run), "run_dir": str(run_dir), "started": _now(),
+              "pid": os.getpid(), "host": socket.gethostname()}
     atomic_write_json(out / "status.json", status)
     started = time.perf_counter()
-    step = "prepare"
+    step = notebooks.PREPARE
+    log = out / RUN_LOG
     try:
-        data_dir, failure = _prepared_for(batch, run, prepared, resume)
+        data_dir, failure = _prepared_for(batch, run, prepared, resume, log, progress)
         status["prepared_dir"] = str(data_dir)
         if failure:
             raise failure
         for step, params in ((notebooks.TRAIN, {"PREPARED_DIR": str(data_dir), "RUN_DIR": str(run_dir)}),
-                             (notebooks.EVALUATE, {"RUN_DIR": str(run_dir), "PREPARED_DIR": str(data_dir)})):
+                             (notebooks.EVALUATE, {"RUN_DIR": str(run_dir), "PREPARED_DIR": str(data_dir),
+                                                   "REPORT_DIR": str(out)})):
             accepted = notebooks.parameters(step)
             values = {**{k: v for k, v in run.parameters.items() if k in accepted}, **params}
             if step == notebooks.TRAIN:
                 status["train_parameters"] = values
                 if _training_finished(before, values, run_dir, out):
                     status["train_reused"] = True  # resumed after a later step failed: keep the model
+                    progress(f"{step}: finished earlier with these parameters, kept")
                     continue
-            _execute(step, out, values)
+            progress(step)
+            _execute(step, out, values, log, progress)
         status.update(status="finished")
     except _StepFailed as e:
         notebook = e.notebook.relative_to(batch.report_dir).as_posix() if e.notebook else None
-        status.update(status="failed", step=e.step, error=e.error, notebook=notebook)
+        interrupted = e.error.startswith("KeyboardInterrupt")
+        status.update(status="interrupted" if interrupted else "failed", step=e.step, error=e.error, notebook=notebook)
+    except KeyboardInterrupt:
+        status.update(status="interrupted", step=step, error="interrupted (Ctrl-C or SIGTERM)")
+        _finish(out, status, started)
+        raise
     except Exception as e:  # noqa: BLE001 - any failure marks this run failed; the others still run
         status.update(status="failed", step=step, error=f"{type(e).__name__}: {e}")
+    _finish(out, status, started)
+    if status["status"] == "interrupted":
+        raise KeyboardInterrupt
+    return status
+
+
+def _finish(out: Path, status: dict, started: float) -> None:
     status.update(finished=_now(), seconds=round(time.perf_counter() - started, 1))
     atomic_write_json(out / "status.json", status)
-    return status
+
+
+def effective_parameters(run: Run) -> dict:
+    """Every notebook parameter this run uses: the notebooks' defaults with the run's values over
+    them (the paths the batch chooses left out)."""
+    merged = {}
+    for name in (notebooks.PREPARE, notebooks.TRAIN, notebooks.EVALUATE):
+        merged |= {k: v for k, v in notebooks.parameters(name).items() if k not in SET_BY_BATCH}
+    return json.loads(json.dumps({**merged, **run.parameters}, default=str))
 
 
 def _training_finished(before: dict, values: dict, run_dir: Path, out: Path) -> bool:
@@ -234,16 +276,17 @@ class _StepFailed(Exception):
         self.step, self.error, self.notebook = step, error, notebook
 
 
-def _execute(step: str, out: Path, parameters: dict) -> Path:
-    """Execute one notebook into ``out`` and render it; a failing cell becomes ``_StepFailed``
-    with the partly executed notebook rendered beside it."""
+def _execute(step: str, out: Path, parameters: dict, log: Path, progress) -> Path:
+    """Execute one notebook into ``out`` and render it (its output to ``log``, progress lines to
+    ``progress``); a failing cell becomes ``_StepFailed`` with the partly executed notebook
+    rendered beside it."""
     import papermill as pm
 
     from seglib.report import render_html
 
     executed = out / f"{step}.ipynb"
     try:
-        notebooks.execute(step, executed, parameters)
+        notebooks.execute(step, executed, parameters, log=log, on_progress=progress)
     except pm.PapermillExecutionError as e:
         if executed.exists():
             render_html(executed, executed.with_suffix(".html"))
@@ -252,19 +295,20 @@ def _execute(step: str, out: Path, parameters: dict) -> Path:
     return executed
 
 
-def _prepared_for(batch: Batch, run: Run, prepared: dict, resume: bool) -> tuple[Path, _StepFailed | None]:
+def _prepared_for(batch: Batch, run: Run, prepared: dict, resume: bool, log: Path,
+                  progress) -> tuple[Path, _StepFailed | None]:
     """The prepared dataset of a run's data setting: prepared once per batch invocation (or
     reused from an earlier one with ``resume``); a failure is remembered for the other runs."""
     label, params = data_setting(run)
-    if label in prepared:
-        return prepared[label]
     data_dir = batch.prepared_root / label
     out = batch.report_dir / "_data" / label
-    if resume and (data_dir / "summary.json").exists() and (out / f"{notebooks.PREPARE}.html").exists():
-        prepared[label] = (data_dir, None)
-        return prepared[label]
+    if label in prepared or (resume and (data_dir / "summary.json").exists()
+                             and (out / f"{notebooks.PREPARE}.html").exists()):
+        progress(f"{notebooks.PREPARE}: using the prepared data in {data_dir}")
+        return prepared.setdefault(label, (data_dir, None))
+    progress(f"{notebooks.PREPARE} -> {data_dir}")
     try:
-        _execute(notebooks.PREPARE, out, {**params, "OUT_DIR": str(data_dir)})
+        _execute(notebooks.PREPARE, out, {**params, "OUT_DIR": str(data_dir)}, log, progress)
         prepared[label] = (data_dir, None)
     except _StepFailed as e:
         prepared[label] = (data_dir, e)
@@ -272,8 +316,26 @@ def _prepared_for(batch: Batch, run: Run, prepared: dict, resume: bool) -> tuple
 
 
 def read_status(batch: Batch, run_name: str) -> dict:
+    """The run's ``status.json``; a run still marked running whose batch process is gone (killed,
+    or the machine restarted) reads as interrupted."""
     path = batch.report_dir / run_name / "status.json"
-    return json.loads(path.read_text()) if path.exists() else {}
+    status = json.loads(path.read_text()) if path.exists() else {}
+    if status.get("status") == "running" and status.get("host") == socket.gethostname() \
+            and not _alive(status.get("pid")):
+        status.update(status="interrupted", error="the batch process stopped while this run was running")
+    return status
+
+
+def _alive(pid) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def unfinished_runs(batch: Batch, only: list[str] | None = None) -> list[str]:
@@ -301,8 +363,8 @@ def run_results(batch: Batch) -> list[dict]:
         status = read_status(batch, run.name)
         run_dir = Path(status.get("run_dir", batch.artifacts_dir / batch.name / run.name))
         record = {"run": run.name, "status": status.get("status", "not run"), "error": status.get("error"),
-                  "step": status.get("step"), "notebook": status.get("notebook"), "parameters": run.parameters,
-                  "prepared_dir": status.get("prepared_dir"),
+                  "step": status.get("step"), "notebook": status.get("notebook"),
+                  "parameters": effective_parameters(run), "prepared_dir": status.get("prepared_dir"),
                   "run_dir": run_dir}
         for file, key in (("metrics.json", "metrics"), ("run.json", "training"), ("export.json", "export")):
             path = run_dir / file
@@ -312,11 +374,11 @@ def run_results(batch: Batch) -> list[dict]:
     return rows
 
 
-def results_table(batch: Batch, rows: list[dict] | None = None):
-    """The index table as a DataFrame (plain values; links are added by :func:`write_index`)."""
+def results_table(rows: list[dict]):
+    """The comparison as a DataFrame, one row per run: the parameters that differ between runs,
+    test scores, training and int8 export figures, status."""
     import pandas as pd
 
-    rows = run_results(batch) if rows is None else rows
     keys = sorted({k for r in rows for k in r["parameters"]})
     differing = [k for k in keys if len({json.dumps(r["parameters"].get(k), default=str) for r in rows}) > 1]
     records = []
@@ -338,53 +400,98 @@ def results_table(batch: Batch, rows: list[dict] | None = None):
     return pd.DataFrame.from_records(records)
 
 
+def best_run(rows: list[dict]) -> str | None:
+    """The finished run with the highest test mean IoU."""
+    scored = [(r["metrics"]["mean_iou"], r["run"]) for r in rows
+              if r["status"] == "finished" and isinstance(r["metrics"].get("mean_iou"), float)
+              and r["metrics"]["mean_iou"] == r["metrics"]["mean_iou"]]
+    return max(scored)[1] if scored else None
+
+
+def _cell(value) -> str:
+    """A table cell with a sort key: numbers sort as numbers, missing values show a dash."""
+    if value is None or (isinstance(value, float) and value != value):
+        return '<td data-sort="">–</td>'
+    if isinstance(value, bool) or not isinstance(value, (int, float)):
+        text = html.escape(str(value))
+        return f'<td data-sort="{text}">{text}</td>'
+    return f'<td data-sort="{value}">{value:.4g}</td>' if isinstance(value, float) else f'<td data-sort="{value}">{value}</td>'
+
+
+def _links(batch: Batch, r: dict) -> str:
+    base = f"{html.escape(r['run'])}/"
+    folder = batch.report_dir / r["run"]
+    parts = []
+    if (folder / "report.html").exists() and r["status"] == "finished":
+        parts.append(f'<a href="{base}report.html">report</a>')
+    for step, label in ((notebooks.TRAIN, "training"), (notebooks.EVALUATE, "evaluation")):
+        if (folder / f"{step}.html").exists() and not (r["status"] == "failed" and r["step"] == step):
+            parts.append(f'<a href="{base}{step}.html">{label}</a>')
+    data = Path(r["prepared_dir"]).name if r["prepared_dir"] else None
+    if data and (batch.report_dir / "_data" / data / f"{notebooks.PREPARE}.html").exists():
+        parts.append(f'<a href="_data/{html.escape(data)}/{notebooks.PREPARE}.html">data</a>')
+    if r["status"] == "failed" and r["notebook"]:
+        nb = html.escape(r["notebook"])
+        parts.append(f'<a href="{nb[:-len(".ipynb")]}.html">failed notebook</a> (<a href="{nb}">.ipynb</a>)')
+    if (folder / RUN_LOG).exists():
+        parts.append(f'<a href="{base}{RUN_LOG}">log</a>')
+    return " · ".join(parts)
+
+
 def write_index(batch: Batch) -> Path:
-    """``reports/<batch>/index.html``: the comparison table, the validation curves and links;
-    self-contained (the figure is embedded), so it opens offline."""
-    import matplotlib.pyplot as plt
+    """``reports/<batch>/index.html``: the sortable comparison table with the best run marked,
+    the training and validation curves, every run's full parameters, failures and links;
+    self-contained (figure embedded, script inline), so it opens offline."""
+    from seglib.figures import runs_curves
+    from seglib.report import figure_png
 
     rows = run_results(batch)
-    table = results_table(batch, rows)
-    links, notes = [], []
-    for r in rows:
-        base = f"{html.escape(r['run'])}/"
-        parts = []
-        if (batch.report_dir / r["run"] / f"{notebooks.EVALUATE}.html").exists() and r["status"] == "finished":
-            parts.append(f'<a href="{base}{notebooks.EVALUATE}.html">report</a>')
-        if (batch.report_dir / r["run"] / f"{notebooks.TRAIN}.html").exists() and r["step"] != notebooks.TRAIN:
-            parts.append(f'<a href="{base}{notebooks.TRAIN}.html">training</a>')
-        data = Path(r["prepared_dir"]).name if r["prepared_dir"] else None
-        if data and (batch.report_dir / "_data" / data / f"{notebooks.PREPARE}.html").exists():
-            parts.append(f'<a href="_data/{html.escape(data)}/{notebooks.PREPARE}.html">data</a>')
-        if r["status"] == "failed" and r["notebook"]:
-            nb = html.escape(r["notebook"])
-            parts.append(f'<a href="{nb[:-len(".ipynb")]}.html">failed notebook</a> (<a href="{nb}">.ipynb</a>)')
-        links.append(" · ".join(parts))
-        if r["status"] == "failed":
-            notes.append(f"<li><b>{html.escape(r['run'])}</b> failed in {html.escape(str(r['step']))}: "
-                         f"<code>{html.escape(str(r['error']))}</code></li>")
-    table["links"] = links
-    table["status"] = [f'<span class="{html.escape(s.replace(" ", "-"))}">{html.escape(s)}</span>' for s in table["status"]]
-    table["run"] = [html.escape(str(v)) for v in table["run"]]
-    table_html = table.to_html(index=False, escape=False, na_rep="–", float_format=lambda v: f"{v:.4g}",
-                               classes="runs", border=0)
-    from seglib.report import plot_validation_curves
+    table = results_table(rows)
+    best = best_run(rows)
+    head = "".join(f'<th title="click to sort">{html.escape(str(c))}</th>' for c in table.columns) + "<th>links</th>"
+    body = []
+    for r, record in zip(rows, table.to_dict("records")):
+        cells = []
+        for column, value in record.items():
+            if column == "run":
+                star = ' <span class="star" title="best test mean IoU">★ best</span>' if r["run"] == best else ""
+                cells.append(f'<td data-sort="{html.escape(r["run"])}">{html.escape(r["run"])}{star}</td>')
+            elif column == "status":
+                cls = html.escape(value.replace(" ", "-"))
+                cells.append(f'<td data-sort="{cls}"><span class="{cls}">{html.escape(value)}</span></td>')
+            else:
+                cells.append(_cell(value))
+        cells.append(f"<td>{_links(batch, r)}</td>")
+        row_class = ' class="best"' if r["run"] == best else ""
+        body.append(f"<tr{row_class}>{''.join(cells)}</tr>")
+    runs_html = f'<table class="runs sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
-    fig = plot_validation_curves({r["run"]: r["history"] for r in rows})
-    buffer = io.BytesIO()
-    fig.savefig(buffer, format="png", dpi=110)
-    plt.close(fig)
-    curves = base64.b64encode(buffer.getvalue()).decode()
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "running", "not run")}
+    names = sorted({k for r in rows for k in r["parameters"]})
+    param_rows = []
+    for name in names:
+        values = [json.dumps(r["parameters"].get(name), default=str) for r in rows]
+        cls = ' class="differs"' if len(set(values)) > 1 else ""
+        param_rows.append(f"<tr{cls}><th>{html.escape(name)}</th>"
+                          + "".join(f"<td>{html.escape(v)}</td>" for v in values) + "</tr>")
+    params_html = ('<table class="params"><thead><tr><th>parameter</th>'
+                   + "".join(f"<th>{html.escape(r['run'])}</th>" for r in rows)
+                   + f"</tr></thead><tbody>{''.join(param_rows)}</tbody></table>")
+
+    notes = [f"<li><b>{html.escape(r['run'])}</b> {html.escape(r['status'])} in {html.escape(str(r['step']))}: "
+             f"<code>{html.escape(str(r['error']))}</code></li>" for r in rows if r["status"] in ("failed", "interrupted")]
+    counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "interrupted", "running", "not run")}
+    runtimes = sorted({r["export"]["runtime"] for r in rows if r["export"].get("runtime")})
     data_links = "".join(
         f'<li><a href="_data/{html.escape(p.name)}/{notebooks.PREPARE}.html">{html.escape(p.name)}</a></li>'
         for p in sorted((batch.report_dir / "_data").glob("*")) if (p / f"{notebooks.PREPARE}.html").exists())
     page = _INDEX.format(
-        name=html.escape(batch.name), updated=_now(), table=table_html, curves=curves,
+        name=html.escape(batch.name), updated=_now(), table=runs_html, params=params_html,
+        curves=figure_png(runs_curves({r["run"]: r["history"] for r in rows})),
         counts=", ".join(f"{n} {s}" for s, n in counts.items() if n),
-        failures=f"<h2>Failures</h2><ul>{''.join(notes)}</ul>" if notes else "",
-        data=f"<h2>Prepared data</h2><ul>{data_links}</ul>" if data_links else "",
-        shared=html.escape(json.dumps(batch.shared, indent=1, default=str)))
+        best=f"Best test mean IoU: <b>{html.escape(best)}</b>. " if best else "",
+        runtime=f" (TFLite runtime: {html.escape(', '.join(runtimes))})" if runtimes else "",
+        failures=f"<h2>Failed or interrupted</h2><ul>{''.join(notes)}</ul>" if notes else "",
+        data=f"<h2>Prepared data</h2><ul>{data_links}</ul>" if data_links else "")
     atomic_write_text(batch.report_dir / "index.html", page)
     return batch.report_dir / "index.html"
 
@@ -410,27 +517,55 @@ def _now() -> str:
 _INDEX = """<!DOCTYPE html>
 <html lang="en"><head><meta charset="utf-8"><title>seglib batch {name}</title>
 <style>
-body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1200px; color: #222; }}
-table.runs {{ border-collapse: collapse; font-size: 14px; }}
-table.runs th, table.runs td {{ padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: right; }}
-table.runs th {{ background: #f3f3f3; }}
-table.runs td:first-child, table.runs th:first-child {{ text-align: left; font-weight: 600; }}
+body {{ font-family: system-ui, sans-serif; margin: 2em auto; max-width: 1250px; color: #222; }}
+table {{ border-collapse: collapse; font-size: 14px; }}
+th, td {{ padding: 4px 10px; border-bottom: 1px solid #ddd; text-align: right; }}
+thead th {{ background: #f3f3f3; }}
+table.sortable thead th {{ cursor: pointer; user-select: none; }}
+table.sortable thead th[data-order="asc"]::after {{ content: " ▲"; }}
+table.sortable thead th[data-order="desc"]::after {{ content: " ▼"; }}
+table.runs td:first-child {{ text-align: left; font-weight: 600; white-space: nowrap; }}
 table.runs td:last-child {{ white-space: nowrap; text-align: left; }}
+tr.best td {{ background: #e8f6ec; }}
+.star {{ color: #11772d; font-size: 12px; }}
+table.params th {{ text-align: left; }} table.params td {{ text-align: left; font-family: monospace; }}
+table.params tr.differs {{ background: #fff4ce; }}
 .finished {{ color: #11772d; font-weight: 600; }} .failed {{ color: #b00020; font-weight: 600; }}
-.running, .not-run {{ color: #8a6d00; }}
-code {{ background: #f6f6f6; padding: 1px 4px; }} pre {{ background: #f6f6f6; padding: 8px; }}
+.interrupted {{ color: #b35c00; font-weight: 600; }} .running, .not-run {{ color: #8a6d00; }}
+code {{ background: #f6f6f6; padding: 1px 4px; }}
 img {{ max-width: 100%; }}
 </style></head>
 <body>
 <h1>Batch <code>{name}</code></h1>
-<p>{counts} · updated {updated}. Metrics on the test split; int8 latency measured with ai-edge-litert on the
-machine that ran the batch.</p>
+<p>{counts} · updated {updated}. {best}Metrics on the test split; int8 latency: one image, median, on the
+machine that ran the batch{runtime}. Click a column title to sort.</p>
 {table}
 {failures}
-<h2>Validation curves</h2>
-<img alt="validation loss and mean IoU per epoch for each run" src="data:image/png;base64,{curves}">
+<h2>Training and validation curves</h2>
+{curves}
+<h2>Parameters of each run</h2>
+<p>Every parameter the notebooks ran with, defaults included; rows that differ between runs are highlighted.</p>
+{params}
 {data}
-<h2>Shared parameters</h2>
-<pre>{shared}</pre>
+<script>
+document.querySelectorAll("table.sortable thead th").forEach((th, col) => th.addEventListener("click", () => {{
+  const body = th.closest("table").tBodies[0];
+  const asc = th.dataset.order !== "asc";
+  th.closest("tr").querySelectorAll("th").forEach(h => delete h.dataset.order);
+  th.dataset.order = asc ? "asc" : "desc";
+  const key = row => {{
+    const cell = row.cells[col];
+    const text = cell.dataset.sort !== undefined ? cell.dataset.sort : cell.textContent;
+    const number = parseFloat(text);
+    return text === "" ? null : isNaN(number) ? text : number;
+  }};
+  const rows = Array.from(body.rows).sort((a, b) => {{
+    const x = key(a), y = key(b);
+    if (x === null || y === null) return x === y ? 0 : x === null ? 1 : -1;  // missing values last
+    return (x > y ? 1 : x < y ? -1 : 0) * (asc ? 1 : -1);
+  }});
+  rows.forEach(row => body.appendChild(row));
+}}));
+</script>
 </body></html>
 """

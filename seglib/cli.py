@@ -10,10 +10,11 @@ from seglib.pairs import PairError
 
 
 def _cmd_prepare(args) -> int:
+    from seglib.datasets import resolve_data_dir
     from seglib.prepare import prepare
 
     summary = prepare(
-        args.data_dir, args.out_dir, clusters=args.clusters, seed=args.seed, size=args.size,
+        resolve_data_dir(args.data_dir, kaggle_cache=args.kaggle_cache), args.out_dir, clusters=args.clusters, seed=args.seed, size=args.size,
         val_fraction=args.val_fraction, sample_pixels_count=args.sample_pixels,
         skip_bad=args.skip_bad, resolve_edges=not args.no_edge_resolution, workers=args.workers,
         progress=not args.quiet,
@@ -27,6 +28,8 @@ def _cmd_prepare(args) -> int:
             print(f"  {item['file']}: {item['reason']}")
     if summary["ignored_files"]:
         print(f"ignored {len(summary['ignored_files'])} non-image file(s)")
+    for warning in summary["palette_warnings"]:
+        print(f"warning: {warning['message']}")
     return 0
 
 
@@ -41,11 +44,10 @@ def _cmd_synth(args) -> int:
 def _cmd_train(args) -> int:
     from seglib.train import TrainConfig, train
 
-    weights = None if args.encoder_weights.lower() == "none" else args.encoder_weights
     run = train(TrainConfig(
         prepared_dir=args.prepared_dir, run_dir=args.run_dir, backbone=args.backbone, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, patience=args.patience, monitor=args.monitor,
-        encoder_weights=weights, augment=args.augment, loss=args.loss, seed=args.seed, reduce_lr=args.reduce_lr,
+        encoder_weights=args.encoder_weights, augment=args.augment, loss=args.loss, seed=args.seed, reduce_lr=args.reduce_lr,
     ))
     print(f"{run.run_dir}: {run.stop_reason}; {run.epochs_run} epochs, best epoch {run.best_epoch}")
     return 0
@@ -65,6 +67,7 @@ def _cmd_demo(args) -> int:
     from seglib.demo import demo_config, run_demo
 
     weights = None if args.encoder_weights.lower() == "none" else args.encoder_weights
+    _interrupt_on_sigterm()
     index = run_demo(args.out, args.data, encoder_weights=weights, resume=args.resume)
     batch = load_config(demo_config(args.out, args.data, weights), args.out)
     failed = unfinished_runs(batch)
@@ -76,11 +79,11 @@ def _cmd_export(args) -> int:
     from seglib.export import export_run
 
     result = export_run(args.run_dir, formats=args.formats.split(","), calibration_images=args.calibration_images)
-    keras_info = result["keras"]
-    print(f"keras          mIoU {keras_info['mean_iou']:.4f}  latency {keras_info['latency_ms']:7.1f} ms")
-    for fmt, info in result["formats"].items():
-        print(f"{fmt:5s} {info['file_bytes'] / 1e6:7.1f} MB  agreement {info['agreement']:.4f}  mIoU {info['mean_iou']:.4f}  "
-              f"latency {info['latency_ms']:7.1f} ms")
+    print(f"latency: median (p10-p90) of one image; TFLite models run with {result['runtime']}")
+    for fmt, info in {"keras": result["keras"], **result["formats"]}.items():
+        agreement = f"{info['agreement']:.4f}" if "agreement" in info else "     -"
+        print(f"{fmt:5s} {info['file_bytes'] / 1e6:7.1f} MB  agreement {agreement}  mIoU {info['mean_iou']:.4f}  "
+              f"latency {info['latency_ms']:7.1f} ms ({info['latency_p10_ms']:.1f}-{info['latency_p90_ms']:.1f})")
     return 0
 
 
@@ -97,12 +100,9 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from seglib.report import build_report
+    from seglib.report import write_run_report
 
-    params = {"FORMATS": args.formats, "CALIBRATION_IMAGES": args.calibration_images}
-    if args.prepared_dir:
-        params["PREPARED_DIR"] = str(args.prepared_dir)
-    html = build_report(args.run_dir, args.out, **params)
+    html = write_run_report(args.run_dir, args.out, prepared_dir=args.prepared_dir, n_examples=args.examples)
     print(f"report: {html}")
     return 0
 
@@ -111,11 +111,23 @@ def _cmd_batch(args) -> int:
     from seglib.batch import load_config, run_batch, unfinished_runs
 
     only = [n for item in args.only for n in item.split(",") if n] if args.only else None
+    _interrupt_on_sigterm()
     run_batch(args.config, args.root, only=only, resume=args.resume)
     failed = unfinished_runs(load_config(args.config, args.root), only)
     if failed:
         print(f"failed runs: {', '.join(failed)} (see the index; --resume re-runs only these)", file=sys.stderr)
     return 1 if failed else 0
+
+
+def _interrupt_on_sigterm() -> None:
+    """SIGTERM (a closed terminal, a scheduler's stop) ends a batch like Ctrl-C: the running run is
+    marked interrupted and the index rewritten."""
+    import signal
+
+    def interrupt(signum, frame):
+        raise KeyboardInterrupt
+
+    signal.signal(signal.SIGTERM, interrupt)
 
 
 def _cmd_colab_badges(args) -> int:
@@ -146,7 +158,7 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="split pairs, fit the K-Means palette, write the prepared dataset")
-    p.add_argument("data_dir", help="Kaggle layout (train/, val/) or a flat folder of pairs")
+    p.add_argument("data_dir", help="Kaggle layout (train/, val/), a flat folder of pairs, or kaggle:OWNER/NAME")
     p.add_argument("out_dir")
     p.add_argument("--clusters", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
@@ -157,6 +169,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--no-edge-resolution", action="store_true",
                    help="label by nearest palette colour only (faster, less accurate at class borders)")
     p.add_argument("--workers", type=int, default=None)
+    p.add_argument("--kaggle-cache", default="data/kaggle", help="where kaggle: datasets are downloaded once")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_prepare)
 
@@ -209,12 +222,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir")
     p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("report", help="execute 03_evaluate_export for a run and render reports/<run>/report.html")
+    p = sub.add_parser("report", help="write a trained run's self-contained HTML report (reports/<run>/report.html)")
     p.add_argument("run_dir")
     p.add_argument("--out", default=None, help="folder for report.html (default reports/<run name>)")
-    p.add_argument("--prepared-dir", default=None)
-    p.add_argument("--formats", default="fp32,fp16,int8", help='TFLite formats to export ("" to skip)')
-    p.add_argument("--calibration-images", type=int, default=100)
+    p.add_argument("--prepared-dir", default=None, help="default: the prepared dataset the run was trained on")
+    p.add_argument("--examples", type=int, default=4, help="test images in the prediction grid")
     p.set_defaults(func=_cmd_report)
 
     p = sub.add_parser("batch", help="run the notebooks for each run of a YAML batch config; reports/<batch>/index.html")
@@ -244,6 +256,9 @@ def main(argv: list[str] | None = None) -> int:
     except (PairError, ValueError, FileNotFoundError, FileExistsError) as exc:
         print(f"error: {exc}", file=sys.stderr)
         return 2
+    except KeyboardInterrupt:
+        print("interrupted", file=sys.stderr)
+        return 130
 
 
 if __name__ == "__main__":

@@ -1,8 +1,12 @@
 """Run the project's notebooks with papermill, in a kernel of the environment running seglib.
 
-Reports and batches both go through :func:`execute`, so parameters, working directory and
-kernel choice are the same everywhere. Paths in the notebooks' parameter cells are relative to
-the ``notebooks/`` folder, which is the working directory they run in.
+Batches and tests go through :func:`execute`, so parameters, working directory and kernel
+choice are the same everywhere. Paths in the notebooks' parameter cells are relative to the
+``notebooks/`` folder, which is the working directory they run in.
+
+Given a log file, everything the notebook and its kernel print (TensorFlow's start-up lines,
+the kernel's own warnings, converter logs, progress bars) goes there instead of the terminal,
+and only progress lines (:data:`PROGRESS`) are passed on as they come.
 """
 from __future__ import annotations
 
@@ -10,7 +14,9 @@ import ast
 import functools
 import json
 import os
+import re
 import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 NOTEBOOKS = Path(__file__).resolve().parents[1] / "notebooks"
@@ -81,19 +87,69 @@ def _same_file(a: str, b: str) -> bool:
     return os.path.abspath(a) == os.path.abspath(b)
 
 
-def execute(name: str, output: str | os.PathLike, parameters: dict, log_output: bool = False) -> Path:
+# What seglib prints that a person watching a batch wants to see: epoch lines (seglib.train),
+# palette warnings (01_prepare_data), data generated or downloaded (seglib.datasets).
+PROGRESS = re.compile(r"^(epoch \d+/\d+: |WARNING: |generated \d+ synthetic |downloading kaggle:|using kaggle:)")
+
+
+def execute(name: str, output: str | os.PathLike, parameters: dict, log: str | os.PathLike | None = None,
+            on_progress=None) -> Path:
     """Execute ``notebooks/<name>.ipynb`` with ``parameters`` into ``output``.
 
-    On a failing cell papermill still writes the partly executed notebook to ``output`` and
-    raises ``papermill.PapermillExecutionError`` (with ``ename``/``evalue``).
+    With ``log``, the notebook's printed output and the kernel's own output are appended to that
+    file rather than shown, and each :data:`PROGRESS` line is passed to ``on_progress`` as it
+    comes. On a failing cell papermill still writes the partly executed notebook to ``output``
+    and raises ``papermill.PapermillExecutionError`` (with ``ename``/``evalue``).
     """
     import papermill as pm
 
     output = Path(output)
     output.parent.mkdir(parents=True, exist_ok=True)
-    pm.execute_notebook(str(notebook_path(name)), str(output), parameters=_plain(parameters),
-                        kernel_name=kernel_name(), cwd=str(NOTEBOOKS), progress_bar=False, log_output=log_output)
+    run = functools.partial(pm.execute_notebook, str(notebook_path(name)), str(output),
+                            parameters=_plain(parameters), kernel_name=kernel_name(), cwd=str(NOTEBOOKS),
+                            progress_bar=False)
+    if log is None:
+        run()
+        return output
+    with open(log, "a", encoding="utf-8") as sink, _stderr_to(sink):
+        sink.write(f"\n===== {name} =====\n")
+        sink.flush()
+        run(stdout_file=_ProgressLines(sink, on_progress), stderr_file=sink)
     return output
+
+
+class _ProgressLines:
+    """A file for papermill's ``stdout_file``: writes everything to ``sink`` and passes complete
+    :data:`PROGRESS` lines to ``on_progress``."""
+
+    def __init__(self, sink, on_progress):
+        self.sink, self.on_progress, self.pending = sink, on_progress, ""
+
+    def write(self, text: str) -> None:
+        self.sink.write(text)
+        *lines, self.pending = (self.pending + text).split("\n")
+        for line in lines:
+            if self.on_progress and PROGRESS.match(line):
+                self.on_progress(line)
+
+    def flush(self) -> None:
+        self.sink.flush()
+
+
+@contextmanager
+def _stderr_to(sink):
+    """Point this process's file descriptor 2 at ``sink`` meanwhile: the kernel, started now,
+    inherits it, so what it writes outside cells (its warnings, TensorFlow's C++ logs) lands
+    there too."""
+    sys.stderr.flush()
+    saved = os.dup(2)
+    os.dup2(sink.fileno(), 2)
+    try:
+        yield
+    finally:
+        sys.stderr.flush()
+        os.dup2(saved, 2)
+        os.close(saved)
 
 
 def _plain(parameters: dict) -> dict:

@@ -1,7 +1,14 @@
-"""Batches: config checks before anything runs, then a real two-run batch where one run fails,
-its index page, and --resume re-running only the failed run."""
+"""Batches: config checks before anything runs, then a real batch where runs fail, its progress
+output and index page, --resume re-running only the failed runs, and a batch interrupted with
+Ctrl-C and resumed."""
+import csv
 import json
+import os
 import re
+import signal
+import socket
+import subprocess
+import sys
 
 import pytest
 import yaml
@@ -21,6 +28,7 @@ def write_config(path, runs, **shared):
 @pytest.mark.parametrize("runs, shared, message", [
     ([{"name": "a", "LEARNING_RATE": 0.1}], {}, "unknown parameters ['LEARNING_RATE']"),
     ([{"name": "a"}], {"RUN_DIR": "x"}, "chosen by the batch"),
+    ([{"name": "a"}], {"REPORT_DIR": "x"}, "chosen by the batch"),
     ([{"name": "a"}, {"name": "a"}], {}, "appears twice"),
     ([{"BACKBONE": "resnet34"}], {}, "needs a 'name'"),
     ([{"name": "../escape"}], {}, "must be letters"),
@@ -75,29 +83,50 @@ def test_a_failing_run_is_marked_and_the_other_finishes(failed_batch):
     assert good["status"] == "finished"
     assert broken["status"] == "failed" and broken["step"] == "02_train"
     assert "unknown backbone 'nosuchnet'" in broken["error"]
-    # one progress line when a run starts and one when it ends
-    assert [line.split(":")[0] for line in lines[:6]] == ["[1/3] good"] * 2 + ["[2/3] broken"] * 2 + ["[3/3] badexport"] * 2
-    assert "finished in" in lines[1] and "FAILED in 02_train" in lines[3]
+    # per run: a start line, its steps, one line per epoch with the time left, an end line
+    good_lines = [line for line in lines if line.startswith("[1/3] good: ")]
+    assert good_lines[0].startswith("[1/3] good: running (shared parameters)") and "run.log" in good_lines[0]
+    assert [line for line in good_lines if re.search(r": (01_prepare_data|02_train|03_evaluate_export)", line)]
+    epochs = [line for line in good_lines if ": epoch " in line]
+    assert [e.split(": epoch ")[1].split(":")[0] for e in epochs] == ["1/2", "2/2"]
+    assert "val mean IoU" in epochs[0] and "ETA ≤" in epochs[0]
+    assert "finished in" in good_lines[-1]
+    assert any(line.startswith("[2/3] broken: FAILED in 02_train") for line in lines)
+    assert any(line.startswith("[3/3] badexport: running") and "batch ETA about" in line for line in lines)
+    assert not [line for line in lines if "IPKernelApp" in line or "cuInit" in line or "tensorflow" in line.lower()]
+    log = (root / "reports" / "tiny" / "good" / "run.log").read_text()
+    assert "===== 02_train =====" in log and "epoch 2/2" in log  # the kernels' output is kept there
 
     run = root / "artifacts" / "tiny" / "good"
     metrics = json.loads((run / "metrics.json").read_text())
     int8 = json.loads((run / "export.json").read_text())["formats"]["int8"]
     html = index.read_text()
-    rows = re.findall(r"<tr>.*?</tr>", html, flags=re.S)
-    good_row = next(r for r in rows if ">good<" in r)
+    runs_table = re.search(r'<table class="runs sortable">.*?</table>', html, flags=re.S).group(0)
+    rows = re.findall(r"<tr[^>]*>.*?</tr>", runs_table, flags=re.S)
+    good_row = next(r for r in rows if ">good" in r)
     broken_row = next(r for r in rows if ">broken<" in r)
     assert f"{metrics['pixel_accuracy']:.4g}" in good_row and f"{metrics['mean_iou']:.4g}" in good_row
     assert f"{int8['file_bytes'] / 1e6:.4g}" in good_row and 'class="finished">finished<' in good_row
-    assert 'href="good/03_evaluate_export.html"' in good_row
+    assert 'href="good/report.html">report<' in good_row and 'href="good/run.log">log<' in good_row
+    assert 'href="good/02_train.html">training<' in good_row
     assert re.search(r'href="_data/[^"]+/01_prepare_data.html">data<', good_row)
+    assert 'class="best"' in good_row and "★ best" in good_row  # the only finished run
     assert 'class="failed">failed<' in broken_row and "nosuchnet" in broken_row  # the differing parameter is a column
     assert 'href="broken/02_train.html">failed notebook' in broken_row
+    assert 'table class="runs sortable"' in html and "<script>" in html and "data-sort=" in html
+    # every run's full parameters, defaults included (PATIENCE and MONITOR are never set in the config)
+    params = re.search(r'<table class="params">.*?</table>', html, flags=re.S).group(0)
+    assert re.search(r"<th>PATIENCE</th><td>5</td><td>5</td><td>5</td>", params)
+    assert re.search(r'<th>MONITOR</th>(<td>&quot;val_loss&quot;</td>){3}', params)
+    assert re.search(r'<tr class="differs"><th>BACKBONE</th>', params)
     assert "unknown backbone" in html  # the error is on the page
-    assert html.count("data:image/png;base64,") == 1  # combined validation curves, embedded
+    assert html.count("data:image/png;base64,") == 1  # training and validation curves, embedded
     assert not re.search(r"""(src|href)=["']https?://""", html)
     # each executed notebook is rendered; the run's report holds curves, predictions, metrics, export table
-    report = (root / "reports" / "tiny" / "good" / "03_evaluate_export.html").read_text()
-    assert report.count("data:image/png;base64,") >= 4 and "int8" in report and "mean_iou" in report
+    report = (root / "reports" / "tiny" / "good" / "report.html").read_text()
+    assert report.count("data:image/png;base64,") >= 6 and "int8" in report and "mean_iou" in report
+    executed = (root / "reports" / "tiny" / "good" / "03_evaluate_export.html").read_text()
+    assert executed.count("data:image/png;base64,") >= 4
     assert (root / "reports" / "tiny" / "broken" / "02_train.html").exists()
     badexport = json.loads((root / "reports" / "tiny" / "badexport" / "status.json").read_text())
     assert badexport["status"] == "failed" and badexport["step"] == "03_evaluate_export"
@@ -109,7 +138,7 @@ def test_a_failing_run_is_marked_and_the_other_finishes(failed_batch):
 def test_index_and_run_report_open_offline_in_chromium(failed_batch, open_in_chromium):
     _, _, index, _ = failed_batch
     open_in_chromium(index, height=1400)
-    open_in_chromium(index.parent / "good" / "03_evaluate_export.html")
+    open_in_chromium(index.parent / "good" / "report.html", height=6000)
 
 
 @pytest.mark.slow
@@ -132,3 +161,53 @@ def test_resume_reruns_only_the_failed_run(failed_batch):
     assert trained.stat().st_mtime_ns == trained_before
     assert json.loads((root / "reports" / "tiny" / "badexport" / "status.json").read_text())["train_reused"]
     assert index.read_text().count('class="finished">finished<') == 3
+
+
+@pytest.mark.slow
+def test_a_batch_interrupted_with_ctrl_c_is_marked_and_resumes(synth_dir, tmp_path):
+    config = write_config(tmp_path / "tiny.yaml", [{"name": "only"}], DATA_DIR=str(synth_dir), EPOCHS=12,
+                          PATIENCE=12, FORMATS="")
+    cmd = [sys.executable, "-m", "seglib", "batch", str(config), "--root", str(tmp_path)]
+    batch = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    seen = []
+    for line in batch.stdout:  # Ctrl-C in a terminal: SIGINT to the foreground process group
+        seen.append(line)
+        if ": epoch 2/12:" in line:
+            os.killpg(batch.pid, signal.SIGINT)
+            break
+    out, err = batch.communicate(timeout=300)
+    assert batch.returncode == 130, "".join(seen) + out + err
+    assert "interrupted; run the batch again with --resume" in out and "Traceback" not in err
+    status_file = tmp_path / "reports" / "tiny" / "only" / "status.json"
+    assert json.loads(status_file.read_text())["status"] == "interrupted"
+    index = (tmp_path / "reports" / "tiny" / "index.html").read_text()
+    assert 'class="interrupted">interrupted<' in index and "1 interrupted" in index
+    run_dir = tmp_path / "artifacts" / "tiny" / "only"
+    assert (run_dir / "backup").exists()
+
+    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    assert done.returncode == 0, done.stdout + done.stderr
+    assert json.loads(status_file.read_text())["status"] == "finished"
+    assert 'class="finished">finished<' in (tmp_path / "reports" / "tiny" / "index.html").read_text()
+    with open(run_dir / "history.csv") as f:
+        epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
+    assert epochs == list(range(12))  # continued after the last finished epoch, nothing repeated
+    resumed_epochs = [line for line in done.stdout.splitlines() if ": epoch " in line]
+    assert resumed_epochs and not resumed_epochs[0].split(": epoch ")[1].startswith("1/")
+
+
+def test_a_run_left_running_by_a_dead_batch_process_reads_as_interrupted(tmp_path):
+    from seglib.batch import read_status, write_index
+
+    batch = load_config({"parameters": {"DATA_DIR": str(tmp_path)}, "runs": [{"name": "a"}]}, tmp_path)
+    gone = subprocess.Popen([sys.executable, "-c", "pass"])
+    gone.wait()  # a process id that no longer runs
+    folder = batch.report_dir / "a"
+    folder.mkdir(parents=True)
+    (folder / "status.json").write_text(json.dumps({"status": "running", "pid": gone.pid,
+                                                    "host": socket.gethostname()}))
+    assert read_status(batch, "a")["status"] == "interrupted"
+    assert 'class="interrupted">interrupted<' in write_index(batch).read_text()
+    (folder / "status.json").write_text(json.dumps({"status": "running", "pid": os.getpid(),
+                                                    "host": socket.gethostname()}))
+    assert read_status(batch, "a")["status"] == "running"  # its process is alive
