@@ -1,7 +1,10 @@
 """seglib: semantic segmentation of street scenes, notebook first.
 
-One module per pipeline stage: ``pairs`` (read side-by-side pairs), ``labels`` (K-Means
-palette), ``prepare`` (write the prepared dataset), ``synthetic`` (generated street scenes).
+One module per pipeline stage: ``datasets`` (where pairs come from), ``pairs`` (read side-by-side
+pairs), ``labels`` (K-Means palette), ``prepare`` (the prepared dataset), ``synthetic`` (generated
+street scenes), ``model``, ``data`` and ``train`` (U-Net training), ``evaluate`` and ``metrics``,
+``export`` (TFLite), ``predict``, ``figures``, ``tables`` and ``report`` (what notebooks and reports
+show), ``notebooks`` and ``batch`` (papermill runs), ``colab`` (the notebooks' Colab set-up).
 Heavy dependencies (TensorFlow) are imported only by the stages that need them.
 """
 __version__ = "0.1.0"
