@@ -31,11 +31,12 @@ install: $(STAMP)
 
 $(STAMP): pyproject.toml
 	@echo "seglib: $(ENV_NOTE)"
+	@echo "seglib: installing seglib and its dependencies (a few minutes the first time)"
 ifndef CONDA_ENV
 	$(PYTHON) -m venv $(VENV)
-	$(PY) -m pip install --upgrade pip
+	$(PY) -m pip install -q --upgrade pip
 endif
-	$(PY) -m pip install -e ".[dev]"
+	$(PY) -m pip install -q -e ".[dev]"
 	touch $(STAMP)
 
 test: install

@@ -23,6 +23,8 @@ def key_values(values: dict, name: str) -> pd.DataFrame:
 def parameters(config: dict, summary: dict | None = None) -> pd.DataFrame:
     """Every parameter the run was trained with (config.json), and the data's (summary.json)."""
     values = {f"training: {k}": config.get(k) for k in TRAINING_KEYS if k in config}
+    if "encoder_weights" in config and config["encoder_weights"] is None:
+        values["training: encoder_weights"] = "none (random init)"
     values["training: prepared_dir"] = config.get("prepared_dir")
     if summary:
         values["data: data_dir"] = summary.get("data_dir")

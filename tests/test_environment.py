@@ -132,7 +132,7 @@ def test_make_installs_into_an_active_conda_env(conda_env, uses):
     assert dry.returncode == 0, dry.stderr
     if uses == "conda":
         assert "using the active conda env seglib" in dry.stdout and "venv" not in dry.stdout.replace("no .venv", "")
-        assert re.search(r"^/opt/conda/envs/seglib/bin/python -m pip install -e \"\.\[dev\]\"$", dry.stdout, re.M)
+        assert re.search(r"^/opt/conda/envs/seglib/bin/python -m pip install -q -e \"\.\[dev\]\"$", dry.stdout, re.M)
         assert "/opt/conda/envs/seglib/bin/python -m pytest" in dry.stdout
     else:
         assert "-m venv .venv" in dry.stdout and ".venv/bin/python -m pytest" in dry.stdout
