@@ -34,7 +34,6 @@ import html
 import json
 import os
 import re
-import shutil
 import socket
 import time
 from dataclasses import dataclass
@@ -43,11 +42,19 @@ from pathlib import Path
 
 from seglib import notebooks
 from seglib.datasets import is_kaggle
-from seglib.fsutil import atomic_write_json, atomic_write_text
+from seglib.fsutil import (
+    atomic_write_json,
+    atomic_write_text,
+    pid_alive,
+    read_marker,
+    remove_owned,
+    strangers,
+    write_marker,
+)
+from seglib.layout import BatchDir, PreparedDir, RunDir, RunReportDir
 
-SET_BY_BATCH = {"OUT_DIR", "PREPARED_DIR", "RUN_DIR", "REPORT_DIR"}  # paths the batch chooses for each run
+SET_BY_BATCH = {"OUT_DIR", "PREPARED_DIR", "RUN_DIR", "REPORT_DIR", "OVERWRITE"}  # the batch chooses these per run
 PATH_PARAMETERS = {"DATA_DIR"}  # relative paths in a config are relative to the current directory
-RUN_LOG = "run.log"
 DISPLAY_ONLY = {"N_EXAMPLES"}  # do not make a data setting distinct
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -76,6 +83,20 @@ class Batch:
     @property
     def report_dir(self) -> Path:
         return self.reports_dir / self.name
+
+    @property
+    def folder(self) -> BatchDir:
+        return BatchDir(self.report_dir)
+
+    def run_dir(self, run_name: str) -> RunDir:
+        return RunDir(self.artifacts_dir / self.name / run_name)
+
+    def run_report(self, run_name: str) -> RunReportDir:
+        return self.folder.run(run_name)
+
+    def link(self, path: Path) -> str:
+        """``path`` relative to the batch's page, for its links."""
+        return html.escape(Path(path).relative_to(self.report_dir).as_posix())
 
 
 def load_config(config: str | os.PathLike | dict, root: str | os.PathLike = ".") -> Batch:
@@ -163,8 +184,11 @@ def data_setting(run: Run) -> tuple[str, dict]:
 
 
 def run_batch(config: str | os.PathLike | dict, root: str | os.PathLike = ".", only: list[str] | None = None,
-              resume: bool = False, echo=print) -> Path:
-    """Run a batch (see the module docstring) and return the path of its ``index.html``."""
+              resume: bool = False, overwrite: bool = False, echo=print) -> Path:
+    """Run a batch (see the module docstring) and return the path of its ``index.html``.
+
+    Runs that finished earlier are skipped with ``resume`` and run again with ``overwrite``;
+    without either the batch refuses to start. Folders seglib did not write are never touched."""
     from seglib.train import format_seconds
 
     batch = load_config(config, root)
@@ -173,7 +197,9 @@ def run_batch(config: str | os.PathLike | dict, root: str | os.PathLike = ".", o
         if name not in names:
             raise BatchError(f"{batch.source}: --only {name!r} is not a run of this batch (runs: {names})")
     selected = [r for r in batch.runs if not only or r.name in only]
+    _check_run_folders(batch, selected, resume, overwrite)
     batch.report_dir.mkdir(parents=True, exist_ok=True)
+    write_marker(batch.report_dir, BatchDir.KIND)
     _save_config(batch)
     prepared: dict[str, tuple] = {}  # data setting -> (prepared dir, _StepFailed or None)
     index, took = None, []
@@ -184,7 +210,7 @@ def run_batch(config: str | os.PathLike | dict, root: str | os.PathLike = ".", o
             continue
         left = len(selected) - i + 1
         eta = f" · batch ETA about {format_seconds(sum(took) / len(took) * left)}" if took else ""
-        echo(f"{tag}: running ({_describe(run.overrides)}){eta} · log {batch.report_dir / run.name / RUN_LOG}")
+        echo(f"{tag}: running ({_describe(run.overrides)}){eta} · log {batch.run_report(run.name).log}")
         try:
             status = _run_one(batch, run, prepared, resume, lambda line, tag=tag: echo(f"{tag}: {line}"))
         except KeyboardInterrupt:
@@ -199,39 +225,73 @@ def run_batch(config: str | os.PathLike | dict, root: str | os.PathLike = ".", o
     return index
 
 
+def _check_run_folders(batch: Batch, selected: list[Run], resume: bool, overwrite: bool) -> None:
+    """Before anything runs: every run's folders are new or seglib's own, and no finished run is
+    run again unless asked to (``resume`` skips them, ``overwrite`` replaces them)."""
+    from seglib.train import run_state
+
+    finished = []
+    for run in selected:
+        folder = batch.run_report(run.name)
+        if folder.root.exists() and any(folder.root.iterdir()):
+            marker = read_marker(folder.root)
+            if marker is None or marker.get("kind") != RunReportDir.KIND:
+                raise BatchError(f"{batch.source}: run {run.name!r}: {folder.root} holds files seglib did not write; "
+                                 "choose another reports_dir or batch name")
+            found = strangers(folder.root, RunReportDir.OWNED)
+            if found:
+                raise BatchError(f"{batch.source}: run {run.name!r}: {folder.root} holds files seglib did not write "
+                                 f"({', '.join(found[:5])}); move them away first")
+        state = run_state(batch.run_dir(run.name).root)
+        if state == "foreign":
+            raise BatchError(f"{batch.source}: run {run.name!r}: {batch.run_dir(run.name).root} holds files and is not "
+                             "a seglib run; choose another artifacts_dir or batch name")
+        if not resume and not overwrite and read_status(batch, run.name).get("status") == "finished":
+            finished.append(run.name)
+    if finished:
+        raise BatchError(f"{batch.source}: runs {', '.join(finished)} finished earlier: --resume keeps them (and runs "
+                         "the others), --overwrite runs them again")
+
+
 def _run_one(batch: Batch, run: Run, prepared: dict, resume: bool, progress) -> dict:
-    out = batch.report_dir / run.name
-    run_dir = batch.artifacts_dir / batch.name / run.name
-    if not resume:  # a fresh batch run starts this run from scratch
-        shutil.rmtree(run_dir, ignore_errors=True)
-        shutil.rmtree(out, ignore_errors=True)
-    out.mkdir(parents=True, exist_ok=True)
+    from seglib.train import run_state
+
+    folder = batch.run_report(run.name)
+    run_dir = batch.run_dir(run.name)
+    if not resume:  # this run starts from scratch: what seglib wrote for it goes, nothing else
+        for old, layout in ((run_dir, RunDir), (folder, RunReportDir)):
+            if old.root.is_dir():
+                remove_owned(old.root, layout)
+    folder.root.mkdir(parents=True, exist_ok=True)
+    write_marker(folder.root, RunReportDir.KIND)
     before = read_status(batch, run.name) if resume else {}
     status = {"run": run.name, "status": "running", "overrides": run.overrides, "parameters": run.parameters,
-              "effective_parameters": effective_parameters(run), "run_dir": str(run_dir), "started": _now(),
+              "effective_parameters": effective_parameters(run), "run_dir": str(run_dir.root), "started": _now(),
               "pid": os.getpid(), "host": socket.gethostname()}
-    atomic_write_json(out / "status.json", status)
+    atomic_write_json(folder.status, status)
     started = time.perf_counter()
     step = notebooks.PREPARE
-    log = out / RUN_LOG
+    log = folder.log
     try:
         data_dir, failure = _prepared_for(batch, run, prepared, resume, log, progress)
         status["prepared_dir"] = str(data_dir)
         if failure:
             raise failure
-        for step, params in ((notebooks.TRAIN, {"PREPARED_DIR": str(data_dir), "RUN_DIR": str(run_dir)}),
-                             (notebooks.EVALUATE, {"RUN_DIR": str(run_dir), "PREPARED_DIR": str(data_dir),
-                                                   "REPORT_DIR": str(out)})):
+        for step, params in ((notebooks.TRAIN, {"PREPARED_DIR": str(data_dir), "RUN_DIR": str(run_dir.root)}),
+                             (notebooks.EVALUATE, {"RUN_DIR": str(run_dir.root), "PREPARED_DIR": str(data_dir),
+                                                   "REPORT_DIR": str(folder.root)})):
             accepted = notebooks.parameters(step)
             values = {**{k: v for k, v in run.parameters.items() if k in accepted}, **params}
             if step == notebooks.TRAIN:
                 status["train_parameters"] = values
-                if _training_finished(before, values, run_dir, out):
+                if _training_finished(before, values, run_dir, folder):
                     status["train_reused"] = True  # resumed after a later step failed: keep the model
                     progress(f"{step}: finished earlier with these parameters, kept")
                     continue
+                # resumed with other training parameters: the earlier training of this run is replaced
+                values = {**values, "OVERWRITE": run_state(run_dir.root) == "finished"}
             progress(step)
-            _execute(step, out, values, log, progress)
+            _execute(step, folder, values, log, progress)
         status.update(status="finished")
     except _StepFailed as e:
         notebook = e.notebook.relative_to(batch.report_dir).as_posix() if e.notebook else None
@@ -239,19 +299,19 @@ def _run_one(batch: Batch, run: Run, prepared: dict, resume: bool, progress) -> 
         status.update(status="interrupted" if interrupted else "failed", step=e.step, error=e.error, notebook=notebook)
     except KeyboardInterrupt:
         status.update(status="interrupted", step=step, error="interrupted (Ctrl-C or SIGTERM)")
-        _finish(out, status, started)
+        _finish(folder, status, started)
         raise
     except Exception as e:  # noqa: BLE001 - any failure marks this run failed; the others still run
         status.update(status="failed", step=step, error=f"{type(e).__name__}: {e}")
-    _finish(out, status, started)
+    _finish(folder, status, started)
     if status["status"] == "interrupted":
         raise KeyboardInterrupt
     return status
 
 
-def _finish(out: Path, status: dict, started: float) -> None:
+def _finish(folder: RunReportDir, status: dict, started: float) -> None:
     status.update(finished=_now(), seconds=round(time.perf_counter() - started, 1))
-    atomic_write_json(out / "status.json", status)
+    atomic_write_json(folder.status, status)
 
 
 def effective_parameters(run: Run) -> dict:
@@ -263,11 +323,11 @@ def effective_parameters(run: Run) -> dict:
     return json.loads(json.dumps({**merged, **run.parameters}, default=str))
 
 
-def _training_finished(before: dict, values: dict, run_dir: Path, out: Path) -> bool:
+def _training_finished(before: dict, values: dict, run_dir: RunDir, folder: RunReportDir) -> bool:
     """On resume: did this run's training already finish, with the same training parameters?"""
     return (before.get("train_parameters") == json.loads(json.dumps(values, default=str))
-            and (run_dir / "run.json").exists() and (run_dir / "model.keras").exists()
-            and not (run_dir / "backup").exists() and (out / f"{notebooks.TRAIN}.html").exists())
+            and run_dir.info.exists() and run_dir.model.exists()
+            and not run_dir.backup.exists() and folder.html(notebooks.TRAIN).exists())
 
 
 class _StepFailed(Exception):
@@ -276,22 +336,22 @@ class _StepFailed(Exception):
         self.step, self.error, self.notebook = step, error, notebook
 
 
-def _execute(step: str, out: Path, parameters: dict, log: Path, progress) -> Path:
-    """Execute one notebook into ``out`` and render it (its output to ``log``, progress lines to
+def _execute(step: str, folder: RunReportDir, parameters: dict, log: Path, progress) -> Path:
+    """Execute one notebook into ``folder`` and render it (its output to ``log``, progress lines to
     ``progress``); a failing cell becomes ``_StepFailed`` with the partly executed notebook
     rendered beside it."""
     import papermill as pm
 
     from seglib.report import render_html
 
-    executed = out / f"{step}.ipynb"
+    executed = folder.notebook(step)
     try:
         notebooks.execute(step, executed, parameters, log=log, on_progress=progress)
     except pm.PapermillExecutionError as e:
         if executed.exists():
-            render_html(executed, executed.with_suffix(".html"))
+            render_html(executed, folder.html(step))
         raise _StepFailed(step, f"{e.ename}: {e.evalue}", executed if executed.exists() else None) from e
-    render_html(executed, executed.with_suffix(".html"))
+    render_html(executed, folder.html(step))
     return executed
 
 
@@ -301,14 +361,16 @@ def _prepared_for(batch: Batch, run: Run, prepared: dict, resume: bool, log: Pat
     reused from an earlier one with ``resume``); a failure is remembered for the other runs."""
     label, params = data_setting(run)
     data_dir = batch.prepared_root / label
-    out = batch.report_dir / "_data" / label
-    if label in prepared or (resume and (data_dir / "summary.json").exists()
-                             and (out / f"{notebooks.PREPARE}.html").exists()):
+    folder = batch.folder.data(label)
+    if label in prepared or (resume and PreparedDir(data_dir).summary.exists()
+                             and folder.html(notebooks.PREPARE).exists()):
         progress(f"{notebooks.PREPARE}: using the prepared data in {data_dir}")
         return prepared.setdefault(label, (data_dir, None))
     progress(f"{notebooks.PREPARE} -> {data_dir}")
     try:
-        _execute(notebooks.PREPARE, out, {**params, "OUT_DIR": str(data_dir)}, log, progress)
+        folder.root.mkdir(parents=True, exist_ok=True)
+        write_marker(folder.root, RunReportDir.KIND)
+        _execute(notebooks.PREPARE, folder, {**params, "OUT_DIR": str(data_dir)}, log, progress)
         prepared[label] = (data_dir, None)
     except _StepFailed as e:
         prepared[label] = (data_dir, e)
@@ -318,24 +380,12 @@ def _prepared_for(batch: Batch, run: Run, prepared: dict, resume: bool, log: Pat
 def read_status(batch: Batch, run_name: str) -> dict:
     """The run's ``status.json``; a run still marked running whose batch process is gone (killed,
     or the machine restarted) reads as interrupted."""
-    path = batch.report_dir / run_name / "status.json"
+    path = batch.run_report(run_name).status
     status = json.loads(path.read_text()) if path.exists() else {}
     if status.get("status") == "running" and status.get("host") == socket.gethostname() \
-            and not _alive(status.get("pid")):
+            and not pid_alive(status.get("pid")):
         status.update(status="interrupted", error="the batch process stopped while this run was running")
     return status
-
-
-def _alive(pid) -> bool:
-    if not isinstance(pid, int):
-        return False
-    try:
-        os.kill(pid, 0)
-    except ProcessLookupError:
-        return False
-    except PermissionError:
-        return True
-    return True
 
 
 def unfinished_runs(batch: Batch, only: list[str] | None = None) -> list[str]:
@@ -349,7 +399,7 @@ def _save_config(batch: Batch) -> None:
 
     config = {"name": batch.name, "parameters": batch.shared,
               "runs": [{"name": r.name, **r.overrides} for r in batch.runs]}
-    atomic_write_text(batch.report_dir / "batch.yaml", yaml.safe_dump(config, sort_keys=False))
+    atomic_write_text(batch.folder.config, yaml.safe_dump(config, sort_keys=False))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -361,15 +411,14 @@ def run_results(batch: Batch) -> list[dict]:
     rows = []
     for run in batch.runs:
         status = read_status(batch, run.name)
-        run_dir = Path(status.get("run_dir", batch.artifacts_dir / batch.name / run.name))
+        run_dir = RunDir(status.get("run_dir", batch.run_dir(run.name).root))
         record = {"run": run.name, "status": status.get("status", "not run"), "error": status.get("error"),
                   "step": status.get("step"), "notebook": status.get("notebook"),
                   "parameters": effective_parameters(run), "prepared_dir": status.get("prepared_dir"),
-                  "run_dir": run_dir}
-        for file, key in (("metrics.json", "metrics"), ("run.json", "training"), ("export.json", "export")):
-            path = run_dir / file
+                  "run_dir": run_dir.root}
+        for path, key in ((run_dir.metrics, "metrics"), (run_dir.info, "training"), (run_dir.export, "export")):
             record[key] = json.loads(path.read_text()) if path.exists() and status else {}
-        record["history"] = run_dir / "history.csv"
+        record["history"] = run_dir.history
         rows.append(record)
     return rows
 
@@ -419,22 +468,22 @@ def _cell(value) -> str:
 
 
 def _links(batch: Batch, r: dict) -> str:
-    base = f"{html.escape(r['run'])}/"
-    folder = batch.report_dir / r["run"]
+    folder = batch.run_report(r["run"])
     parts = []
-    if (folder / "report.html").exists() and r["status"] == "finished":
-        parts.append(f'<a href="{base}report.html">report</a>')
+    if folder.report.exists() and r["status"] == "finished":
+        parts.append(f'<a href="{batch.link(folder.report)}">report</a>')
     for step, label in ((notebooks.TRAIN, "training"), (notebooks.EVALUATE, "evaluation")):
-        if (folder / f"{step}.html").exists() and not (r["status"] == "failed" and r["step"] == step):
-            parts.append(f'<a href="{base}{step}.html">{label}</a>')
-    data = Path(r["prepared_dir"]).name if r["prepared_dir"] else None
-    if data and (batch.report_dir / "_data" / data / f"{notebooks.PREPARE}.html").exists():
-        parts.append(f'<a href="_data/{html.escape(data)}/{notebooks.PREPARE}.html">data</a>')
+        if folder.html(step).exists() and not (r["status"] == "failed" and r["step"] == step):
+            parts.append(f'<a href="{batch.link(folder.html(step))}">{label}</a>')
+    data = batch.folder.data(Path(r["prepared_dir"]).name) if r["prepared_dir"] else None
+    if data and data.html(notebooks.PREPARE).exists():
+        parts.append(f'<a href="{batch.link(data.html(notebooks.PREPARE))}">data</a>')
     if r["status"] == "failed" and r["notebook"]:
-        nb = html.escape(r["notebook"])
-        parts.append(f'<a href="{nb[:-len(".ipynb")]}.html">failed notebook</a> (<a href="{nb}">.ipynb</a>)')
-    if (folder / RUN_LOG).exists():
-        parts.append(f'<a href="{base}{RUN_LOG}">log</a>')
+        failed = batch.report_dir / r["notebook"]
+        parts.append(f'<a href="{batch.link(failed.with_suffix(".html"))}">failed notebook</a> '
+                     f'(<a href="{batch.link(failed)}">.ipynb</a>)')
+    if folder.log.exists():
+        parts.append(f'<a href="{batch.link(folder.log)}">log</a>')
     return " · ".join(parts)
 
 
@@ -481,9 +530,9 @@ def write_index(batch: Batch) -> Path:
              f"<code>{html.escape(str(r['error']))}</code></li>" for r in rows if r["status"] in ("failed", "interrupted")]
     counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "interrupted", "running", "not run")}
     runtimes = sorted({r["export"]["runtime"] for r in rows if r["export"].get("runtime")})
-    data_links = "".join(
-        f'<li><a href="_data/{html.escape(p.name)}/{notebooks.PREPARE}.html">{html.escape(p.name)}</a></li>'
-        for p in sorted((batch.report_dir / "_data").glob("*")) if (p / f"{notebooks.PREPARE}.html").exists())
+    data_pages = [batch.folder.data(p.name).html(notebooks.PREPARE) for p in sorted(batch.folder.data_root.glob("*"))]
+    data_links = "".join(f'<li><a href="{batch.link(page)}">{html.escape(page.parent.name)}</a></li>'
+                         for page in data_pages if page.exists())
     page = _INDEX.format(
         name=html.escape(batch.name), updated=_now(), table=runs_html, params=params_html,
         curves=figure_png(runs_curves({r["run"]: r["history"] for r in rows})),
@@ -492,15 +541,15 @@ def write_index(batch: Batch) -> Path:
         runtime=f" (TFLite runtime: {html.escape(', '.join(runtimes))})" if runtimes else "",
         failures=f"<h2>Failed or interrupted</h2><ul>{''.join(notes)}</ul>" if notes else "",
         data=f"<h2>Prepared data</h2><ul>{data_links}</ul>" if data_links else "")
-    atomic_write_text(batch.report_dir / "index.html", page)
-    return batch.report_dir / "index.html"
+    atomic_write_text(batch.folder.index, page)
+    return batch.folder.index
 
 
 def _summary_line(batch: Batch, run_name: str, status: dict) -> str:
     took = f"{status.get('seconds', 0):.0f} s"
     if status["status"] != "finished":
         return f"FAILED in {status.get('step')} after {took}: {status.get('error')}"
-    metrics_path = Path(status["run_dir"]) / "metrics.json"
+    metrics_path = RunDir(status["run_dir"]).metrics
     metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
     return (f"finished in {took}: pixel accuracy {metrics.get('pixel_accuracy', float('nan')):.4f}, "
             f"mean IoU {metrics.get('mean_iou', float('nan')):.4f} -> {batch.report_dir / run_name}")

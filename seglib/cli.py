@@ -6,8 +6,6 @@ import json
 import sys
 from pathlib import Path
 
-from seglib.pairs import PairError
-
 
 def _cmd_prepare(args) -> int:
     from seglib.datasets import resolve_data_dir
@@ -48,6 +46,7 @@ def _cmd_train(args) -> int:
         prepared_dir=args.prepared_dir, run_dir=args.run_dir, backbone=args.backbone, epochs=args.epochs,
         batch_size=args.batch_size, lr=args.lr, patience=args.patience, monitor=args.monitor,
         encoder_weights=args.encoder_weights, augment=args.augment, loss=args.loss, seed=args.seed, reduce_lr=args.reduce_lr,
+        overwrite=args.overwrite,
     ))
     print(f"{run.run_dir}: {run.stop_reason}; {run.epochs_run} epochs, best epoch {run.best_epoch}")
     return 0
@@ -112,7 +111,7 @@ def _cmd_batch(args) -> int:
 
     only = [n for item in args.only for n in item.split(",") if n] if args.only else None
     _interrupt_on_sigterm()
-    run_batch(args.config, args.root, only=only, resume=args.resume)
+    run_batch(args.config, args.root, only=only, resume=args.resume, overwrite=args.overwrite)
     failed = unfinished_runs(load_config(args.config, args.root), only)
     if failed:
         print(f"failed runs: {', '.join(failed)} (see the index; --resume re-runs only these)", file=sys.stderr)
@@ -155,6 +154,7 @@ def _cmd_purity(args) -> int:
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="python -m seglib", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("prepare", help="split pairs, fit the K-Means palette, write the prepared dataset")
@@ -195,6 +195,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--loss", default="ce", choices=["ce", "weighted_ce", "dice", "ce_dice"])
     p.add_argument("--reduce-lr", action="store_true", help="halve the learning rate on plateaus")
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--overwrite", action="store_true",
+                   help="replace a finished run in RUN_DIR (an unfinished one is resumed without this)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("evaluate", help="metrics of a run's best model on a prepared split")
@@ -233,6 +235,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("config", help="YAML: name, parameters (shared), runs (each a name plus overrides)")
     p.add_argument("--only", action="append", metavar="NAME", help="run only this run (repeat or comma-separate)")
     p.add_argument("--resume", action="store_true", help="skip runs that finished; continue interrupted training")
+    p.add_argument("--overwrite", action="store_true", help="run again runs that finished earlier")
     p.add_argument("--root", default=".", help="folder that gets reports/, artifacts/ and data/prepared/")
     p.set_defaults(func=_cmd_batch)
 
@@ -250,15 +253,19 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def main(argv: list[str] | None = None) -> int:
+    """Run a command. An error a user can cause (bad input, a missing or refused folder, a full disk)
+    is one line naming the file and what to do, exit status 2; ``--debug`` shows the traceback."""
     args = build_parser().parse_args(argv)
     try:
         return args.func(args)
-    except (PairError, ValueError, FileNotFoundError, FileExistsError) as exc:
-        print(f"error: {exc}", file=sys.stderr)
-        return 2
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130
+    except (ValueError, OSError) as exc:  # PairError, DatasetError, BatchError ...; FileNotFoundError, ENOSPC ...
+        if args.debug:
+            raise
+        print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
+        return 2
 
 
 if __name__ == "__main__":

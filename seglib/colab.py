@@ -99,18 +99,18 @@ def local_copy(prepared_dir: str | os.PathLike) -> Path:
     from hashlib import sha1
 
     from seglib.fsutil import staged_dir
+    from seglib.layout import PreparedDir
 
     cache = os.environ.get(LOCAL_CACHE_ENV)
-    prepared_dir = Path(prepared_dir)
-    summary = prepared_dir / "summary.json"
-    if not cache or not summary.exists() or Path(cache).resolve() in prepared_dir.resolve().parents:
-        return prepared_dir
-    created = json.loads(summary.read_text()).get("created", "")
-    key = sha1(f"{prepared_dir.resolve()}|{created}".encode()).hexdigest()[:10]
-    copy = Path(cache) / f"{prepared_dir.name}-{key}"
-    if not (copy / "summary.json").exists():
-        with staged_dir(copy, "summary.json") as tmp:
-            shutil.copytree(prepared_dir, tmp, dirs_exist_ok=True)
+    prepared = PreparedDir(prepared_dir)
+    if not cache or not prepared.summary.exists() or Path(cache).resolve() in prepared.root.resolve().parents:
+        return prepared.root
+    created = json.loads(prepared.summary.read_text()).get("created", "")
+    key = sha1(f"{prepared.root.resolve()}|{created}".encode()).hexdigest()[:10]
+    copy = Path(cache) / f"{prepared.root.name}-{key}"
+    if not PreparedDir(copy).summary.exists():
+        with staged_dir(copy, PreparedDir) as tmp:
+            shutil.copytree(prepared.root, tmp, dirs_exist_ok=True)
     return copy
 
 

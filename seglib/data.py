@@ -10,6 +10,7 @@ import os
 
 import numpy as np
 
+from seglib.layout import PreparedDir
 from seglib.prepare import open_split
 
 
@@ -49,8 +50,8 @@ def make_dataset(prepared_dir: str | os.PathLike, split: str, batch_size: int = 
     n, size = len(data), data.images.shape[1]
     if n == 0:
         raise ValueError(f"{prepared_dir}/{split}: the split is empty")
-    images_path = os.path.join(prepared_dir, split, "images.npy")
-    labels_path = os.path.join(prepared_dir, split, "labels.npy")
+    files = PreparedDir(prepared_dir).split(split)
+    images_path, labels_path = str(files.images), str(files.labels)
 
     def read_rows(index):
         images = np.load(images_path, mmap_mode="r")

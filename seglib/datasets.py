@@ -12,8 +12,9 @@ import shutil
 from datetime import datetime, timezone
 from pathlib import Path
 
+from seglib.layout import KaggleDir
+
 KAGGLE_PREFIX = "kaggle:"
-KAGGLE_MARKER = "kaggle.json"
 
 
 class DataSourceError(ValueError):
@@ -62,15 +63,15 @@ def fetch_kaggle(handle: str, cache: str | os.PathLike, log=print) -> Path:
     if len(parts) != 2 or not all(parts):
         raise DataSourceError(f"{KAGGLE_PREFIX}{handle}: expected {KAGGLE_PREFIX}OWNER/NAME, "
                          f"e.g. {KAGGLE_PREFIX}dansbecker/cityscapes-image-pairs")
-    target = Path(cache) / parts[0] / parts[1]
-    if (target / KAGGLE_MARKER).exists():
-        log(f"using {KAGGLE_PREFIX}{handle} downloaded earlier to {target}")
-        return target
+    target = KaggleDir(Path(cache) / parts[0] / parts[1])
+    if target.info.exists():
+        log(f"using {KAGGLE_PREFIX}{handle} downloaded earlier to {target.root}")
+        return target.root
     try:
         import kagglehub
     except ImportError:
         raise DataSourceError("kaggle: data needs the kagglehub package (pip install kagglehub)") from None
-    log(f"downloading {KAGGLE_PREFIX}{handle} with kagglehub (once; kept in {target})")
+    log(f"downloading {KAGGLE_PREFIX}{handle} with kagglehub (once; kept in {target.root})")
     try:
         downloaded = Path(kagglehub.dataset_download(handle))
     except Exception as exc:  # noqa: BLE001 - network, credentials or a wrong handle: say which dataset
@@ -78,12 +79,12 @@ def fetch_kaggle(handle: str, cache: str | os.PathLike, log=print) -> Path:
                            "credentials: on Colab add KAGGLE_USERNAME and KAGGLE_KEY as secrets, elsewhere "
                            "~/.kaggle/kaggle.json (see kagglehub's README)") from exc
     source = pairs_root(downloaded)
-    with staged_dir(target, KAGGLE_MARKER) as tmp:
+    with staged_dir(target.root, KaggleDir) as tmp:
         for split in ("train", "val"):
             shutil.copytree(source / split, tmp / split)
-        atomic_write_json(tmp / KAGGLE_MARKER, {"handle": handle, "downloaded_to": str(source),
+        atomic_write_json(KaggleDir(tmp).info, {"handle": handle, "downloaded_to": str(source),
                                                 "fetched": datetime.now(timezone.utc).isoformat(timespec="seconds")})
-    log(f"{KAGGLE_PREFIX}{handle}: {sum(1 for _ in (target / 'train').iterdir())} train and "
-        f"{sum(1 for _ in (target / 'val').iterdir())} val files in {target}")
-    return target
+    log(f"{KAGGLE_PREFIX}{handle}: {sum(1 for _ in (target.root / 'train').iterdir())} train and "
+        f"{sum(1 for _ in (target.root / 'val').iterdir())} val files in {target.root}")
+    return target.root
 

@@ -30,7 +30,8 @@ def demo_config(out: str | os.PathLike = ".", data_dir: str | os.PathLike | None
 def run_demo(out: str | os.PathLike = ".", data_dir: str | os.PathLike | None = None,
              encoder_weights: str | None = None, resume: bool = False) -> Path:
     """Run the demo batch under ``out`` (``data/``, ``artifacts/demo/``, ``reports/demo/``);
-    returns the path of ``reports/demo/index.html``."""
+    returns the path of ``reports/demo/index.html``. Runs again over an earlier demo's runs (they
+    are the demo's own) unless ``resume`` keeps the finished ones."""
     from seglib.batch import run_batch
 
-    return run_batch(demo_config(out, data_dir, encoder_weights), out, resume=resume)
+    return run_batch(demo_config(out, data_dir, encoder_weights), out, resume=resume, overwrite=not resume)

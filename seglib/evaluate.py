@@ -4,12 +4,12 @@ from __future__ import annotations
 
 import io
 import os
-from pathlib import Path
 
 import numpy as np
 
 from seglib.fsutil import atomic_write_bytes, atomic_write_json
 from seglib.labels import Palette
+from seglib.layout import PreparedDir, RunDir
 from seglib.metrics import image_ious, scores, update_confusion
 
 
@@ -18,11 +18,11 @@ def evaluate(run_dir: str | os.PathLike, prepared_dir: str | os.PathLike, split:
     """Stream ``split`` through the run's best model; writes and returns the metrics."""
     from seglib.train import load_model
 
-    run_dir = Path(run_dir)
-    if not (run_dir / "model.keras").exists():
-        raise FileNotFoundError(f"{run_dir}: no model.keras (train first)")
-    palette = Palette.load(run_dir / "palette.json")
-    data_palette = Palette.load(Path(prepared_dir) / "palette.json")
+    run = RunDir(run_dir)
+    if not run.model.exists():
+        raise FileNotFoundError(f"{run.model}: no model (train first)")
+    palette = Palette.load(run.palette)
+    data_palette = Palette.load(PreparedDir(prepared_dir).palette)
     if data_palette.k != palette.k:
         raise ValueError(f"{prepared_dir} has K={data_palette.k} classes, the run has K={palette.k}")
     model = load_model(run_dir)
@@ -34,10 +34,10 @@ def evaluate(run_dir: str | os.PathLike, prepared_dir: str | os.PathLike, split:
     result = {"split": split, "prepared_dir": str(prepared_dir), "num_pixels": int(confusion.sum()),
               "class_names": palette.names, **scores(confusion),
               "image_mean_iou": [round(float(v), 5) for v in per_image]}
-    atomic_write_json(run_dir / "metrics.json", result)
+    atomic_write_json(run.metrics, result)
     buffer = io.BytesIO()
     np.save(buffer, confusion)
-    atomic_write_bytes(run_dir / "confusion.npy", buffer.getvalue())
+    atomic_write_bytes(run.confusion, buffer.getvalue())
     return result
 
 

@@ -20,6 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from seglib.fsutil import atomic_write_bytes, atomic_write_json
+from seglib.layout import RunDir
 from seglib.metrics import scores, update_confusion
 from seglib.prepare import open_split
 
@@ -112,20 +113,23 @@ def latency_ms(fn, image, repeats: int) -> dict:
 def export_run(run_dir: str | os.PathLike, formats=FORMATS, calibration_images: int = 100,
                prepared_dir: str | os.PathLike | None = None, eval_images: int | None = None,
                threads: int = 2, latency_repeats: int = 20, seed: int = 0) -> dict:
-    """Write ``RUN_DIR/model_<fmt>.tflite`` for each format and ``RUN_DIR/export.json``."""
+    """Write ``RUN_DIR/model_<fmt>.tflite`` for each format and ``RUN_DIR/export.json``
+    (:class:`seglib.layout.RunDir`)."""
     import tensorflow as tf
 
     from seglib.train import load_model
 
-    run_dir = Path(run_dir)
+    run = RunDir(run_dir)
     formats = list(formats)
     unknown = [f for f in formats if f not in FORMATS]
     if unknown:
         raise ValueError(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
-    config = json.loads((run_dir / "config.json").read_text())
+    if not run.config.exists():
+        raise FileNotFoundError(f"{run.root}: not a trained run (no {run.config.name}; train first)")
+    config = json.loads(run.config.read_text())
     prepared_dir = Path(prepared_dir or config["prepared_dir"])
     k = config["num_classes"]
-    model = load_model(run_dir)
+    model = load_model(run.root)
     train = open_split(prepared_dir, "train")
     rng = np.random.default_rng(seed)
     rows = np.sort(rng.permutation(len(train))[: min(calibration_images, len(train))])
@@ -141,9 +145,9 @@ def export_run(run_dir: str | os.PathLike, formats=FORMATS, calibration_images: 
     keras_latency = latency_ms(lambda x: model.predict(x, verbose=0), images[:1], latency_repeats)
     result = {"eval_images": n_eval, "calibration_images": len(rows), "threads": threads, "runtime": None,
               "keras": {"mean_iou": scores(keras_cm)["mean_iou"], **keras_latency,
-                        "file_bytes": (run_dir / "model.keras").stat().st_size},
+                        "file_bytes": run.model.stat().st_size},
               "formats": {}}
-    saved = Path(tempfile.mkdtemp(prefix=".saved_model-", dir=run_dir))
+    saved = Path(tempfile.mkdtemp(prefix=".saved_model-", dir=run.root))
     try:
         logger = tf.get_logger()  # keep "INFO:tensorflow:Assets written to ..." out of reports
         level = logger.level
@@ -154,7 +158,7 @@ def export_run(run_dir: str | os.PathLike, formats=FORMATS, calibration_images: 
             logger.setLevel(level)
         for fmt in formats:
             data = convert(saved, fmt, representative if fmt == "int8" else None)
-            path = run_dir / f"model_{fmt}.tflite"
+            path = run.tflite(fmt)
             atomic_write_bytes(path, data)
             lite = TFLiteModel(path, threads)
             result["runtime"] = lite.runtime
@@ -173,5 +177,5 @@ def export_run(run_dir: str | os.PathLike, formats=FORMATS, calibration_images: 
     for info in result["formats"].values():
         info["size_vs_fp32"] = info["file_bytes"] / fp32 if fp32 else None
         info["latency_vs_keras"] = info["latency_ms"] / keras_latency["latency_ms"]
-    atomic_write_json(run_dir / "export.json", result)
+    atomic_write_json(run.export, result)
     return result

@@ -8,6 +8,7 @@ import numpy as np
 from matplotlib.patches import Patch
 
 from seglib.labels import Palette
+from seglib.layout import RunDir
 
 
 def class_names(palette: Palette) -> list[str]:
@@ -85,10 +86,10 @@ def training_curves(run_dir):
 
     import pandas as pd
 
-    run_dir = Path(run_dir)
-    history = pd.read_csv(run_dir / "history.csv")
+    run = RunDir(run_dir)
+    history = pd.read_csv(run.history)
     epochs = history["epoch"] + 1
-    info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    info = json.loads(run.info.read_text()) if run.info.exists() else {}
     best = info.get("best_epoch")
     panels = [("loss", "loss"), ("pixel_accuracy", "pixel accuracy"), ("mean_iou", "mean IoU")]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))

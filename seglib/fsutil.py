@@ -59,24 +59,124 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
-def make_temp_dir(final: str | os.PathLike) -> Path:
-    """A fresh temp folder beside ``final`` (same file system, so the last rename is atomic)."""
+def write_marker(folder: str | os.PathLike, kind: str) -> None:
+    """Mark ``folder`` as written by seglib (see :mod:`seglib.layout`): kind, format, version, and
+    the process writing it (so a temp folder left by a killed process can be told apart)."""
+    import socket
+    from datetime import datetime, timezone
+
+    from seglib import __version__
+    from seglib.layout import FORMAT, MARKER
+
+    atomic_write_json(Path(folder) / MARKER, {
+        "kind": kind, "format": FORMAT, "seglib": __version__, "pid": os.getpid(), "host": socket.gethostname(),
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+
+
+def read_marker(folder: str | os.PathLike) -> dict | None:
+    from seglib.layout import MARKER
+
+    try:
+        marker = json.loads((Path(folder) / MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    return marker if isinstance(marker, dict) else None
+
+
+def strangers(folder: str | os.PathLike, owned) -> list[str]:
+    """Entries under ``folder`` (relative, ``/``-separated) that match none of the ``owned`` glob
+    patterns: files seglib did not write there."""
+    from fnmatch import fnmatchcase
+
+    folder, found = Path(folder), []
+    for dirpath, dirnames, filenames in os.walk(folder):
+        for name in sorted(dirnames) + sorted(filenames):
+            relative = (Path(dirpath) / name).relative_to(folder).as_posix()
+            if not any(fnmatchcase(relative, pattern) for pattern in owned):
+                found.append(relative)
+        dirnames[:] = [d for d in dirnames if (Path(dirpath) / d).relative_to(folder).as_posix() not in found]
+    return found
+
+
+def check_output_dir(final: str | os.PathLike, layout) -> None:
+    """Fail early (before any work) unless ``final`` is new, empty, or an earlier folder of the
+    same ``layout`` (a :class:`seglib.layout.Folder` type) holding nothing seglib did not write."""
+    final = Path(final)
+    if not final.exists() or (final.is_dir() and not any(final.iterdir())):
+        return
+    if not final.is_dir():
+        raise FileExistsError(f"{final}: exists and is not a folder; choose another output folder")
+    marker = read_marker(final)
+    if marker is None or marker.get("kind") != layout.KIND:
+        raise FileExistsError(f"{final}: exists, is not empty and is not a {layout.KIND} folder written by seglib; "
+                              "choose another output folder or empty it")
+    found = strangers(final, layout.OWNED)
+    if found:
+        shown = ", ".join(found[:5]) + (f" and {len(found) - 5} more" if len(found) > 5 else "")
+        raise FileExistsError(f"{final}: holds files seglib did not write ({shown}); move them away or choose "
+                              "another output folder")
+
+
+def remove_owned(folder: str | os.PathLike, layout, keep=()) -> None:
+    """Delete what seglib wrote in ``folder`` (``layout.OWNED``), except ``keep`` (names); files
+    seglib did not write stay."""
+    from fnmatch import fnmatchcase
+
+    folder = Path(folder)
+    for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
+        relative = path.relative_to(folder).as_posix()
+        if relative in keep or not any(fnmatchcase(relative, pattern) for pattern in layout.OWNED):
+            continue
+        if path.is_dir() and not path.is_symlink():
+            if not any(path.iterdir()):
+                path.rmdir()
+        else:
+            path.unlink()
+
+
+def remove_stale_temps(final: str | os.PathLike, layout) -> None:
+    """Remove temp and old folders of ``final`` that an earlier process (now gone) left behind;
+    only those carrying seglib's marker of this kind."""
+    import socket
+
+    final = Path(final)
+    if not final.parent.is_dir():
+        return
+    for path in final.parent.glob(f".{final.name}.*"):
+        marker = read_marker(path)
+        if (path.is_dir() and marker and marker.get("kind") == layout.KIND and marker.get("host") == socket.gethostname()
+                and not pid_alive(marker.get("pid"))):
+            shutil.rmtree(path, ignore_errors=True)
+
+
+def pid_alive(pid) -> bool:
+    if not isinstance(pid, int):
+        return False
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
+
+
+def make_temp_dir(final: str | os.PathLike, layout) -> Path:
+    """A fresh temp folder beside ``final`` (same file system, so the last rename is atomic),
+    marked as ``layout``'s kind."""
     final = Path(final)
     final.parent.mkdir(parents=True, exist_ok=True)
     tmp = Path(tempfile.mkdtemp(prefix=f".{final.name}.tmp-", dir=final.parent))
     tmp.chmod(dir_mode())
+    write_marker(tmp, layout.KIND)
     return tmp
 
 
-def replace_dir(tmp: Path, final: str | os.PathLike, marker: str) -> None:
-    """Move the finished folder ``tmp`` to ``final``.
-
-    An existing ``final`` is replaced only when it holds ``marker`` (i.e. it is an earlier output
-    of the same step); any other non-empty folder is refused so user files are never lost.
-    The old folder is removed only after the new one is in place.
-    """
+def replace_dir(tmp: Path, final: str | os.PathLike, layout) -> None:
+    """Move the finished folder ``tmp`` to ``final``. An existing ``final`` is replaced only when
+    :func:`check_output_dir` allows it, and removed only after the new one is in place."""
     final = Path(final)
-    check_output_dir(final, marker)
+    check_output_dir(final, layout)
     if final.exists():
         old = final.with_name(f".{final.name}.old-{os.getpid()}")
         os.replace(final, old)
@@ -86,29 +186,17 @@ def replace_dir(tmp: Path, final: str | os.PathLike, marker: str) -> None:
         os.replace(tmp, final)
 
 
-def check_output_dir(final: str | os.PathLike, marker: str) -> None:
-    """Fail early (before any work) if ``replace_dir`` would refuse ``final``."""
-    final = Path(final)
-    if final.exists() and (not final.is_dir() or (any(final.iterdir()) and not (final / marker).exists())):
-        raise FileExistsError(
-            f"{final}: exists, is not empty and was not written by seglib (no {marker}); "
-            "choose another output folder or empty it"
-        )
-
-
 @contextmanager
-def staged_dir(final: str | os.PathLike, marker: str):
-    """Build a folder in a temp place and move it to ``final`` only if the block succeeds.
-
-    ``marker`` is the file that identifies an earlier output of the same step (see
-    :func:`replace_dir`); the block must write it. On any error the temp folder is removed and
-    ``final`` is left as it was.
-    """
-    check_output_dir(final, marker)
-    tmp = make_temp_dir(final)
+def staged_dir(final: str | os.PathLike, layout):
+    """Build a folder of ``layout`` (a :class:`seglib.layout.Folder` type) in a temp place, marked,
+    and move it to ``final`` only if the block succeeds. On any error the temp folder is removed
+    and ``final`` is left as it was; temp folders of killed earlier attempts are removed first."""
+    check_output_dir(final, layout)
+    remove_stale_temps(final, layout)
+    tmp = make_temp_dir(final, layout)
     try:
         yield tmp
-        replace_dir(tmp, final, marker)
+        replace_dir(tmp, final, layout)
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise

@@ -84,10 +84,18 @@ def build_unet(backbone: str = "resnet34", num_classes: int = 10, input_size: in
 
 def load_keras_model(path: str | os.PathLike):
     """A saved seglib model (.keras), uncompiled: for inference, export and evaluation."""
+    from pathlib import Path
+
     import keras
 
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such model file (train first)")
     _sm()  # registers the segmentation-models layers the U-Net uses
-    return keras.models.load_model(path, compile=False)
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # noqa: BLE001 - zipfile, h5py and Keras each raise their own kind
+        raise ValueError(f"{path}: corrupt or not a Keras model file ({type(exc).__name__}: {exc}); "
+                         "train the run again (--overwrite)") from exc
 
 
 def detect_device() -> dict:

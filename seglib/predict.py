@@ -15,6 +15,7 @@ import numpy as np
 
 from seglib.fsutil import atomic_write_bytes
 from seglib.labels import Palette
+from seglib.layout import RunDir
 from seglib.pairs import ASPECT_TOLERANCE, IMAGE_SUFFIXES, PairError, decode_image
 
 
@@ -23,7 +24,7 @@ def load_predictor(model_path: str | os.PathLike):
     model_path = Path(model_path)
     if not model_path.exists():
         raise FileNotFoundError(f"{model_path}: no such model file")
-    palette_path = model_path.parent / "palette.json"
+    palette_path = RunDir(model_path.parent).palette
     if not palette_path.exists():
         raise FileNotFoundError(f"{palette_path}: missing; the model must be inside its RUN_DIR")
     palette = Palette.load(palette_path)

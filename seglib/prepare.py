@@ -1,15 +1,16 @@
 """Prepare a dataset: split pairs, fit the K-Means palette on training masks, write labels.
 
-Output layout (read later with ``np.load(..., mmap_mode="r")``)::
+Output layout (:class:`seglib.layout.PreparedDir`; read later with ``np.load(..., mmap_mode="r")``)::
 
     OUT_DIR/palette.json   OUT_DIR/summary.json
-    OUT_DIR/<split>/images.npy (N,H,W,3 uint8)  labels.npy (N,H,W uint8)  files.txt
+    OUT_DIR/<split>/images.npy (N,H,W,3 uint8)  labels.npy (N,H,W uint8)  files.txt (one JSON string a line)
 
 Everything is written to a temp folder beside OUT_DIR and renamed into place at the end, so
 a crash or a bad file never leaves a half-written OUT_DIR that looks complete.
 """
 from __future__ import annotations
 
+import json
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
@@ -32,11 +33,11 @@ from seglib.labels import (
     label_counted,
     sample_pixels,
 )
+from seglib.layout import SPLITS, PreparedDir, SplitFiles
 from seglib.pairs import PairError, iter_pairs, scan_folder
 
-SPLITS = ("train", "val", "test")
-SUMMARY = "summary.json"
 FLAT_TEST_FRACTION = 0.2
+SIZE_STEP = 32  # the U-Net halves the image five times
 
 
 class DatasetError(ValueError):
@@ -57,19 +58,27 @@ class Split:
 
 def open_split(prepared_dir: str | os.PathLike, split: str) -> Split:
     """Open a prepared split without loading it into memory."""
-    folder = Path(prepared_dir) / split
-    if not (folder / "images.npy").exists():
-        raise FileNotFoundError(f"{folder}: no prepared split here (run `python -m seglib prepare` first)")
-    files = (folder / "files.txt").read_text(encoding="utf-8").splitlines()
+    files = PreparedDir(prepared_dir).split(split)
+    if not files.images.exists():
+        raise FileNotFoundError(f"{files.images.parent}: no prepared split here (run `python -m seglib prepare` first)")
     return Split(
-        images=np.load(folder / "images.npy", mmap_mode="r"),
-        labels=np.load(folder / "labels.npy", mmap_mode="r"),
-        files=files,
+        images=np.load(files.images, mmap_mode="r"),
+        labels=np.load(files.labels, mmap_mode="r"),
+        files=read_file_list(files.files),
     )
 
 
+def write_file_list(path: Path, files) -> None:
+    """The source of each row, one JSON string a line: any file name survives (even a newline)."""
+    atomic_write_text(path, "".join(json.dumps(str(f)) + "\n" for f in files))
+
+
+def read_file_list(path: Path) -> list[str]:
+    return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
+
+
 def load_palette(prepared_dir: str | os.PathLike) -> Palette:
-    return Palette.load(Path(prepared_dir) / "palette.json")
+    return Palette.load(PreparedDir(prepared_dir).palette)
 
 
 def _seeded_split(files: list[Path], fraction: float, rng: np.random.Generator) -> tuple[list[Path], list[Path]]:
@@ -153,13 +162,13 @@ class _NpyWriter:
         self.file.close()
 
 
-def _read_split(files, folder: Path, size: int, skip_bad: bool, skipped: list, workers, progress, name,
+def _read_split(files, out: SplitFiles, size: int, skip_bad: bool, skipped: list, workers, progress, name,
                 then, keep) -> list[Path]:
     """Decode ``files`` in worker threads, which also run ``then(index, photo, mask)``, and write
-    ``folder/images.npy``; each kept result goes to ``keep(result)``, in file order. Bad files
+    ``out.images``; each kept result goes to ``keep(result)``, in file order. Bad files
     raise, or with ``skip_bad`` are listed in ``skipped``. Returns the kept files."""
-    folder.mkdir(parents=True, exist_ok=True)
-    images = _NpyWriter(folder / "images.npy", (size, size, 3), np.uint8, len(files))
+    out.images.parent.mkdir(parents=True, exist_ok=True)
+    images = _NpyWriter(out.images, (size, size, 3), np.uint8, len(files))
     kept: list[Path] = []
     try:
         with tqdm(total=len(files), desc=f"read {name}", unit="pair", disable=not progress, leave=False) as bar:
@@ -225,15 +234,15 @@ class _SplitLabeller:
         return self.counts + np.zeros(self.fitting.result()[0].k)  # counts is still 0 if no pair was kept
 
 
-def _read_labelled(files, folder: Path, size: int, skip_bad: bool, skipped: list, workers, progress, name,
+def _read_labelled(files, out: SplitFiles, size: int, skip_bad: bool, skipped: list, workers, progress, name,
                    fitting: Future, resolve: bool) -> tuple[list[Path], np.ndarray]:
     """Decode a split and write its ``images.npy`` and ``labels.npy``; returns (kept files, class
     pixel counts)."""
-    folder.mkdir(parents=True)
-    labeller = _SplitLabeller(fitting, folder / "labels.npy", size, len(files), resolve)
+    out.labels.parent.mkdir(parents=True)
+    labeller = _SplitLabeller(fitting, out.labels, size, len(files), resolve)
     complete = False
     try:
-        kept = _read_split(files, folder, size, skip_bad, skipped, workers, progress, name,
+        kept = _read_split(files, out, size, skip_bad, skipped, workers, progress, name,
                            labeller.then, labeller.keep)
         complete = True
     finally:
@@ -250,13 +259,13 @@ def _fit(pixels: np.ndarray, clusters: int, seed: int) -> tuple[Palette, float]:
     return palette, time.perf_counter() - started
 
 
-def _label_masks(fitting: Future, masks: list[np.ndarray], folder: Path, workers: int,
+def _label_masks(fitting: Future, masks: list[np.ndarray], out: SplitFiles, workers: int,
                  resolve: bool) -> np.ndarray:
     """Once the palette is fitted (``fitting``, the future of :func:`_fit`), write ``labels.npy``
     for masks kept in memory, labelling and counting chunks of them in parallel threads;
     returns the class pixel counts."""
     palette = fitting.result()[0]
-    writer = _NpyWriter(folder / "labels.npy", masks[0].shape[:2], np.uint8, len(masks))
+    writer = _NpyWriter(out.labels, masks[0].shape[:2], np.uint8, len(masks))
     counts = np.zeros(palette.k)
     try:
         for labels, chunk_counts in assign_chunks(palette, masks, workers, resolve):
@@ -265,6 +274,15 @@ def _label_masks(fitting: Future, masks: list[np.ndarray], folder: Path, workers
     finally:
         writer.close()
     return counts
+
+
+def _check_source_is_safe(data_dir, out_dir: Path) -> None:
+    """Refuse an OUT_DIR whose replacement would delete the pairs being read: DATA_DIR itself, or
+    a folder that holds it."""
+    data, out = Path(data_dir).resolve(), out_dir.resolve()
+    if out == data or out in data.parents:
+        raise DatasetError(f"{out_dir}: the output folder holds the pairs being prepared ({data_dir}); "
+                           "choose an output folder outside the data")
 
 
 def _shares(counts: np.ndarray) -> list[float]:
@@ -293,14 +311,20 @@ def prepare(
     started = time.perf_counter()
     if not 2 <= clusters <= 255:
         raise DatasetError(f"--clusters must be between 2 and 255, got {clusters}")
-    if size < 8:
-        raise DatasetError(f"--size must be at least 8, got {size}")
+    if size < SIZE_STEP or size % SIZE_STEP:
+        raise DatasetError(f"--size must be a multiple of {SIZE_STEP} (the U-Net halves it five times), got {size}")
     if sample_pixels_count < clusters:
         raise DatasetError(f"--sample-pixels must be at least --clusters ({clusters}), got {sample_pixels_count}")
     out_dir = Path(out_dir)
+    _check_source_is_safe(data_dir, out_dir)
     splits, layout, ignored = split_files(data_dir, val_fraction, seed)
+    for name in SPLITS:
+        if not splits[name]:
+            raise DatasetError(f"{data_dir}: the {name} split would be empty ({len(splits['train'])} train, "
+                               f"{len(splits['val'])} val, {len(splits['test'])} test pairs); a run needs all three"
+                               + (" (--val-fraction is 0)" if name == "val" and val_fraction == 0 else ""))
     workers = workers or min(8, os.cpu_count() or 1)
-    with staged_dir(out_dir, SUMMARY) as tmp:
+    with staged_dir(out_dir, PreparedDir) as tmp:
         skipped: list[dict] = []
         kept, counts = {}, {}
         # the worker threads draw each training mask's share of the K-Means sample; the masks stay
@@ -315,7 +339,7 @@ def prepare(
             train_masks.append(result[1])
             drawn.append(result[2])
 
-        kept["train"] = _read_split(splits["train"], tmp / "train", size, skip_bad, skipped, workers, progress,
+        kept["train"] = _read_split(splits["train"], PreparedDir(tmp).split("train"), size, skip_bad, skipped, workers, progress,
                                     "train", draw, keep_train)
         if not kept["train"]:
             raise DatasetError(f"{data_dir}: no usable training pairs (all {len(skipped)} files were bad)")
@@ -329,20 +353,23 @@ def prepare(
         # thread while the worker threads already decode val and test, so no core waits for it
         with ThreadPoolExecutor(1, thread_name_prefix="seglib-fit") as background:
             fitting = background.submit(_fit, pixels, clusters, seed)
-            train_labelling = background.submit(_label_masks, fitting, train_masks, tmp / "train", workers,
+            train_labelling = background.submit(_label_masks, fitting, train_masks, PreparedDir(tmp).split("train"), workers,
                                                 resolve_edges)
             for name in ("val", "test"):
-                kept[name], counts[name] = _read_labelled(splits[name], tmp / name, size, skip_bad, skipped,
+                kept[name], counts[name] = _read_labelled(splits[name], PreparedDir(tmp).split(name), size, skip_bad, skipped,
                                                           workers, progress, name, fitting, resolve_edges)
             counts["train"] = train_labelling.result()
         train_masks.clear()
         palette, fit_seconds = fitting.result()
         for name in SPLITS:
-            atomic_write_text(tmp / name / "files.txt", "".join(f"{p}\n" for p in kept[name]))
+            if not kept[name]:
+                raise DatasetError(f"{data_dir}: every {name} pair was bad ({len(splits[name])} skipped); a run "
+                                   "needs pairs in train, val and test")
+            write_file_list(PreparedDir(tmp).split(name).files, kept[name])
         shares = {name: _shares(counts[name]) for name in SPLITS}
         assigned = time.perf_counter()
 
-        palette.save(tmp / "palette.json")
+        palette.save(PreparedDir(tmp).palette)
         summary = {
             "format": "seglib-prepared-1",
             "seglib_version": __version__,
@@ -367,5 +394,5 @@ def prepare(
                 "total": round(time.perf_counter() - started, 3),
             },
         }
-        atomic_write_json(tmp / SUMMARY, summary)
+        atomic_write_json(PreparedDir(tmp).summary, summary)
     return summary

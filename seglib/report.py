@@ -17,8 +17,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from seglib.fsutil import atomic_write_text
-
-REPORT = "report.html"
+from seglib.layout import REPORT, PreparedDir, RunDir
 
 
 def _read_json(path: Path) -> dict | None:
@@ -62,18 +61,18 @@ def write_run_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     from seglib.prepare import open_split
     from seglib.train import load_model
 
-    run_dir = Path(run_dir)
-    config = _read_json(run_dir / "config.json")
-    if config is None or not (run_dir / "model.keras").exists():
-        raise FileNotFoundError(f"{run_dir}: not a trained run (no config.json or model.keras; train first)")
+    run = RunDir(run_dir)
+    config = _read_json(run.config)
+    if config is None or not run.model.exists():
+        raise FileNotFoundError(f"{run.root}: not a trained run (no {run.config.name} or {run.model.name}; train first)")
     prepared_dir = Path(prepared_dir or config["prepared_dir"])
-    metrics = _read_json(run_dir / "metrics.json") or evaluate(run_dir, prepared_dir)
+    metrics = _read_json(run.metrics) or evaluate(run.root, prepared_dir)
     split = metrics.get("split", "test")
-    summary = _read_json(prepared_dir / "summary.json")
-    run_info = _read_json(run_dir / "run.json") or {}
-    exported = _read_json(run_dir / "export.json")
-    palette = Palette.load(run_dir / "palette.json")
-    name = run_dir.resolve().name
+    summary = _read_json(PreparedDir(prepared_dir).summary)
+    run_info = _read_json(run.info) or {}
+    exported = _read_json(run.export)
+    palette = Palette.load(run.palette)
+    name = run.root.resolve().name
 
     sections: list[tuple[str, str, str]] = []  # (anchor, title, body)
     headline = {"pixel accuracy": metrics["pixel_accuracy"], "mean IoU": metrics["mean_iou"],
@@ -99,18 +98,18 @@ def write_run_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     sections.append(("data", "Data", "\n".join(data)))
 
     training = [_table(tables.training(run_info))] if run_info else []
-    if (run_dir / "history.csv").exists():
-        training += [figure_png(figures.training_curves(run_dir)), _table(tables.history(run_dir))]
+    if run.history.exists():
+        training += [figure_png(figures.training_curves(run.root)), _table(tables.history(run.root))]
     sections.append(("training", "Training", "\n".join(training) or "<p>No training history.</p>"))
 
     sections.append(("metrics", f"Metrics on the {split} split", "\n".join([
         _table(tables.overall_metrics(metrics)),
         "<h3>Per class</h3>" + _table(tables.per_class(metrics, palette)),
         figure_png(figures.class_iou(metrics, palette)),
-        figure_png(figures.confusion_matrix(_confusion(run_dir), palette)),
+        figure_png(figures.confusion_matrix(_confusion(run), palette)),
     ])))
 
-    model = load_model(run_dir)
+    model = load_model(run.root)
     rows = list(range(min(n_examples, len(open_split(prepared_dir, split)))))
     examples = figures.predictions(*predict_rows(model, prepared_dir, split, rows), palette,
                                    titles=[f"#{r}" for r in rows])
@@ -130,19 +129,18 @@ def write_run_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     nav = " · ".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t, _ in sections)
     body = "\n".join(f'<h2 id="{a}">{html.escape(t)}</h2>\n{b}' for a, t, b in sections)
     page = _PAGE.format(name=html.escape(name), created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
-                        run_dir=html.escape(str(run_dir.resolve())), nav=nav, body=body)
+                        run_dir=html.escape(str(run.root.resolve())), nav=nav, body=body)
     out = Path(out_dir) if out_dir is not None else Path("reports") / name
     atomic_write_text(out / REPORT, page)
     return out / REPORT
 
 
-def _confusion(run_dir: Path):
+def _confusion(run: RunDir):
     import numpy as np
 
-    path = run_dir / "confusion.npy"
-    if not path.exists():
-        raise FileNotFoundError(f"{path}: missing; evaluate the run again")
-    return np.load(path)
+    if not run.confusion.exists():
+        raise FileNotFoundError(f"{run.confusion}: missing; evaluate the run again")
+    return np.load(run.confusion)
 
 
 _PAGE = """<!DOCTYPE html>

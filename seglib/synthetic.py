@@ -17,9 +17,9 @@ from tqdm import tqdm
 
 from seglib.cityscapes import ID_TO_COLOUR, NAME_TO_ID
 from seglib.fsutil import atomic_write_json, staged_dir
+from seglib.layout import SyntheticDir
 
 CLASSES = ["road", "sidewalk", "building", "pole", "traffic sign", "vegetation", "terrain", "sky", "person", "car"]
-MARKER = "synthetic.json"
 ROAD, SIDEWALK, BUILDING, POLE, SIGN, VEGETATION, TERRAIN, SKY, PERSON, CAR = (NAME_TO_ID[c] for c in CLASSES)
 _PALETTE = np.zeros((256, 3), np.uint8)
 for _id, _rgb in ID_TO_COLOUR.items():
@@ -189,7 +189,7 @@ def generate(out_dir: str | os.PathLike, count: int = 200, seed: int = 0, size: 
         raise ValueError(f"--count must be at least 2, got {count}")
     rng = np.random.default_rng(seed)
     n_test = max(1, int(round(count * test_fraction)))
-    with staged_dir(out_dir, MARKER) as tmp:
+    with staged_dir(out_dir, SyntheticDir) as tmp:
         for split in ("train", "val", "ids/train", "ids/val"):
             (tmp / split).mkdir(parents=True)
         for i in tqdm(range(count), desc="synth", unit="pair", disable=not progress, leave=False):
@@ -200,5 +200,5 @@ def generate(out_dir: str | os.PathLike, count: int = 200, seed: int = 0, size: 
             cv2.imwrite(str(tmp / split / f"{number}.jpg"), cv2.cvtColor(pair, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
             cv2.imwrite(str(tmp / "ids" / split / f"{number}.png"), ids)
         info = {"count": count, "seed": seed, "size": size, "train": count - n_test, "val": n_test, "classes": CLASSES}
-        atomic_write_json(tmp / MARKER, info)
+        atomic_write_json(SyntheticDir(tmp).info, info)
     return info

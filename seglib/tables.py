@@ -3,12 +3,12 @@ files: the notebooks display them, :mod:`seglib.report` renders the same tables 
 from __future__ import annotations
 
 import os
-from pathlib import Path
 
 import pandas as pd
 
 from seglib.figures import class_names
 from seglib.labels import Palette
+from seglib.layout import RunDir
 
 TRAINING_KEYS = ("backbone", "encoder_weights", "epochs", "batch_size", "lr", "patience", "monitor", "loss",
                  "augment", "reduce_lr", "seed", "jit_compile")
@@ -99,10 +99,10 @@ def history(run_dir: str | os.PathLike) -> pd.DataFrame:
     """One row per epoch from history.csv: losses, metrics, seconds; the best epoch marked."""
     import json
 
-    run_dir = Path(run_dir)
-    table = pd.read_csv(run_dir / "history.csv")
+    run = RunDir(run_dir)
+    table = pd.read_csv(run.history)
     table.insert(0, "epoch", table.pop("epoch") + 1)
-    info = json.loads((run_dir / "run.json").read_text()) if (run_dir / "run.json").exists() else {}
+    info = json.loads(run.info.read_text()) if run.info.exists() else {}
     order = ["epoch", "loss", "val_loss", "pixel_accuracy", "val_pixel_accuracy", "mean_iou", "val_mean_iou",
              "learning_rate", "seconds"]
     table = table[[c for c in order if c in table] + [c for c in table if c not in order]]

@@ -22,8 +22,9 @@ from pathlib import Path
 import numpy as np
 
 from seglib import __version__
-from seglib.fsutil import atomic_write_json
+from seglib.fsutil import atomic_write_json, read_marker, remove_owned, write_marker
 from seglib.labels import Palette
+from seglib.layout import BackupEpochDir, PreparedDir, RunDir
 
 LOSSES = ("ce", "weighted_ce", "dice", "ce_dice")
 MONITORS = ("val_loss", "val_pixel_accuracy", "val_mean_iou")
@@ -45,6 +46,7 @@ class TrainConfig:
     seed: int = 0
     reduce_lr: bool = False
     jit_compile: bool = False
+    overwrite: bool = False  # replace a finished run in RUN_DIR (its model, history, metrics, exports)
 
     def __post_init__(self):
         if isinstance(self.encoder_weights, str) and self.encoder_weights.strip().lower() in ("", "none", "null"):
@@ -62,16 +64,62 @@ class Run:
 
     @property
     def model_path(self) -> Path:
-        return self.run_dir / "model.keras"
+        return RunDir(self.run_dir).model
+
+
+def check_split(prepared_dir: str | os.PathLike, split: str, num_classes: int) -> tuple[int, int]:
+    """Check a prepared split's arrays before any training: uint8 images (N, H, W, 3) and labels
+    (N, H, W) of one size, a multiple of 32, a source for each row, and every label (all rows) below
+    the palette's K. Returns (rows, size)."""
+    from seglib.prepare import open_split
+
+    where = PreparedDir(prepared_dir).split(split).images.parent
+    try:
+        data = open_split(prepared_dir, split)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{where}: unreadable prepared split ({exc}); prepare the data again") from exc
+    images, labels = data.images, data.labels
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+        raise ValueError(f"{where}/images.npy: expected uint8 images (N, H, W, 3), got {images.dtype} {images.shape}")
+    if labels.dtype != np.uint8 or labels.shape != images.shape[:3]:
+        raise ValueError(f"{where}/labels.npy: expected uint8 labels {images.shape[:3]}, got {labels.dtype} {labels.shape}")
+    if len(data.files) != len(images) or len(images) == 0:
+        raise ValueError(f"{where}: {len(images)} rows but {len(data.files)} source files; prepare the data again")
+    size = images.shape[1]
+    if images.shape[2] != size or size % 32:
+        raise ValueError(f"{where}: images are {images.shape[1]}x{images.shape[2]}; the U-Net needs square images "
+                         "whose side is a multiple of 32 (prepare with --size 64/128/256)")
+    top = int(labels.max())  # reads every row once, through the memory map
+    if top >= num_classes:
+        row = int(np.argmax(labels.reshape(len(labels), -1).max(1) >= num_classes))
+        raise ValueError(f"{where}/labels.npy: row {row} ({data.files[row]}) has class id {top}, the palette has "
+                         f"K={num_classes}; prepare the data again")
+    return len(images), size
+
+
+def run_state(run_dir: str | os.PathLike) -> str:
+    """``new`` (missing or empty), ``foreign`` (files but no seglib run marker), ``resumable``
+    (an unfinished run with a backup), ``finished`` (run.json written) or ``started`` (a run that
+    stopped before its first backup)."""
+    run = RunDir(run_dir)
+    if not run.root.exists() or (run.root.is_dir() and not any(run.root.iterdir())):
+        return "new"
+    marker = read_marker(run.root)
+    if not run.root.is_dir() or marker is None or marker.get("kind") != RunDir.KIND:
+        return "foreign"
+    if run.info.exists():
+        return "finished"
+    return "resumable" if latest_backup(run.root) else "started"
 
 
 def validate(config: TrainConfig) -> Palette:
-    """Check everything that can be checked before any training; returns the palette."""
+    """Check everything that can be checked before any training (and before RUN_DIR is made);
+    returns the palette."""
     from seglib.model import available_backbones
 
-    prepared = Path(config.prepared_dir)
-    if not (prepared / "palette.json").exists() or not (prepared / "train" / "labels.npy").exists():
-        raise FileNotFoundError(f"{prepared}: not a prepared dataset (run `python -m seglib prepare` first)")
+    prepared = PreparedDir(config.prepared_dir)
+    if not prepared.palette.exists() or not prepared.split("train").labels.exists():
+        raise FileNotFoundError(f"{prepared.root}: not a prepared dataset (run `python -m seglib prepare` first)")
     if config.batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {config.batch_size}")
     if config.epochs < 1:
@@ -84,19 +132,23 @@ def validate(config: TrainConfig) -> Palette:
         raise ValueError(f"unknown monitor {config.monitor!r}; choose one of {', '.join(MONITORS)}")
     if config.backbone not in available_backbones():
         raise ValueError(f"unknown backbone {config.backbone!r}; choose one of: {', '.join(available_backbones())}")
-    palette = Palette.load(prepared / "palette.json")
-    labels = np.load(prepared / "train" / "labels.npy", mmap_mode="r")
-    if labels.size and int(labels[: min(len(labels), 16)].max()) >= palette.k:
-        raise ValueError(f"{prepared}: labels exceed the palette's K={palette.k}")
-    run_palette = Path(config.run_dir) / "palette.json"
-    if run_palette.exists():
-        previous = Palette.load(run_palette)
+    palette = Palette.load(prepared.palette)
+    sizes = {check_split(prepared.root, split, palette.k)[1] for split in ("train", "val")}
+    if len(sizes) != 1:
+        raise ValueError(f"{prepared.root}: train and val images differ in size ({sorted(sizes)})")
+    run = RunDir(config.run_dir)
+    state = run_state(run.root)
+    if state == "foreign":
+        raise FileExistsError(f"{run.root}: exists, is not empty and is not a seglib run; choose a new or empty RUN_DIR")
+    if state == "finished" and not config.overwrite:
+        info = json.loads(run.info.read_text())
+        raise FileExistsError(f"{run.root}: holds a finished run ({info.get('stop_reason')}, {info.get('epochs_run')} "
+                              "epochs); use a new RUN_DIR, or overwrite it (--overwrite, OVERWRITE = True)")
+    if state == "resumable" and not config.overwrite and run.palette.exists():
+        previous = Palette.load(run.palette)
         if previous.k != palette.k:
-            raise ValueError(f"{config.run_dir} holds a run with K={previous.k}, the data has K={palette.k}: "
+            raise ValueError(f"{run.root} holds a run with K={previous.k}, the data has K={palette.k}: "
                              "use a new RUN_DIR")
-    size = np.load(prepared / "train" / "images.npy", mmap_mode="r").shape[1]
-    if size % 32:
-        raise ValueError(f"{prepared}: image size {size} is not a multiple of 32 (prepare with --size 64/128/256)")
     return palette
 
 
@@ -133,6 +185,21 @@ def make_loss(name: str, num_classes: int, weights=None):
     return lambda y_true, y_pred: ce(y_true, y_pred) + soft_dice(y_true, y_pred)
 
 
+def _variables_bytes(variables) -> int:
+    return int(sum(np.prod(v.shape) * np.dtype(v.dtype).itemsize for v in variables))
+
+
+def ensure_space(folder: Path, needed: int, what: str) -> None:
+    """Refuse a write that would not fit, before it starts: h5py does not survive a full disk
+    (it crashes the process), so a backup or checkpoint checks the free space first."""
+    free = shutil.disk_usage(folder).free
+    if free < needed * 1.05 + (8 << 20):
+        import errno
+
+        raise OSError(errno.ENOSPC, f"No space left on device: {what} needs about {needed / 1e6:.0f} MB, "
+                                    f"{free / 1e6:.0f} MB free", str(folder))
+
+
 def _atomic_checkpoint(path: Path, monitor: str):
     """Save the model when ``monitor`` improves: to a temp file, then renamed into place.
 
@@ -154,26 +221,34 @@ def _atomic_checkpoint(path: Path, monitor: str):
             if value is None or not math.isfinite(value):
                 return
             if (value > self.best) if mode_max else (value < self.best):
-                self.best, self.best_epoch = value, epoch + 1
                 tmp = path.with_name(f".{path.name}.tmp.keras")
-                # the same layers in an uncompiled Model: saved without optimizer state
-                keras.Model(self.model.inputs, self.model.outputs, name=self.model.name).save(tmp)
-                os.replace(tmp, path)
+                try:  # the same layers in an uncompiled Model: saved without optimizer state
+                    ensure_space(path.parent, _variables_bytes(self.model.weights), "the best model")
+                    keras.Model(self.model.inputs, self.model.outputs, name=self.model.name).save(tmp)
+                    os.replace(tmp, path)
+                except OSError as exc:
+                    tmp.unlink(missing_ok=True)
+                    raise OSError(f"{path}: could not save the best model of epoch {epoch + 1} "
+                                  f"({exc.strerror or exc}); the previous one is kept. Free some space and run "
+                                  "again: training continues from its last backup") from exc
+                self.best, self.best_epoch = value, epoch + 1
 
     return AtomicCheckpoint()
 
 
-BACKUP = "backup"
-_GENERATION = "epoch-{:04d}"  # one folder per backed-up epoch; the newest complete one is kept
-
-
-def latest_backup(run_dir: str | os.PathLike) -> tuple[Path, dict] | None:
+def latest_backup(run_dir: str | os.PathLike) -> tuple[BackupEpochDir, dict] | None:
     """The newest complete backup of an unfinished run, ``(folder, state)``, or None."""
-    done = sorted(p for p in (Path(run_dir) / BACKUP).glob("epoch-*") if (p / "state.json").exists())
-    return (done[-1], json.loads((done[-1] / "state.json").read_text())) if done else None
+    done = RunDir(run_dir).backup_epochs()
+    if not done:
+        return None
+    try:
+        return done[-1], json.loads(done[-1].state.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{done[-1].state}: corrupt training backup ({exc}); start the run over with --overwrite "
+                         "(OVERWRITE = True)") from exc
 
 
-def _epoch_backup(folder: Path, checkpoint, early, restored: dict | None):
+def _epoch_backup(run: RunDir, checkpoint, early, restored: dict | None):
     """After every epoch, back up what a restart needs: the weights with the optimizer's state
     (``save_weights``), the epoch, and the state of the best-model checkpoint and EarlyStopping
     (otherwise the first resumed epoch would overwrite a better ``model.keras`` and patience would
@@ -192,21 +267,24 @@ def _epoch_backup(folder: Path, checkpoint, early, restored: dict | None):
                 early.best_epoch = restored["early_best_epoch"]
 
         def on_epoch_end(self, epoch, logs=None):
-            final = folder / _GENERATION.format(epoch + 1)
+            final = run.backup_epoch(epoch + 1)
             try:
-                with staged_dir(final, "state.json") as tmp:
-                    self.model.save_weights(tmp / "model.weights.h5")
-                    atomic_write_json(tmp / "state.json", {
+                run.backup.mkdir(parents=True, exist_ok=True)
+                ensure_space(run.backup, _variables_bytes(self.model.weights)
+                             + _variables_bytes(self.model.optimizer.variables), "the training backup")
+                with staged_dir(final.root, BackupEpochDir) as tmp:
+                    self.model.save_weights(BackupEpochDir(tmp).weights)
+                    atomic_write_json(BackupEpochDir(tmp).state, {
                         "epoch": epoch + 1,
                         "checkpoint_best": float(checkpoint.best), "checkpoint_best_epoch": checkpoint.best_epoch,
                         "early_best": None if early.best is None else float(early.best),
                         "early_wait": int(early.wait), "early_best_epoch": int(early.best_epoch)})
             except OSError as exc:
-                raise OSError(f"{final}: could not write the training backup ({exc.strerror or exc}); "
+                raise OSError(f"{final.root}: could not write the training backup ({exc.strerror or exc}); "
                               f"free some space and run again: training continues after epoch {epoch}") from exc
-            for old in folder.glob("epoch-*"):
+            for old in run.backup_epochs():
                 if old != final:
-                    shutil.rmtree(old, ignore_errors=True)
+                    shutil.rmtree(old.root, ignore_errors=True)
 
     return EpochBackup()
 
@@ -266,16 +344,20 @@ def train(config: TrainConfig, verbose: int | str = "auto", log=None) -> Run:
     from seglib.data import make_dataset
     from seglib.model import build_unet, detect_device
 
-    run_dir = Path(config.run_dir)
-    run_dir.mkdir(parents=True, exist_ok=True)
-    backup = latest_backup(run_dir)
+    run = RunDir(config.run_dir)
+    state = run_state(run.root)
+    if state in ("finished", "started") or (state == "resumable" and config.overwrite):
+        remove_owned(run.root, RunDir)  # start over: the earlier run's files go, a user's files stay
+    run.root.mkdir(parents=True, exist_ok=True)
+    write_marker(run.root, RunDir.KIND)
+    backup = latest_backup(run.root)
     initial_epoch = backup[1]["epoch"] if backup else 0
-    _keep_history(run_dir / "history.csv", initial_epoch)  # a new run starts a new history
+    _keep_history(run.history, initial_epoch)  # a new run starts a new history
     device = detect_device()
     if device["kind"] == "cuda":
         keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(config.seed)
-    summary = json.loads((Path(config.prepared_dir) / "summary.json").read_text())
+    summary = json.loads(PreparedDir(config.prepared_dir).summary.read_text())
     train_ds = make_dataset(config.prepared_dir, "train", config.batch_size, shuffle=True, seed=config.seed,
                             augment=config.augment)
     val_ds = make_dataset(config.prepared_dir, "val", config.batch_size)
@@ -285,7 +367,7 @@ def train(config: TrainConfig, verbose: int | str = "auto", log=None) -> Run:
     config_record = {
         **asdict(config),
         "prepared_dir": str(Path(config.prepared_dir).resolve()),
-        "run_dir": str(run_dir.resolve()),
+        "run_dir": str(run.root.resolve()),
         "num_classes": palette.k,
         "input_size": size,
         "input": "RGB float in [0, 255]; the model's 'preprocess' layer applies the backbone's preprocessing",
@@ -294,8 +376,8 @@ def train(config: TrainConfig, verbose: int | str = "auto", log=None) -> Run:
         "device": device,
         "mixed_precision": device["kind"] == "cuda",
     }
-    atomic_write_json(run_dir / "config.json", config_record)
-    palette.save(run_dir / "palette.json")
+    atomic_write_json(run.config, config_record)
+    palette.save(run.palette)
 
     model = build_unet(config.backbone, palette.k, size, config.encoder_weights)
     weights = class_weights(summary["class_shares"]["train"]) if config.loss == "weighted_ce" else None
@@ -308,8 +390,12 @@ def train(config: TrainConfig, verbose: int | str = "auto", log=None) -> Run:
     )
     if backup:  # resume: the weights and the optimizer's state of the last backed-up epoch
         model.optimizer.build(model.trainable_variables)
-        model.load_weights(backup[0] / "model.weights.h5")
-    checkpoint = _atomic_checkpoint(run_dir / "model.keras", config.monitor)
+        try:
+            model.load_weights(backup[0].weights)
+        except Exception as exc:  # noqa: BLE001 - h5py and Keras raise several kinds for a damaged file
+            raise ValueError(f"{backup[0].weights}: corrupt training backup ({type(exc).__name__}: "
+                             f"{exc}); start the run over with --overwrite (OVERWRITE = True)") from exc
+    checkpoint = _atomic_checkpoint(run.model, config.monitor)
     mode = "max" if ("accuracy" in config.monitor or "iou" in config.monitor) else "min"
     early = keras.callbacks.EarlyStopping(config.monitor, patience=config.patience, mode=mode,
                                           restore_best_weights=True)
@@ -319,8 +405,8 @@ def train(config: TrainConfig, verbose: int | str = "auto", log=None) -> Run:
         keras.callbacks.TerminateOnNaN(),
         checkpoint,
         early,
-        _epoch_backup(run_dir / BACKUP, checkpoint, early, backup[1] if backup else None),
-        keras.callbacks.CSVLogger(str(run_dir / "history.csv"), append=True),
+        _epoch_backup(run, checkpoint, early, backup[1] if backup else None),
+        keras.callbacks.CSVLogger(str(run.history), append=True),
     ]
     if config.reduce_lr:
         callbacks.append(keras.callbacks.ReduceLROnPlateau(config.monitor, mode=mode, factor=0.5,
@@ -329,16 +415,16 @@ def train(config: TrainConfig, verbose: int | str = "auto", log=None) -> Run:
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=initial_epoch,
                         callbacks=callbacks, verbose=verbose, shuffle=False)  # the dataset shuffles itself
     losses = history.history.get("loss", [])
-    epochs_run = len(_read_history(run_dir / "history.csv"))
+    epochs_run = len(_read_history(run.history))
     if losses and not all(math.isfinite(v) for v in losses):
         stop = f"nan: loss became NaN at epoch {epochs_run}"
     elif early.stopped_epoch > 0:
         stop = f"early stop at epoch {early.stopped_epoch + 1}"
     else:
         stop = "finished"
-    if not (run_dir / "model.keras").exists():
+    if not run.model.exists():
         stop += " (no finite epoch: no model saved)"
-    shutil.rmtree(run_dir / BACKUP, ignore_errors=True)
+    shutil.rmtree(run.backup, ignore_errors=True)
     run_info = {
         "stop_reason": stop,
         "epochs_run": epochs_run,
@@ -349,8 +435,8 @@ def train(config: TrainConfig, verbose: int | str = "auto", log=None) -> Run:
         "seconds_per_epoch": [round(t, 2) for t in timer.seconds],
         "train_images_per_second": round(n_train / float(np.median(timer.seconds)), 2) if timer.seconds else None,
     }
-    atomic_write_json(run_dir / "run.json", run_info)
-    return Run(run_dir, config, _read_history(run_dir / "history.csv"), stop, epochs_run,
+    atomic_write_json(run.info, run_info)
+    return Run(run.root, config, _read_history(run.history), stop, epochs_run,
                checkpoint.best_epoch)
 
 
@@ -369,8 +455,8 @@ def _keep_history(path: Path, epochs: int) -> None:
         return
     with open(path, newline="") as f:
         rows = list(csv.reader(f))
-    kept = [rows[0]] + [r for r in rows[1:] if r and int(r[0]) < epochs]
-    if len(kept) != len(rows):
+    kept = [rows[0]] + [r for r in rows[1:] if len(r) == len(rows[0]) and r[0].isdigit() and int(r[0]) < epochs]
+    if len(kept) != len(rows):  # also drops a row cut short by a full disk
         text = io.StringIO()
         csv.writer(text).writerows(kept)
         atomic_write_text(path, text.getvalue())
@@ -389,4 +475,4 @@ def load_model(run_dir: str | os.PathLike):
     """The best model of a run (uncompiled)."""
     from seglib.model import load_keras_model
 
-    return load_keras_model(Path(run_dir) / "model.keras")
+    return load_keras_model(RunDir(run_dir).model)

@@ -142,6 +142,32 @@ def test_index_and_run_report_open_offline_in_chromium(failed_batch, open_in_chr
 
 
 @pytest.mark.slow
+def test_a_batch_never_reruns_finished_runs_or_touches_a_users_files_unasked(failed_batch):
+    root, config, _, _ = failed_batch
+    good = root / "reports" / "tiny" / "good"
+    before = {p.name: p.stat().st_mtime_ns for p in good.iterdir()}
+    with pytest.raises(BatchError, match="runs good finished earlier: --resume keeps them .*--overwrite"):
+        run_batch(config, root)
+    assert main(["batch", str(config), "--root", str(root)]) == 2
+    (root / "reports" / "tiny" / "broken" / "precious.txt").write_text("mine")
+    try:
+        with pytest.raises(BatchError, match=r"broken.* holds files seglib did not write \(precious.txt\)"):
+            run_batch(config, root, resume=True)
+    finally:
+        (root / "reports" / "tiny" / "broken" / "precious.txt").unlink()
+    broken_run = root / "artifacts" / "tiny" / "broken"  # training failed before it wrote anything there
+    broken_run.mkdir(parents=True, exist_ok=True)
+    (broken_run / "my_model.h5").write_text("mine")
+    try:
+        with pytest.raises(BatchError, match="broken.* holds files and is not a seglib run"):
+            run_batch(config, root, resume=True)
+        assert (broken_run / "my_model.h5").read_text() == "mine"
+    finally:
+        (broken_run / "my_model.h5").unlink()
+    assert {p.name: p.stat().st_mtime_ns for p in good.iterdir()} == before  # nothing ran, nothing changed
+
+
+@pytest.mark.slow
 def test_resume_reruns_only_the_failed_run(failed_batch):
     root, config, index, _ = failed_batch
     finished = root / "reports" / "tiny" / "good" / "03_evaluate_export.ipynb"

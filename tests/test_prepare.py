@@ -2,6 +2,7 @@ import json
 import shutil
 import subprocess
 import sys
+import time
 
 import numpy as np
 import pytest
@@ -111,16 +112,70 @@ def test_empty_and_non_image_folders(tmp_path):
 
 
 def test_output_folder_rules(synth_dir, tmp_path):
+    """Only an earlier prepared dataset holding nothing but seglib's files is replaced; a user's
+    folder, a look-alike, or one whose replacement would delete the pairs is refused untouched."""
     foreign = tmp_path / "foreign"
     foreign.mkdir()
     (foreign / "thesis.tex").write_text("precious")
-    with pytest.raises(FileExistsError, match="not written by seglib"):
+    with pytest.raises(FileExistsError, match="is not a prepared folder written by seglib"):
         prepare(synth_dir, foreign, size=32, progress=False)
-    assert (foreign / "thesis.tex").read_text() == "precious"
+    assert [p.name for p in foreign.iterdir()] == ["thesis.tex"]
+    lookalike = tmp_path / "lookalike"  # a summary.json does not make a folder seglib's
+    lookalike.mkdir()
+    (lookalike / "summary.json").write_text("{}")
+    (lookalike / "thesis.docx").write_text("precious")
+    with pytest.raises(FileExistsError, match="not a prepared folder written by seglib"):
+        prepare(synth_dir, lookalike, size=32, progress=False)
+    assert sorted(p.name for p in lookalike.iterdir()) == ["summary.json", "thesis.docx"]
+
     out = tmp_path / "out"
     prepare(synth_dir, out, size=32, progress=False)
-    prepare(synth_dir, out, size=48, progress=False)  # an earlier prepared dataset is replaced
-    assert open_split(out, "train").images.shape[1] == 48
+    prepare(synth_dir, out, size=64, progress=False)  # an earlier prepared dataset is replaced
+    assert open_split(out, "train").images.shape[1] == 64
+    (out / "notes.md").write_text("mine")  # ... unless the user keeps files in it
+    with pytest.raises(FileExistsError, match=r"holds files seglib did not write \(notes.md\)"):
+        prepare(synth_dir, out, size=32, progress=False)
+    assert (out / "notes.md").read_text() == "mine" and open_split(out, "train").images.shape[1] == 64
+    (out / "notes.md").unlink()
+
+    raw = out / "raw"  # pairs copied into the prepared folder, then prepared into it again
+    shutil.copytree(synth_dir, raw)
+    with pytest.raises(DatasetError, match="holds the pairs being prepared"):
+        prepare(raw, out, size=32, progress=False)
+    assert len(list((raw / "train").iterdir())) == len(list((synth_dir / "train").iterdir()))
+    assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp folders left
+
+
+@pytest.mark.parametrize("size", [8, 100, 48])
+def test_sizes_the_model_cannot_take_are_refused_before_any_work(synth_dir, tmp_path, size):
+    with pytest.raises(DatasetError, match="must be a multiple of 32"):
+        prepare(synth_dir, tmp_path / "out", size=size, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_an_empty_val_split_is_refused(synth_dir, tmp_path):
+    with pytest.raises(DatasetError, match=r"the val split would be empty .*--val-fraction is 0"):
+        prepare(synth_dir, tmp_path / "out", size=32, val_fraction=0, progress=False)
+    assert not (tmp_path / "out").exists()
+
+
+def test_a_killed_prepare_leaves_no_temp_folder_behind_on_the_next_run(synth_dir, tmp_path):
+    """A temp folder with seglib's marker whose process is gone is removed by the next prepare."""
+    import signal
+
+    script = (f"from seglib.prepare import prepare; prepare({str(synth_dir)!r}, {str(tmp_path / 'out')!r}, size=32, "
+              "sample_pixels_count=20000, progress=False, workers=1)")
+    killed = subprocess.Popen([sys.executable, "-c", script])
+    deadline = time.time() + 120
+    while not list(tmp_path.glob(".out.tmp-*/train")):
+        assert killed.poll() is None and time.time() < deadline, "prepare ended before it could be killed"
+        time.sleep(0.01)
+    killed.send_signal(signal.SIGKILL)
+    killed.wait()
+    assert list(tmp_path.glob(".out.tmp-*"))
+    (tmp_path / ".notes.tmp-keep").mkdir()  # a look-alike without seglib's marker stays
+    prepare(synth_dir, tmp_path / "out", size=32, progress=False)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [".notes.tmp-keep", "out"]
 
 
 def test_cli_prepare_and_errors(synth_dir, tmp_path):

@@ -25,8 +25,8 @@ def test_train_writes_a_complete_run(small_prepared, tmp_path):
                             encoder_weights=None, patience=5), verbose=0)
     run_dir = tmp_path / "run"
     assert run.stop_reason == "finished" and run.epochs_run == 3 and run.model_path.exists()
-    assert {p.name for p in run_dir.iterdir()} == {"config.json", "palette.json", "history.csv", "model.keras",
-                                                  "run.json"}
+    assert {p.name for p in run_dir.iterdir()} == {".seglib", "config.json", "palette.json", "history.csv",
+                                                  "model.keras", "run.json"}
     with open(run_dir / "history.csv") as f:
         rows = list(csv.DictReader(f))
     losses = [float(r["loss"]) for r in rows]
@@ -62,8 +62,12 @@ def test_bad_parameters_fail_before_training(small_prepared, tmp_path, change, m
 def test_palette_mismatch_is_refused(small_prepared, synth_dir, tmp_path):
     other = tmp_path / "k8"
     prepare(synth_dir, other, size=64, clusters=8, progress=False)
-    run_dir = tmp_path / "run"
-    run_dir.mkdir()
+    from seglib.fsutil import write_marker
+
+    run_dir = tmp_path / "run"  # an unfinished run trained on K=8 data, to be resumed on K=10 data
+    (run_dir / "backup" / "epoch-0001").mkdir(parents=True)
+    (run_dir / "backup" / "epoch-0001" / "state.json").write_text('{"epoch": 1}')
+    write_marker(run_dir, "run")
     (run_dir / "palette.json").write_bytes((other / "palette.json").read_bytes())
     with pytest.raises(ValueError, match="K=8"):
         validate(TrainConfig(str(small_prepared), str(run_dir), encoder_weights=None))
@@ -128,6 +132,8 @@ def test_backup_keeps_the_callbacks_state_and_survives_a_failed_write(tmp_path):
 
     from seglib.train import _atomic_checkpoint, _epoch_backup, latest_backup
 
+    from seglib.layout import RunDir
+
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="adam", loss="mse")
     folder = tmp_path / "backup"
@@ -136,7 +142,7 @@ def test_backup_keeps_the_callbacks_state_and_survives_a_failed_write(tmp_path):
         checkpoint = _atomic_checkpoint(tmp_path / "model.keras", "val_loss")
         early = keras.callbacks.EarlyStopping("val_loss", patience=5)
         early.on_train_begin()
-        backup = _epoch_backup(folder, checkpoint, early, restored)
+        backup = _epoch_backup(RunDir(tmp_path), checkpoint, early, restored)
         backup.set_model(model)
         return checkpoint, early, backup
 
@@ -148,7 +154,7 @@ def test_backup_keeps_the_callbacks_state_and_survives_a_failed_write(tmp_path):
     assert sorted(p.name for p in folder.iterdir()) == ["epoch-0004"]  # older backups removed
     (folder / "epoch-0005").mkdir()  # a backup killed half-way has no state.json: not used
     found, state = latest_backup(tmp_path)
-    assert found.name == "epoch-0004" and state["epoch"] == 4
+    assert found.root.name == "epoch-0004" and state["epoch"] == 4
 
     checkpoint, early, backup = fresh(state)  # a restarted process
     assert checkpoint.best == math.inf and early.wait == 0 and early.best is None
@@ -167,16 +173,69 @@ def test_backup_keeps_the_callbacks_state_and_survives_a_failed_write(tmp_path):
 
 
 @pytest.mark.slow
-def test_nan_loss_stops_cleanly_and_keeps_the_best_model(small_prepared, tmp_path):
+def test_a_finished_run_is_replaced_only_when_asked_and_a_nan_run_stops_cleanly(small_prepared, tmp_path):
     run_dir = tmp_path / "run"
     train(TrainConfig(str(small_prepared), str(run_dir), epochs=1, encoder_weights=None), verbose=0)
-    saved = (run_dir / "model.keras").read_bytes()
-    run = train(TrainConfig(str(small_prepared), str(run_dir), epochs=3, lr=1e12, encoder_weights=None), verbose=0)
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    with pytest.raises(FileExistsError, match="holds a finished run .*--overwrite"):
+        train(TrainConfig(str(small_prepared), str(run_dir), epochs=2, encoder_weights=None), verbose=0)
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before  # untouched
+    done = subprocess.run([sys.executable, "-m", "seglib", "train", str(small_prepared), str(run_dir),
+                           "--encoder-weights", "none"], capture_output=True, text=True)
+    assert done.returncode == 2 and "holds a finished run" in done.stderr and "Traceback" not in done.stderr
+
+    for stale in ("metrics.json", "confusion.npy", "model_int8.tflite", "export.json"):  # from the earlier model
+        (run_dir / stale).write_text("old")
+    (run_dir / "notes.md").write_text("mine")
+    run = train(TrainConfig(str(small_prepared), str(run_dir), epochs=3, lr=1e12, encoder_weights=None,
+                            overwrite=True), verbose=0)
     info = json.loads((run_dir / "run.json").read_text())
     assert run.stop_reason.startswith("nan") and info["stop_reason"].startswith("nan")
-    assert info["epochs_run"] == len(run.history) <= 1  # the second run's own history only
-    assert (run_dir / "model.keras").read_bytes() == saved
-    assert load_model(run_dir) is not None
+    assert info["epochs_run"] == len(run.history) <= 3  # the new run's own history only
+    assert not [p for p in ("metrics.json", "confusion.npy", "model_int8.tflite", "export.json") if (run_dir / p).exists()]
+    assert (run_dir / "notes.md").read_text() == "mine"  # the user's file stays
+    if (run_dir / "model.keras").exists():  # only a finite epoch is ever saved
+        probs = load_model(run_dir).predict(np.asarray(open_split(small_prepared, "test").images[:1], np.float32),
+                                            verbose=0)
+        assert np.isfinite(probs).all()
+    else:
+        assert "no model saved" in info["stop_reason"]
+
+
+def test_a_run_dir_that_is_not_a_seglib_run_is_refused(small_prepared, tmp_path):
+    (tmp_path / "run").mkdir()
+    (tmp_path / "run" / "thesis.docx").write_text("precious")
+    with pytest.raises(FileExistsError, match="is not a seglib run"):
+        validate(TrainConfig(str(small_prepared), str(tmp_path / "run"), encoder_weights=None))
+    assert [p.name for p in (tmp_path / "run").iterdir()] == ["thesis.docx"]
+
+
+@pytest.mark.parametrize("damage, message", [
+    ("label_in_row_20", "row 20 .* has class id 12, the palette has K=10"),
+    ("float_images", "expected uint8 images"),
+    ("no_channel_axis", "expected uint8 images"),
+    ("missing_rows_in_files", "rows but .* source files"),
+])
+def test_bad_prepared_arrays_are_refused_before_run_dir_is_made(small_prepared, tmp_path, damage, message):
+    import shutil
+
+    bad = tmp_path / "prepared"
+    shutil.copytree(small_prepared, bad)
+    train_split = bad / "train"
+    if damage == "label_in_row_20":
+        labels = np.load(train_split / "labels.npy")
+        labels[20, 5, 5] = 12
+        np.save(train_split / "labels.npy", labels)
+    elif damage == "float_images":
+        np.save(train_split / "images.npy", np.load(train_split / "images.npy").astype(np.float32))
+    elif damage == "no_channel_axis":
+        np.save(train_split / "images.npy", np.load(train_split / "images.npy")[..., 0])
+    else:
+        lines = (train_split / "files.txt").read_text().splitlines()
+        (train_split / "files.txt").write_text("\n".join(lines[:-1]) + "\n")
+    with pytest.raises(ValueError, match=message):
+        validate(TrainConfig(str(bad), str(tmp_path / "run"), encoder_weights=None))
+    assert not (tmp_path / "run").exists()
 
 
 @pytest.mark.slow
@@ -217,3 +276,32 @@ def test_losses_are_finite_differentiable_and_prefer_the_truth(name):
     assert np.isfinite(float(value)) and np.isfinite(grad.numpy()).all() and np.abs(grad.numpy()).sum() > 0
     perfect = tf.one_hot(tf.cast(y_true, tf.int32), 4) * 0.97 + 0.01
     assert float(loss(y_true, perfect)) < float(value)
+
+
+@pytest.mark.slow
+def test_a_full_disk_stops_training_with_one_line_and_it_resumes_after_space_is_freed(small_prepared, tmp_path):
+    """RUN_DIR on a small tmpfs: the first epoch's model and backup fit, the next backup does not.
+    (The same failure without a mount: test_backup_keeps_the_callbacks_state_and_survives_a_failed_write.)"""
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=180m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        run_dir = disk / "run"
+        cmd = [sys.executable, "-m", "seglib", "train", str(small_prepared), str(run_dir), "--backbone", "mobilenetv2",
+               "--epochs", "4", "--patience", "4", "--encoder-weights", "none"]
+        full = subprocess.run(cmd, capture_output=True, text=True)
+        assert full.returncode == 2, full.stderr[-3000:]
+        error = [line for line in full.stderr.splitlines() if line.startswith("error: ")]  # TF logs its own lines too
+        assert len(error) == 1 and full.stderr.strip().endswith(error[0]) and "Traceback" not in full.stderr
+        assert "No space left on device" in error[0] and "free some space and run again" in error[0]
+        assert not [p for p in run_dir.rglob(".*") if p.name != ".seglib"]  # no half-written temp file
+        assert load_model(run_dir) is not None and (run_dir / "backup").exists()
+        subprocess.run(["mount", "-o", "remount,size=800m", str(disk)], check=True)
+        resumed = subprocess.run(cmd, capture_output=True, text=True)
+        assert resumed.returncode == 0, resumed.stderr[-3000:]
+        with open(run_dir / "history.csv") as f:
+            assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1, 2, 3]
+        assert json.loads((run_dir / "run.json").read_text())["stop_reason"] == "finished"
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)

@@ -1,0 +1,160 @@
+"""Every file and folder name seglib reads or writes, in one place.
+
+A prepared dataset (:class:`PreparedDir`), a run (:class:`RunDir`), a batch's report folders
+(:class:`RunReportDir`, :class:`BatchDir`) and the data folders seglib makes (synthetic pairs, a
+Kaggle download) each carry a marker file, ``.seglib``, saying what wrote them and in which format.
+Only folders with the right marker are ever replaced or cleaned, and only the entries seglib
+writes in them (``OWNED``, glob patterns relative to the folder): a folder holding anything else is
+refused with the names of the strangers, so a user's files are never lost.
+"""
+from __future__ import annotations
+
+import os
+from dataclasses import dataclass
+from pathlib import Path
+
+MARKER = ".seglib"
+FORMAT = 1
+SPLITS = ("train", "val", "test")
+REPORT = "report.html"
+TEMP_PATTERNS = (".*.tmp-*", ".*.tmp", ".*.old-*")  # seglib's staged writes (see seglib.fsutil)
+
+
+@dataclass(frozen=True)
+class SplitFiles:
+    images: Path
+    labels: Path
+    files: Path
+
+
+class Folder:
+    """A folder of a known layout: ``KIND`` (its marker's kind) and ``OWNED`` (what seglib writes)."""
+
+    KIND = ""
+    OWNED: tuple[str, ...] = ()
+
+    def __init__(self, root: str | os.PathLike):
+        self.root = Path(root)
+
+    def __repr__(self) -> str:
+        return f"{type(self).__name__}({str(self.root)!r})"
+
+    def __eq__(self, other) -> bool:
+        return type(self) is type(other) and self.root == other.root
+
+    def __hash__(self) -> int:
+        return hash((type(self), self.root))
+
+
+class PreparedDir(Folder):
+    """``palette.json``, ``summary.json`` and per split ``images.npy``, ``labels.npy``, ``files.txt``."""
+
+    KIND = "prepared"
+    OWNED = (MARKER, "palette.json", "summary.json", *SPLITS,
+             *(f"{s}/{name}" for s in SPLITS for name in ("images.npy", "labels.npy", "files.txt")), *TEMP_PATTERNS)
+
+    @property
+    def palette(self) -> Path:
+        return self.root / "palette.json"
+
+    @property
+    def summary(self) -> Path:
+        return self.root / "summary.json"
+
+    def split(self, name: str) -> SplitFiles:
+        folder = self.root / name
+        return SplitFiles(folder / "images.npy", folder / "labels.npy", folder / "files.txt")
+
+
+class RunDir(Folder):
+    """A trained run: what training writes, then evaluation and export."""
+
+    KIND = "run"
+    OWNED = (MARKER, "config.json", "palette.json", "history.csv", "model.keras", "run.json", "metrics.json",
+             "confusion.npy", "export.json", "model_*.tflite", "backup", "backup/*", ".saved_model-*",
+             *TEMP_PATTERNS)
+
+    config = property(lambda self: self.root / "config.json")
+    palette = property(lambda self: self.root / "palette.json")
+    history = property(lambda self: self.root / "history.csv")
+    model = property(lambda self: self.root / "model.keras")
+    info = property(lambda self: self.root / "run.json", doc="how training ended (run.json)")
+    metrics = property(lambda self: self.root / "metrics.json")
+    confusion = property(lambda self: self.root / "confusion.npy")
+    export = property(lambda self: self.root / "export.json")
+    backup = property(lambda self: self.root / "backup")
+
+    def tflite(self, fmt: str) -> Path:
+        return self.root / f"model_{fmt}.tflite"
+
+    def backup_epoch(self, epoch: int) -> BackupEpochDir:
+        return BackupEpochDir(self.backup / f"epoch-{epoch:04d}")
+
+    def backup_epochs(self) -> list[BackupEpochDir]:
+        """The complete backed-up epochs, oldest first (a folder is complete once its state is in it)."""
+        return [BackupEpochDir(p) for p in sorted(self.backup.glob("epoch-*")) if BackupEpochDir(p).state.exists()]
+
+    def derived(self) -> list[Path]:
+        """What evaluation and export wrote from the model (stale once the model changes)."""
+        return [self.metrics, self.confusion, self.export, *sorted(self.root.glob("model_*.tflite"))]
+
+
+class BackupEpochDir(Folder):
+    """``backup/epoch-NNNN/``: what resuming after epoch NNNN needs (see ``seglib.train``)."""
+
+    KIND = "backup"
+    OWNED = (MARKER, "state.json", "model.weights.h5", *TEMP_PATTERNS)
+    state = property(lambda self: self.root / "state.json")
+    weights = property(lambda self: self.root / "model.weights.h5")
+
+
+class RunReportDir(Folder):
+    """``reports/<batch>/<run>/``: the run's executed notebooks, report, log and status."""
+
+    KIND = "run-report"
+    OWNED = (MARKER, "status.json", "run.log", REPORT, "0*.ipynb", "0*.html", *TEMP_PATTERNS)
+
+    status = property(lambda self: self.root / "status.json")
+    log = property(lambda self: self.root / "run.log")
+    report = property(lambda self: self.root / REPORT)
+
+    def notebook(self, step: str) -> Path:
+        return self.root / f"{step}.ipynb"
+
+    def html(self, step: str) -> Path:
+        return self.root / f"{step}.html"
+
+
+class BatchDir(Folder):
+    """``reports/<batch>/``: the comparison page, the config as run, a folder per run and one per
+    prepared data setting (``_data/<setting>/``)."""
+
+    KIND = "batch"
+
+    index = property(lambda self: self.root / "index.html")
+    config = property(lambda self: self.root / "batch.yaml")
+
+    def run(self, name: str) -> RunReportDir:
+        return RunReportDir(self.root / name)
+
+    data_root = property(lambda self: self.root / "_data")
+
+    def data(self, setting: str) -> RunReportDir:
+        return RunReportDir(self.data_root / setting)
+
+
+class SyntheticDir(Folder):
+    """Generated pairs in the Kaggle layout, with their true labelIds in ``ids/``."""
+
+    KIND = "synthetic"
+    OWNED = (MARKER, "synthetic.json", "train", "val", "ids", "ids/train", "ids/val", "train/*.jpg", "val/*.jpg",
+             "ids/*/*.png", *TEMP_PATTERNS)
+    info = property(lambda self: self.root / "synthetic.json")
+
+
+class KaggleDir(Folder):
+    """A Kaggle dataset's ``train/`` and ``val/`` as downloaded."""
+
+    KIND = "kaggle"
+    OWNED = (MARKER, "kaggle.json", "train", "val", "train/*", "val/*", *TEMP_PATTERNS)
+    info = property(lambda self: self.root / "kaggle.json")
