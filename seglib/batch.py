@@ -63,6 +63,25 @@ class BatchError(ValueError):
     """A batch config that cannot run (names the file and the problem)."""
 
 
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _no_alias_loader():
+    """A safe YAML loader that refuses aliases (``*name``): a few hundred bytes of nested aliases
+    expand to gigabytes ("billion laughs"), and a batch config has no use for them."""
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.YAMLError(f"aliases (*{event.anchor}) are not allowed in a batch config, "
+                                     f"line {event.start_mark.line + 1}")
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
+
+
 @dataclass
 class Run:
     name: str
@@ -112,11 +131,14 @@ def load_config(config: str | os.PathLike | dict, root: str | os.PathLike = ".")
     else:
         source = str(config)
         try:
-            raw = yaml.safe_load(Path(config).read_text())
+            if Path(config).stat().st_size > MAX_CONFIG_BYTES:
+                raise BatchError(f"{source}: {Path(config).stat().st_size} bytes; a batch config may have at most "
+                                 f"{MAX_CONFIG_BYTES}")
+            raw = yaml.load(Path(config).read_text(encoding="utf-8"), Loader=_no_alias_loader())
         except FileNotFoundError:
             raise BatchError(f"{source}: batch config not found") from None
-        except yaml.YAMLError as e:
-            raise BatchError(f"{source}: not valid YAML: {e}") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise BatchError(f"{source}: not valid YAML: {' '.join(str(e).split())}") from None
     if not isinstance(raw, dict):
         raise BatchError(f"{source}: expected a mapping with 'parameters' and 'runs'")
     unknown_keys = set(raw) - {"name", "parameters", "runs", "reports_dir", "artifacts_dir", "prepared_dir"}

@@ -6,6 +6,8 @@ import json
 import sys
 from pathlib import Path
 
+from seglib.pairs import MAX_PIXELS
+
 
 def _cmd_prepare(args) -> int:
     from seglib.datasets import resolve_data_dir
@@ -15,7 +17,7 @@ def _cmd_prepare(args) -> int:
         resolve_data_dir(args.data_dir, kaggle_cache=args.kaggle_cache), args.out_dir, clusters=args.clusters, seed=args.seed, size=args.size,
         val_fraction=args.val_fraction, sample_pixels_count=args.sample_pixels,
         skip_bad=args.skip_bad, resolve_edges=not args.no_edge_resolution, workers=args.workers,
-        progress=not args.quiet,
+        progress=not args.quiet, max_pixels=args.max_pixels,
     )
     counts = summary["counts"]
     print(f"prepared {args.out_dir}: train {counts['train']}, val {counts['val']}, test {counts['test']} "
@@ -89,13 +91,14 @@ def _cmd_export(args) -> int:
 def _cmd_predict(args) -> int:
     from seglib.predict import predict_paths
 
-    result = predict_paths(args.model, args.input, args.out_dir)
-    print(f"wrote masks and overlays for {len(result['written'])} image(s) to {args.out_dir}")
+    result = predict_paths(args.model, args.input, args.out_dir, max_pixels=args.max_pixels)
+    files = sum(len(item["outputs"]) for item in result["written"])
+    print(f"wrote {files} files (mask and overlay) for {len(result['written'])} image(s) to {args.out_dir}")
     if result["skipped"]:
         print(f"skipped {len(result['skipped'])} unreadable image(s):")
         for item in result["skipped"]:
             print(f"  {item['file']}: {item['reason']}")
-    return 0
+    return 0 if result["written"] else 2
 
 
 def _cmd_report(args) -> int:
@@ -170,6 +173,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="label by nearest palette colour only (faster, less accurate at class borders)")
     p.add_argument("--workers", type=int, default=None)
     p.add_argument("--kaggle-cache", default="data/kaggle", help="where kaggle: datasets are downloaded once")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
+                   help="image files over this many pixels are bad files (checked in the header, before decoding)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_prepare)
 
@@ -222,6 +227,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("model", help="RUN_DIR/model.keras or RUN_DIR/model_<fmt>.tflite")
     p.add_argument("input")
     p.add_argument("out_dir")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="larger images are skipped (header check)")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("report", help="write a trained run's self-contained HTML report (reports/<run>/report.html)")

@@ -16,9 +16,11 @@ from typing import Any
 
 import cv2
 import numpy as np
+import simplejpeg
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 ASPECT_TOLERANCE = 0.1  # width/height may be 2 +- 0.1
+MAX_PIXELS = 50_000_000  # per image file, checked in its header before decoding (a 2x Cityscapes pair is 4 MP)
 
 
 class PairError(ValueError):
@@ -30,21 +32,61 @@ class PairError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
-def decode_image(path: str | os.PathLike) -> np.ndarray:
+def image_size(data: bytes, path: str | os.PathLike = "<bytes>") -> tuple[int, int]:
+    """``(width, height)`` an image file declares in its header, read without decoding it."""
+    import io
+    import warnings
+
+    from PIL import Image, UnidentifiedImageError
+
+    if data[:2] == b"\xff\xd8":
+        try:
+            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+        except ValueError as exc:
+            raise PairError(path, f"not a readable JPEG ({exc})") from exc
+        return width, height
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # Pillow's own decompression-bomb warning: the limit is ours
+            Image.MAX_IMAGE_PIXELS = None
+            with Image.open(io.BytesIO(data)) as image:
+                return image.size
+    except (UnidentifiedImageError, OSError, ValueError) as exc:
+        raise PairError(path, "not a readable image (corrupt or unsupported format)") from exc
+
+
+def decode_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode an image file to an RGB uint8 array (H, W, 3).
 
-    Accepts 8- and 16-bit images and drops an alpha channel; rejects grayscale (a mask needs its
-    colours), truncated JPEGs and anything OpenCV cannot decode.
+    The header is read first: an image over ``max_pixels`` is refused before anything is
+    decoded. JPEGs are decoded strictly, so a truncated one (even with its end marker put back)
+    is refused instead of coming out with grey rows. Accepts 8- and 16-bit images and drops an
+    alpha channel; rejects grayscale (a mask needs its colours). Every problem is this file's
+    :class:`PairError`.
     """
     try:
-        data = np.fromfile(path, dtype=np.uint8)
+        data = Path(path).read_bytes()
     except OSError as exc:
         raise PairError(path, f"cannot read file ({exc.strerror or exc})") from exc
-    if data.size == 0:
+    if not data:
         raise PairError(path, "empty file")
-    if data[:2].tobytes() == b"\xff\xd8" and b"\xff\xd9" not in data[-1024:].tobytes():
-        raise PairError(path, "truncated JPEG (no end-of-image marker)")
-    image = cv2.imdecode(data, cv2.IMREAD_UNCHANGED)
+    width, height = image_size(data, path)
+    if width * height > max_pixels:
+        raise PairError(path, f"image is {width}x{height} ({width * height / 1e6:.0f} MP), over the limit of "
+                              f"{max_pixels / 1e6:.0f} MP (--max-pixels)")
+    if data[:2] == b"\xff\xd8":
+        _, _, colorspace, _ = simplejpeg.decode_jpeg_header(data)
+        if colorspace == "Gray":
+            raise PairError(path, "grayscale image: the mask half needs its colours")
+        if colorspace in ("YCbCr", "RGB"):
+            try:
+                return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+            except ValueError as exc:
+                raise PairError(path, f"truncated or corrupt JPEG ({exc})") from exc
+    try:
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    except cv2.error as exc:
+        raise PairError(path, f"not a readable image ({' '.join(str(exc).split())[-200:]})") from exc
     if image is None:
         raise PairError(path, "not a readable image (corrupt or unsupported format)")
     if image.dtype == np.uint16:
@@ -79,9 +121,10 @@ def split_pair(image: np.ndarray, path: str | os.PathLike = "<array>", size: int
     return np.ascontiguousarray(photo), np.ascontiguousarray(mask)
 
 
-def read_pair(path: str | os.PathLike, size: int | None = 256) -> tuple[np.ndarray, np.ndarray]:
+def read_pair(path: str | os.PathLike, size: int | None = 256,
+              max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
     """Read one pair file into ``(photo, mask)`` RGB uint8 arrays of ``size`` x ``size``."""
-    return split_pair(decode_image(path), path, size)
+    return split_pair(decode_image(path, max_pixels), path, size)
 
 
 def _natural_key(path: Path):
@@ -110,7 +153,7 @@ def scan_folder(folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:
 
 def iter_pairs(
     files: Iterable[str | os.PathLike], size: int | None = 256, workers: int | None = None,
-    then: Callable[[int, np.ndarray, np.ndarray], Any] | None = None,
+    then: Callable[[int, np.ndarray, np.ndarray], Any] | None = None, max_pixels: int = MAX_PIXELS,
 ) -> Iterator[tuple[Path, Any]]:
     """Decode pairs in parallel threads (OpenCV releases the GIL), yielding in input order.
 
@@ -124,7 +167,7 @@ def iter_pairs(
 
     def load(index: int, path: Path):
         try:
-            photo, mask = read_pair(path, size)
+            photo, mask = read_pair(path, size, max_pixels)
         except PairError as exc:
             return exc
         return (photo, mask) if then is None else then(index, photo, mask)

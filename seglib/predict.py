@@ -16,7 +16,13 @@ import numpy as np
 from seglib.fsutil import atomic_write_bytes
 from seglib.labels import Palette
 from seglib.layout import RunDir
-from seglib.pairs import ASPECT_TOLERANCE, IMAGE_SUFFIXES, PairError, decode_image
+from seglib.pairs import (
+    ASPECT_TOLERANCE,
+    IMAGE_SUFFIXES,
+    MAX_PIXELS,
+    PairError,
+    decode_image,
+)
 
 
 def load_predictor(model_path: str | os.PathLike):
@@ -47,22 +53,35 @@ def photo_of(image: np.ndarray) -> np.ndarray:
     return image[:, : w // 2] if abs(w / h - 2.0) <= ASPECT_TOLERANCE else image
 
 
-def predict_paths(model_path, input_path, out_dir, alpha: float = 0.5) -> dict:
-    """Predict every image under ``input_path``; returns {"written": [...], "skipped": [...]}."""
-    predict, size, palette = load_predictor(model_path)
+def output_names(files: list[Path]) -> dict[Path, str]:
+    """The name each input's outputs get: its stem, or stem and suffix (``1_jpg``) where two inputs
+    share a stem, so no output overwrites another."""
+    stems = [f.stem for f in files]
+    return {f: f.stem if stems.count(f.stem) == 1 else f"{f.stem}_{f.suffix.lstrip('.').lower()}" for f in files}
+
+
+def predict_paths(model_path, input_path, out_dir, alpha: float = 0.5, max_pixels: int = MAX_PIXELS) -> dict:
+    """Predict every image under ``input_path``; returns {"written": [...], "skipped": [...]}, where
+    each written entry is the input and its two outputs. Unreadable or oversized images are
+    skipped and listed; an input with no image to predict is an error."""
     input_path, out_dir = Path(input_path), Path(out_dir)
     if input_path.is_dir():
         files = sorted(p for p in input_path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
-    elif input_path.exists():
+        if not files:
+            raise FileNotFoundError(f"{input_path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
+    elif input_path.is_file():
         files = [input_path]
     else:
         raise FileNotFoundError(f"{input_path}: no such file or folder")
-    out_dir.mkdir(parents=True, exist_ok=True)
+    predict, size, palette = load_predictor(model_path)
+    names = output_names(files)
     written, skipped = [], []
     for path in files:
         try:
-            photo = photo_of(decode_image(path))
+            photo = photo_of(decode_image(path, max_pixels))
         except PairError as exc:
+            if input_path.is_file():
+                raise
             skipped.append({"file": str(path), "reason": exc.reason})
             continue
         h, w = photo.shape[:2]
@@ -71,8 +90,10 @@ def predict_paths(model_path, input_path, out_dir, alpha: float = 0.5) -> dict:
         labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
         mask = palette.colourize(labels)
         overlay = cv2.addWeighted(photo, 1 - alpha, mask, alpha, 0)
+        outputs = []
         for suffix, img in (("mask", mask), ("overlay", overlay)):
             png = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1].tobytes()
-            atomic_write_bytes(out_dir / f"{path.stem}_{suffix}.png", png)
-        written.append(str(path))
+            outputs.append(out_dir / f"{names[path]}_{suffix}.png")
+            atomic_write_bytes(outputs[-1], png)
+        written.append({"file": str(path), "outputs": [str(o) for o in outputs]})
     return {"written": written, "skipped": skipped}

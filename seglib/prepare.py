@@ -14,7 +14,7 @@ import json
 import os
 import time
 from concurrent.futures import Future, ThreadPoolExecutor
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from datetime import datetime, timezone
 from pathlib import Path
 
@@ -34,7 +34,7 @@ from seglib.labels import (
     sample_pixels,
 )
 from seglib.layout import SPLITS, PreparedDir, SplitFiles
-from seglib.pairs import PairError, iter_pairs, scan_folder
+from seglib.pairs import MAX_PIXELS, PairError, iter_pairs, scan_folder
 
 FLAT_TEST_FRACTION = 0.2
 SIZE_STEP = 32  # the U-Net halves the image five times
@@ -162,22 +162,37 @@ class _NpyWriter:
         self.file.close()
 
 
-def _read_split(files, out: SplitFiles, size: int, skip_bad: bool, skipped: list, workers, progress, name,
-                then, keep) -> list[Path]:
+@dataclass
+class _Reading:
+    """How the pairs are read: their size, the worker threads, the progress bar, what to do with a
+    bad file (raise, or list it in ``skipped`` with ``skip_bad``), the pixel limit per file."""
+
+    size: int
+    workers: int
+    progress: bool
+    skip_bad: bool
+    max_pixels: int
+    skipped: list = field(default_factory=list)
+
+
+def _read_split(files, out: SplitFiles, reading: _Reading, name: str, then, keep) -> list[Path]:
     """Decode ``files`` in worker threads, which also run ``then(index, photo, mask)``, and write
     ``out.images``; each kept result goes to ``keep(result)``, in file order. Bad files
-    raise, or with ``skip_bad`` are listed in ``skipped``. Returns the kept files."""
+    raise, or with ``skip_bad`` are listed. Returns the kept files."""
+    size = reading.size
     out.images.parent.mkdir(parents=True, exist_ok=True)
     images = _NpyWriter(out.images, (size, size, 3), np.uint8, len(files))
     kept: list[Path] = []
     try:
-        with tqdm(total=len(files), desc=f"read {name}", unit="pair", disable=not progress, leave=False) as bar:
-            for path, result in iter_pairs(files, size=size, workers=workers, then=then):
+        with tqdm(total=len(files), desc=f"read {name}", unit="pair", disable=not reading.progress,
+                  leave=False) as bar:
+            for path, result in iter_pairs(files, size=size, workers=reading.workers, then=then,
+                                           max_pixels=reading.max_pixels):
                 bar.update()
                 if isinstance(result, PairError):
-                    if not skip_bad:
+                    if not reading.skip_bad:
                         raise result
-                    skipped.append({"file": str(path), "reason": result.reason})
+                    reading.skipped.append({"file": str(path), "reason": result.reason})
                     continue
                 images.append(result[0])
                 keep(result)
@@ -234,16 +249,15 @@ class _SplitLabeller:
         return self.counts + np.zeros(self.fitting.result()[0].k)  # counts is still 0 if no pair was kept
 
 
-def _read_labelled(files, out: SplitFiles, size: int, skip_bad: bool, skipped: list, workers, progress, name,
-                   fitting: Future, resolve: bool) -> tuple[list[Path], np.ndarray]:
+def _read_labelled(files, out: SplitFiles, reading: _Reading, name: str, fitting: Future,
+                   resolve: bool) -> tuple[list[Path], np.ndarray]:
     """Decode a split and write its ``images.npy`` and ``labels.npy``; returns (kept files, class
     pixel counts)."""
     out.labels.parent.mkdir(parents=True)
-    labeller = _SplitLabeller(fitting, out.labels, size, len(files), resolve)
+    labeller = _SplitLabeller(fitting, out.labels, reading.size, len(files), resolve)
     complete = False
     try:
-        kept = _read_split(files, out, size, skip_bad, skipped, workers, progress, name,
-                           labeller.then, labeller.keep)
+        kept = _read_split(files, out, reading, name, labeller.then, labeller.keep)
         complete = True
     finally:
         labeller.close(complete)
@@ -276,6 +290,25 @@ def _label_masks(fitting: Future, masks: list[np.ndarray], out: SplitFiles, work
     return counts
 
 
+SAMPLE_BYTES_PER_PIXEL = 24  # the drawn RGB pixels, their keys for np.unique and its sort, with room to spare
+
+
+def _sample_size(sample_pixels: int, train_files: int, size: int) -> int:
+    """The K-Means sample drawn: what was asked for, at most what the training masks hold; refused
+    before anything is allocated when memory cannot hold it."""
+    import psutil
+
+    sample = min(sample_pixels, train_files * size * size)
+    needed, available = sample * SAMPLE_BYTES_PER_PIXEL, psutil.virtual_memory().available
+    if needed > available // 2:
+        def amount(n: float) -> str:
+            return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
+
+        raise DatasetError(f"--sample-pixels {sample_pixels}: the K-Means sample needs about {amount(needed)}, more "
+                           f"than half of the {amount(available)} of free memory; use fewer (the default is 200000)")
+    return sample
+
+
 def _check_source_is_safe(data_dir, out_dir: Path) -> None:
     """Refuse an OUT_DIR whose replacement would delete the pairs being read: DATA_DIR itself, or
     a folder that holds it."""
@@ -302,11 +335,13 @@ def prepare(
     resolve_edges: bool = True,
     workers: int | None = None,
     progress: bool = True,
+    max_pixels: int = MAX_PIXELS,
 ) -> dict:
     """Prepare ``data_dir`` into ``out_dir``; returns the summary (also written as summary.json).
 
     ``resolve_edges=False`` labels by nearest colour only: about 4x faster labelling, lower
-    label quality at class borders (see ``seglib.labels``).
+    label quality at class borders (see ``seglib.labels``). Image files over ``max_pixels`` are
+    bad files (refused from their header, before decoding).
     """
     started = time.perf_counter()
     if not 2 <= clusters <= 255:
@@ -318,6 +353,7 @@ def prepare(
     out_dir = Path(out_dir)
     _check_source_is_safe(data_dir, out_dir)
     splits, layout, ignored = split_files(data_dir, val_fraction, seed)
+    sample_pixels_count = _sample_size(sample_pixels_count, len(splits["train"]), size)
     for name in SPLITS:
         if not splits[name]:
             raise DatasetError(f"{data_dir}: the {name} split would be empty ({len(splits['train'])} train, "
@@ -325,7 +361,7 @@ def prepare(
                                + (" (--val-fraction is 0)" if name == "val" and val_fraction == 0 else ""))
     workers = workers or min(8, os.cpu_count() or 1)
     with staged_dir(out_dir, PreparedDir) as tmp:
-        skipped: list[dict] = []
+        reading = _Reading(size, workers, progress, skip_bad, max_pixels)
         kept, counts = {}, {}
         # the worker threads draw each training mask's share of the K-Means sample; the masks stay
         # in memory to be labelled once the palette is fitted
@@ -339,10 +375,10 @@ def prepare(
             train_masks.append(result[1])
             drawn.append(result[2])
 
-        kept["train"] = _read_split(splits["train"], PreparedDir(tmp).split("train"), size, skip_bad, skipped, workers, progress,
-                                    "train", draw, keep_train)
+        kept["train"] = _read_split(splits["train"], PreparedDir(tmp).split("train"), reading, "train", draw,
+                                    keep_train)
         if not kept["train"]:
-            raise DatasetError(f"{data_dir}: no usable training pairs (all {len(skipped)} files were bad)")
+            raise DatasetError(f"{data_dir}: no usable training pairs (all {len(reading.skipped)} files were bad)")
         decoded = time.perf_counter()
 
         # each mask drew ceil(n / files) pixels; when bad files were skipped, draw again over the
@@ -353,11 +389,11 @@ def prepare(
         # thread while the worker threads already decode val and test, so no core waits for it
         with ThreadPoolExecutor(1, thread_name_prefix="seglib-fit") as background:
             fitting = background.submit(_fit, pixels, clusters, seed)
-            train_labelling = background.submit(_label_masks, fitting, train_masks, PreparedDir(tmp).split("train"), workers,
-                                                resolve_edges)
+            train_labelling = background.submit(_label_masks, fitting, train_masks, PreparedDir(tmp).split("train"),
+                                                reading.workers, resolve_edges)
             for name in ("val", "test"):
-                kept[name], counts[name] = _read_labelled(splits[name], PreparedDir(tmp).split(name), size, skip_bad, skipped,
-                                                          workers, progress, name, fitting, resolve_edges)
+                kept[name], counts[name] = _read_labelled(splits[name], PreparedDir(tmp).split(name), reading, name,
+                                                          fitting, resolve_edges)
             counts["train"] = train_labelling.result()
         train_masks.clear()
         palette, fit_seconds = fitting.result()
@@ -382,8 +418,8 @@ def prepare(
                 "resolve_edges": resolve_edges,
             },
             "counts": {name: len(kept[name]) for name in SPLITS},
-            "skipped_count": len(skipped),
-            "skipped": skipped,
+            "skipped_count": len(reading.skipped),
+            "skipped": reading.skipped,
             "ignored_files": [str(p) for p in ignored],
             "class_shares": shares,
             "palette_warnings": close_classes(palette),

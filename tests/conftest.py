@@ -55,6 +55,25 @@ def trained(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture
+def declared_png():
+    """``make(path, width, height)``: a tiny valid PNG whose header declares a 16-bit RGBA image of
+    that size (a decompression bomb when large)."""
+    import struct
+    import zlib
+
+    def chunk(kind, data):
+        return struct.pack(">I", len(data)) + kind + data + struct.pack(">I", zlib.crc32(kind + data) & 0xFFFFFFFF)
+
+    def make(path: Path, width: int, height: int) -> Path:
+        header = struct.pack(">IIBBBBB", width, height, 16, 6, 0, 0, 0)
+        path.write_bytes(b"\x89PNG\r\n\x1a\n" + chunk(b"IHDR", header) + chunk(b"IDAT", zlib.compress(b"\0" * 1000))
+                         + chunk(b"IEND", b""))
+        return path
+
+    return make
+
+
 CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
                   "--disable-background-networking", "--disable-component-update", "--disable-sync",
                   "--hide-scrollbars", "--enable-logging=stderr", "--v=0"]

@@ -43,6 +43,24 @@ def test_bad_configs_fail_before_anything_runs(tmp_path, runs, shared, message):
     assert not (tmp_path / "reports").exists()
 
 
+def test_a_yaml_alias_bomb_or_a_huge_config_is_refused_at_once(tmp_path):
+    import time
+
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}" + f", *{chr(97 + i)}" * 8
+                                                   + "]" for i in range(8)]
+    bomb = tmp_path / "bomb.yaml"
+    bomb.write_text("\n".join(lines) + "\nruns: [{name: x}]\n")
+    assert len(bomb.read_bytes()) < 600
+    started = time.perf_counter()
+    with pytest.raises(BatchError, match=r"bomb.yaml: not valid YAML: aliases \(\*a\) are not allowed"):
+        load_config(bomb, tmp_path)
+    assert time.perf_counter() - started < 1
+    huge = tmp_path / "huge.yaml"
+    huge.write_text("# " + "x" * (2 << 20) + "\nruns: [{name: x}]\n")
+    with pytest.raises(BatchError, match="huge.yaml: .* bytes; a batch config may have at most 1048576"):
+        load_config(huge, tmp_path)
+
+
 def test_cli_reports_config_errors_and_unknown_only(tmp_path, capsys):
     config = write_config(tmp_path / "sweep.yaml", [{"name": "a"}])
     assert main(["batch", str(config), "--only", "b", "--root", str(tmp_path)]) == 2

@@ -50,7 +50,7 @@ def test_tflite_export_parity_and_size(trained):
 
 @pytest.mark.slow
 @pytest.mark.parametrize("model_file", ["model.keras", "model_fp32.tflite"])
-def test_predict_folder_with_a_corrupt_file(trained, tmp_path, model_file):
+def test_predict_folder_with_a_corrupt_file(trained, tmp_path, model_file, declared_png):
     if not (trained / "run" / model_file).exists():
         export_run(trained / "run", formats=["fp32"], calibration_images=8, eval_images=4, latency_repeats=2)
     folder = tmp_path / "in"
@@ -62,9 +62,11 @@ def test_predict_folder_with_a_corrupt_file(trained, tmp_path, model_file):
 
     cv2.imwrite(str(folder / "photo.png"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))  # a plain photo, not a pair
     (folder / "corrupt.jpg").write_bytes(b"\xff\xd8 broken")
+    declared_png(folder / "huge.png", 100_000, 50_000)
     result = predict_paths(trained / "run" / model_file, folder, tmp_path / "out")
     assert len(result["written"]) == 3
-    assert [s["file"].rsplit("/", 1)[-1] for s in result["skipped"]] == ["corrupt.jpg"]
+    assert {s["file"].rsplit("/", 1)[-1]: s["reason"].split(" ")[0] for s in result["skipped"]} == \
+        {"corrupt.jpg": "not", "huge.png": "image"}
     mask = cv2.imread(str(tmp_path / "out" / "pair0_mask.png"))
     assert mask.shape == (128, 128, 3)  # the photo half of a 256x128 pair, at its own size
     assert cv2.imread(str(tmp_path / "out" / "photo_overlay.png")).shape == (64, 64, 3)
@@ -94,3 +96,48 @@ def test_without_ai_edge_litert_export_and_predict_fall_back_to_tf_lite(trained,
     done = predict_paths(run / "model_int8.tflite", image, tmp_path / "out")
     assert len(done["written"]) == 1 and (tmp_path / "out" / f"{image.stem}_mask.png").exists()
 
+
+
+@pytest.mark.slow
+def test_predict_names_outputs_apart_and_refuses_nothing_to_predict(trained, tmp_path):
+    import subprocess
+    import sys
+
+    import cv2
+
+    folder = tmp_path / "in"
+    folder.mkdir()
+    photo = np.asarray(open_split(trained / "prepared", "test").images[0])
+    cv2.imwrite(str(folder / "1.jpg"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    cv2.imwrite(str(folder / "1.png"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))
+    model = str(trained / "run" / "model.keras")
+
+    def predict(*args):
+        return subprocess.run([sys.executable, "-m", "seglib", "predict", model, *map(str, args)],
+                              capture_output=True, text=True)
+
+    done = predict(folder, tmp_path / "out")
+    assert done.returncode == 0 and "wrote 4 files (mask and overlay) for 2 image(s)" in done.stdout
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["1_jpg_mask.png", "1_jpg_overlay.png",
+                                                                     "1_png_mask.png", "1_png_overlay.png"]
+    (tmp_path / "notes.txt").write_text("not an image")
+    single = predict(tmp_path / "notes.txt", tmp_path / "out2")
+    assert single.returncode == 2 and "notes.txt: not a readable image" in single.stderr
+    (tmp_path / "empty").mkdir()
+    empty = predict(tmp_path / "empty", tmp_path / "out3")
+    assert empty.returncode == 2 and "no images" in empty.stderr and "Traceback" not in empty.stderr
+
+
+def test_a_truncated_model_is_called_corrupt_not_missing(trained, tmp_path):
+    import subprocess
+    import sys
+
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run, ignore=shutil.ignore_patterns("*.tflite"))
+    data = (run / "model.keras").read_bytes()
+    (run / "model.keras").write_bytes(data[: len(data) // 3])
+    pair = sorted((trained / "pairs" / "val").glob("*.jpg"))[0]
+    done = subprocess.run([sys.executable, "-m", "seglib", "predict", str(run / "model.keras"), str(pair),
+                           str(tmp_path / "out")], capture_output=True, text=True)
+    assert done.returncode == 2 and "Traceback" not in done.stderr
+    assert f"{run / 'model.keras'}: corrupt or not a Keras model file" in done.stderr

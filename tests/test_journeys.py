@@ -248,8 +248,8 @@ def test_without_a_loadable_ai_edge_litert_the_cli_exports_predicts_and_reports_
     exported = json.loads((run / "export.json").read_text())
     assert exported["runtime"].startswith("tf.lite") and exported["formats"]["int8"]["agreement"] >= 0.97
     pair = sorted((trained / "pairs" / "val").glob("*.jpg"))[0]
-    assert "wrote masks and overlays for 1 image(s)" in seglib("predict", str(run / "model_int8.tflite"), str(pair),
-                                                                 str(tmp_path / "predicted"))
+    assert "wrote 2 files (mask and overlay) for 1 image(s)" in seglib("predict", str(run / "model_int8.tflite"),
+                                                                         str(pair), str(tmp_path / "predicted"))
     assert (tmp_path / "predicted" / f"{pair.stem}_overlay.png").exists()
     seglib("report", str(run), "--out", str(tmp_path / "report"))
     assert (run / "metrics.json").exists()  # the run had not been evaluated: the report did it

@@ -62,12 +62,37 @@ def test_bad_files_raise_pair_error_naming_file(tmp_path, make, reason):
     assert info.value.path == str(path)
 
 
-def test_truncated_jpeg_is_rejected(tmp_path):
-    good = write_pair(tmp_path / "good.jpg")
-    data = good.read_bytes()
-    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2])
-    with pytest.raises(PairError, match="truncated JPEG"):
+@pytest.mark.parametrize("end_marker", [b"", b"\xff\xd9"], ids=["cut", "cut-then-end-marker-restored"])
+def test_truncated_jpeg_is_rejected(tmp_path, end_marker):
+    """Also when the end-of-image marker was put back: a lenient decoder returns grey rows then."""
+    rng = np.random.default_rng(0)
+    cv2.imwrite(str(tmp_path / "good.jpg"), rng.integers(0, 255, (256, 512, 3), dtype=np.uint8))
+    data = (tmp_path / "good.jpg").read_bytes()
+    (tmp_path / "cut.jpg").write_bytes(data[: len(data) // 2] + end_marker)
+    with pytest.raises(PairError, match="truncated or corrupt JPEG"):
         read_pair(tmp_path / "cut.jpg")
+
+
+@pytest.mark.parametrize("width, height", [(20000, 10000), (100000, 50000)])
+def test_an_oversized_image_is_refused_from_its_header_before_decoding(tmp_path, width, height, declared_png):
+    """A small PNG that declares a huge image (a decompression bomb): refused without decoding."""
+    bomb = declared_png(tmp_path / "bomb.png", width, height)
+    with pytest.raises(PairError, match=rf"image is {width}x{height} .* over the limit of 50 MP \(--max-pixels\)"):
+        read_pair(bomb)
+    ok = write_pair(tmp_path / "small.png")
+    with pytest.raises(PairError, match="over the limit of 0 MP"):
+        read_pair(ok, max_pixels=100_000)
+
+
+def test_a_decoder_error_is_that_files_error(tmp_path, monkeypatch):
+    import seglib.pairs
+
+    def broken(*args, **kwargs):
+        raise cv2.error("OpenCV(5.0) error: (-215:Assertion failed) size.width>0 in function 'imdecode_'")
+
+    monkeypatch.setattr(seglib.pairs.cv2, "imdecode", broken)
+    with pytest.raises(PairError, match="not a readable image .*Assertion failed"):
+        read_pair(write_pair(tmp_path / "p.png"))
 
 
 def test_missing_file(tmp_path):

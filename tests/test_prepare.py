@@ -3,6 +3,7 @@ import shutil
 import subprocess
 import sys
 import time
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -90,7 +91,7 @@ def test_skip_bad_counts_and_lists(messy_dir, tmp_path):
     summary = prepare(messy_dir, tmp_path / "out", size=64, skip_bad=True, progress=False)
     assert summary["skipped_count"] == 2
     reasons = {item["file"].rsplit("/", 1)[-1]: item["reason"] for item in summary["skipped"]}
-    assert "truncated JPEG" in reasons["corrupt.jpg"] and "twice as wide" in reasons["square.png"]
+    assert "not a readable JPEG" in reasons["corrupt.jpg"] and "twice as wide" in reasons["square.png"]
     assert [p.rsplit("/", 1)[-1] for p in summary["ignored_files"]] == ["README.txt"]
     assert sum(summary["counts"].values()) == 10
     for split, n in summary["counts"].items():
@@ -251,3 +252,50 @@ def test_same_output_on_any_number_of_worker_threads(synth_dir, prepared_dir, tm
         for split in ("train", "val", "test"):
             for name in ("images.npy", "labels.npy", "files.txt"):
                 assert (out / split / name).read_bytes() == (prepared_dir / split / name).read_bytes()
+
+
+def test_the_k_means_sample_is_bounded_by_the_masks_and_by_memory(synth_dir, tmp_path, monkeypatch):
+    import types
+
+    import psutil
+
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=100_000_000))  # 100 MB free
+    with pytest.raises(DatasetError, match=r"--sample-pixels 2000000000: the K-Means sample needs about \d+ MB, more than half of the 100 MB"):
+        prepare(synth_dir, tmp_path / "huge", size=256, sample_pixels_count=2_000_000_000, progress=False)
+    assert not list(tmp_path.iterdir())  # refused before any work: nothing written, no temp folder
+    monkeypatch.undo()
+    summary = prepare(synth_dir, tmp_path / "small", size=32, sample_pixels_count=10_000_000, progress=False)
+    held = summary["counts"]["train"] * 32 * 32
+    assert summary["parameters"]["sample_pixels"] == held  # at most what the training masks hold
+    assert json.loads((tmp_path / "small" / "palette.json").read_text())["sample_pixels"] == held
+
+
+def test_any_file_name_survives_in_files_txt(synth_dir, tmp_path):
+    flat = tmp_path / "flat"
+    flat.mkdir()
+    sources = sorted((synth_dir / "train").glob("*.jpg"))[:10]
+    names = [f"{i}.jpg" for i in range(9)] + ["odd\nname 'with' \"quotes\".jpg"]
+    for source, name in zip(sources, names, strict=True):
+        shutil.copy(source, flat / name)
+    prepare(flat, tmp_path / "out", size=32, progress=False)
+    listed = sorted(Path(f).name for split in ("train", "val", "test") for f in open_split(tmp_path / "out", split).files)
+    assert listed == sorted(names)
+    for split in ("train", "val", "test"):
+        data = open_split(tmp_path / "out", split)
+        assert len(data.files) == len(data.images) == len(data.labels)
+
+
+def test_a_full_disk_in_prepare_is_one_line_and_leaves_nothing(synth_dir, tmp_path):
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", "size=2m", "tmpfs", str(disk)], capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        done = subprocess.run([sys.executable, "-m", "seglib", "prepare", str(synth_dir), str(disk / "out"),
+                               "--size", "128", "--quiet"], capture_output=True, text=True)
+        assert done.returncode == 2 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert done.stderr.startswith("error: ") and "No space left on device" in done.stderr
+        assert len(done.stderr.strip().splitlines()) == 1
+        assert list(disk.iterdir()) == []  # the temp folder went with the error
+    finally:
+        subprocess.run(["umount", str(disk)], capture_output=True)

@@ -130,9 +130,8 @@ def test_backup_keeps_the_callbacks_state_and_survives_a_failed_write(tmp_path):
 
     import keras
 
-    from seglib.train import _atomic_checkpoint, _epoch_backup, latest_backup
-
     from seglib.layout import RunDir
+    from seglib.train import _atomic_checkpoint, _epoch_backup, latest_backup
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="adam", loss="mse")
@@ -305,3 +304,21 @@ def test_a_full_disk_stops_training_with_one_line_and_it_resumes_after_space_is_
         assert json.loads((run_dir / "run.json").read_text())["stop_reason"] == "finished"
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
+
+
+def test_a_corrupt_backup_is_named_and_the_way_to_start_over_given(small_prepared, tmp_path):
+    from seglib.fsutil import write_marker
+
+    run_dir = tmp_path / "run"
+    epoch = run_dir / "backup" / "epoch-0002"
+    epoch.mkdir(parents=True)
+    (epoch / "state.json").write_text(json.dumps({"epoch": 2, "checkpoint_best": 1.0, "checkpoint_best_epoch": 2,
+                                                  "early_best": 1.0, "early_wait": 0, "early_best_epoch": 1}))
+    (epoch / "model.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n damaged")
+    write_marker(run_dir, "run")
+    config = TrainConfig(str(small_prepared), str(run_dir), backbone="mobilenetv2", epochs=3, encoder_weights=None)
+    with pytest.raises(ValueError, match=r"epoch-0002/model.weights.h5: corrupt training backup .*--overwrite"):
+        train(config, verbose=0)
+    config.overwrite = True  # starts the run over
+    run = train(config, verbose=0)
+    assert run.stop_reason == "finished" and run.epochs_run == 3 and not (run_dir / "backup").exists()
