@@ -16,8 +16,8 @@ import re
 from datetime import datetime, timezone
 from pathlib import Path
 
-from seglib.fsutil import atomic_write_text
-from seglib.layout import REPORT, PreparedDir, RunDir
+from seglib.fsutil import atomic_write_text, read_marker, write_marker
+from seglib.layout import PreparedDir, RunDir, RunReportDir
 
 
 def _read_json(path: Path) -> dict | None:
@@ -65,6 +65,10 @@ def write_run_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     config = _read_json(run.config)
     if config is None or not run.model.exists():
         raise FileNotFoundError(f"{run.root}: not a trained run (no {run.config.name} or {run.model.name}; train first)")
+    out = RunReportDir(out_dir if out_dir is not None else Path("reports") / run.root.resolve().name)
+    marker = read_marker(out.root)
+    if out.report.exists() and (marker is None or marker.get("kind") != RunReportDir.KIND):
+        raise FileExistsError(f"{out.report}: exists and was not written by seglib; choose another --out folder")
     prepared_dir = Path(prepared_dir or config["prepared_dir"])
     metrics = _read_json(run.metrics) or evaluate(run.root, prepared_dir)
     split = metrics.get("split", "test")
@@ -130,9 +134,11 @@ def write_run_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     body = "\n".join(f'<h2 id="{a}">{html.escape(t)}</h2>\n{b}' for a, t, b in sections)
     page = _PAGE.format(name=html.escape(name), created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
                         run_dir=html.escape(str(run.root.resolve())), nav=nav, body=body)
-    out = Path(out_dir) if out_dir is not None else Path("reports") / name
-    atomic_write_text(out / REPORT, page)
-    return out / REPORT
+    out.root.mkdir(parents=True, exist_ok=True)
+    if marker is None:
+        write_marker(out.root, RunReportDir.KIND)
+    atomic_write_text(out.report, page)
+    return out.report
 
 
 def _confusion(run: RunDir):

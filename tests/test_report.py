@@ -4,6 +4,8 @@ import json
 import subprocess
 import sys
 
+import pytest
+
 from seglib import tables
 
 
@@ -29,3 +31,20 @@ def test_export_table_shows_latency_spread():
     assert list(table.index) == ["keras", "int8"]
     assert table.loc["int8", "p10 ms"] == 1.8 and table.loc["int8", "p90 ms"] == 2.5
     assert table.loc["int8", "size MB"] == 0.5 and table.loc["keras", "agreement"] == 1.0
+
+
+def test_a_report_html_seglib_did_not_write_is_not_replaced(tmp_path):
+    from seglib.fsutil import write_marker
+    from seglib.report import write_run_report
+
+    run = tmp_path / "run"  # enough of a run to get past the first check
+    run.mkdir()
+    write_marker(run, "run")
+    (run / "config.json").write_text("{}")
+    (run / "model.keras").write_bytes(b"")
+    mine = tmp_path / "mine"
+    mine.mkdir()
+    (mine / "report.html").write_text("<p>my own report</p>")
+    with pytest.raises(FileExistsError, match="report.html: exists and was not written by seglib"):
+        write_run_report(run, mine)
+    assert (mine / "report.html").read_text() == "<p>my own report</p>"
