@@ -47,10 +47,11 @@ def image_size(data: bytes, path: str | os.PathLike = "<bytes>") -> tuple[int, i
         return width, height
     try:
         with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # Pillow's own decompression-bomb warning: the limit is ours
-            Image.MAX_IMAGE_PIXELS = None
+            warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit that counts is ours
             with Image.open(io.BytesIO(data)) as image:
                 return image.size
+    except Image.DecompressionBombError as exc:  # over twice Pillow's own limit: far over any sane one
+        raise PairError(path, f"image is over the limit ({exc})") from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise PairError(path, "not a readable image (corrupt or unsupported format)") from exc
 

@@ -77,8 +77,11 @@ def test_truncated_jpeg_is_rejected(tmp_path, end_marker):
 def test_an_oversized_image_is_refused_from_its_header_before_decoding(tmp_path, width, height, declared_png):
     """A small PNG that declares a huge image (a decompression bomb): refused without decoding."""
     bomb = declared_png(tmp_path / "bomb.png", width, height)
-    with pytest.raises(PairError, match=rf"image is {width}x{height} .* over the limit of 50 MP \(--max-pixels\)"):
+    with pytest.raises(PairError, match=r"image is .*over the limit"):
         read_pair(bomb)
+    if width * height < 178_956_970:  # within twice Pillow's own limit: our check, with the size
+        with pytest.raises(PairError, match=rf"image is {width}x{height} .* over the limit of 50 MP \(--max-pixels\)"):
+            read_pair(bomb)
     ok = write_pair(tmp_path / "small.png")
     with pytest.raises(PairError, match="over the limit of 0 MP"):
         read_pair(ok, max_pixels=100_000)
