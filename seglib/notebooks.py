@@ -13,6 +13,7 @@ from __future__ import annotations
 import ast
 import functools
 import json
+import logging
 import os
 import re
 import sys
@@ -108,14 +109,26 @@ def execute(name: str, output: str | os.PathLike, parameters: dict, log: str | o
     run = functools.partial(pm.execute_notebook, str(notebook_path(name)), str(output),
                             parameters=_plain(parameters), kernel_name=kernel_name(), cwd=str(NOTEBOOKS),
                             progress_bar=False)
-    if log is None:
-        run()
-        return output
-    with open(log, "a", encoding="utf-8") as sink, _stderr_to(sink):
-        sink.write(f"\n===== {name} =====\n")
-        sink.flush()
-        run(stdout_file=_ProgressLines(sink, on_progress), stderr_file=sink)
+    try:
+        if log is None:
+            run()
+            return output
+        with open(log, "a", encoding="utf-8") as sink, _stderr_to(sink):
+            sink.write(f"\n===== {name} =====\n")
+            sink.flush()
+            run(stdout_file=_ProgressLines(sink, on_progress), stderr_file=sink)
+    except KeyboardInterrupt:
+        # Ctrl-C reaches the kernel too, which may die of it; nbclient's abandoned task then logs
+        # "Task exception was never retrieved ... DeadKernelError" with a traceback at exit.
+        logging.getLogger("asyncio").addFilter(_abandoned_kernel_tasks)
+        raise
     return output
+
+
+def _abandoned_kernel_tasks(record: logging.LogRecord) -> bool:
+    """Drop asyncio's report of a kernel task left behind by an interrupted execution."""
+    return not (record.getMessage().startswith("Task exception was never retrieved")
+                and "DeadKernelError" in repr(record.__dict__.get("exc_info") or record.getMessage()))
 
 
 class _ProgressLines:
