@@ -38,7 +38,7 @@ def parameters(name: str) -> dict:
     return dict(_parameters(name))
 
 
-@functools.lru_cache(maxsize=None)
+@functools.cache
 def _parameters(name: str) -> dict:  # read once per process: a batch asks for each notebook per run
     import papermill as pm
 
@@ -111,18 +111,59 @@ def execute(name: str, output: str | os.PathLike, parameters: dict, log: str | o
                             progress_bar=False)
     try:
         if log is None:
-            run()
+            _interruptible(run)
             return output
         with open(log, "a", encoding="utf-8") as sink, _stderr_to(sink):
             sink.write(f"\n===== {name} =====\n")
             sink.flush()
-            run(stdout_file=_ProgressLines(sink, on_progress), stderr_file=sink)
+            _interruptible(functools.partial(run, stdout_file=_ProgressLines(sink, on_progress), stderr_file=sink))
     except KeyboardInterrupt:
-        # Ctrl-C reaches the kernel too, which may die of it; nbclient's abandoned task then logs
-        # "Task exception was never retrieved ... DeadKernelError" with a traceback at exit.
+        # the kernel was stopped mid-cell; nbclient's abandoned task then logs "Task exception was
+        # never retrieved ... DeadKernelError" with a traceback at exit
         logging.getLogger("asyncio").addFilter(_abandoned_kernel_tasks)
         raise
     return output
+
+
+def _interruptible(execute) -> None:
+    """Run ``execute()`` (a papermill call) in a worker thread so that Ctrl-C and SIGTERM stay with
+    this thread: run in the main thread, nbclient takes SIGINT over and only asks the kernel to
+    shut down, so the cell may run on to its end. On KeyboardInterrupt here the kernel (a child
+    process in its own session, which Ctrl-C does not reach) is killed and KeyboardInterrupt goes on."""
+    import threading
+
+    outcome: dict = {}
+
+    def target():
+        try:
+            execute()
+        except BaseException as exc:  # noqa: BLE001 - handed to the calling thread
+            outcome["error"] = exc
+
+    worker = threading.Thread(target=target, name="seglib-notebook", daemon=True)
+    worker.start()
+    try:
+        while worker.is_alive():
+            worker.join(0.2)
+    except KeyboardInterrupt:
+        _kill_kernels()
+        worker.join(30)
+        raise
+    if "error" in outcome:
+        raise outcome["error"]
+
+
+def _kill_kernels() -> None:
+    """Kill the Jupyter kernels this process started (and what they started)."""
+    import psutil
+
+    for child in psutil.Process().children(recursive=True):
+        try:
+            if any("ipykernel" in part for part in child.cmdline()):
+                for process in [*child.children(recursive=True), child]:
+                    process.kill()
+        except psutil.Error:
+            pass
 
 
 def _abandoned_kernel_tasks(record: logging.LogRecord) -> bool:
