@@ -25,7 +25,7 @@ endif
 VENV_TF218  := .venv-tf2.18
 STAMP_TF218 := $(VENV_TF218)/.installed
 
-.PHONY: install test test-tf2.18 demo lab bench clean
+.PHONY: install test test-tf2.18 demo lab lint bench clean
 
 install: $(STAMP)
 
@@ -62,6 +62,10 @@ endif
 lab: install
 	$(PY) -m pip install -q -e ".[dev,lab]"
 	$(PY) -m jupyter lab notebooks
+
+# Lint (ruff, configured in pyproject.toml); not part of `make test`.
+lint: install
+	$(PY) -m ruff check seglib tests bench
 
 bench: install
 	$(PY) bench/prepare.py

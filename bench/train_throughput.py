@@ -45,6 +45,21 @@ def epoch_seconds(model, fit_args: dict, rounds: int) -> list[float]:
     return times[1:]
 
 
+def input_variants(prepared: Path, images: np.ndarray, labels: np.ndarray, batch: int) -> dict:
+    """The three ways of feeding the same training images, each a function making ``fit``'s inputs."""
+    import tensorflow as tf
+
+    steps = len(images) // batch
+    return {
+        "(a) tf.data from .npy": lambda: {"x": make_dataset(prepared, "train", batch, shuffle=True).take(steps)},
+        "(b) in-memory tensors": lambda: {"x": tf.data.Dataset.from_tensor_slices(
+            (tf.constant(images, tf.float32), tf.constant(labels))).shuffle(len(images)).batch(batch)
+            .take(steps).prefetch(tf.data.AUTOTUNE)},
+        "(c) fit(numpy float32)": lambda: {"x": images.astype(np.float32)[: steps * batch],
+                                           "y": labels[: steps * batch], "batch_size": batch},
+    }
+
+
 def main() -> None:
     import keras
     import tensorflow as tf
@@ -65,17 +80,7 @@ def main() -> None:
         prepare(work / "pairs", prepared, size=size, progress=False)
         images = np.load(prepared / "train" / "images.npy")[: args.images]
         labels = np.load(prepared / "train" / "labels.npy")[: args.images]
-        n = len(images)
-        variants = {
-            "(a) tf.data from .npy": lambda: {"x": make_dataset(prepared, "train", args.batch_size, shuffle=True).take(
-                n // args.batch_size)},
-            "(b) in-memory tensors": lambda: {"x": tf.data.Dataset.from_tensor_slices(
-                (tf.constant(images, tf.float32), tf.constant(labels))).shuffle(n).batch(args.batch_size)
-                .take(n // args.batch_size).prefetch(tf.data.AUTOTUNE)},
-            "(c) fit(numpy float32)": lambda: {"x": images.astype(np.float32)[: n // args.batch_size * args.batch_size],
-                                               "y": labels[: n // args.batch_size * args.batch_size],
-                                               "batch_size": args.batch_size},
-        }
+        variants = input_variants(prepared, images, labels, args.batch_size)
         times: dict[str, list[float]] = {}
         models = {}
         for jit in (False, True):
@@ -91,7 +96,7 @@ def main() -> None:
                         times.setdefault(label, []).extend(epoch_seconds(models[jit], make(), args.rounds))
                     except Exception as exc:  # XLA can fail on some ops/platforms: report, don't crash
                         print(f"{size}px {label}: failed ({type(exc).__name__}: {str(exc)[:120]})")
-        images_per_epoch = n // args.batch_size * args.batch_size
+        images_per_epoch = len(images) // args.batch_size * args.batch_size
         rates = {label: images_per_epoch / statistics.median(ts) for label, ts in times.items()}
         a, b, c = (rates[k] for k in list(variants))
         for label, rate in rates.items():

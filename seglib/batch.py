@@ -190,7 +190,9 @@ def _check_keys(values: dict, known: set, where: str) -> None:
         raise BatchError(f"{where}: {sorted(reserved)} are chosen by the batch for each run; remove them")
     unknown = set(values) - known
     if unknown:
-        raise BatchError(f"{where}: unknown parameters {sorted(unknown)}; the notebooks take {sorted(known - SET_BY_BATCH)}")
+        raise BatchError(
+            f"{where}: unknown parameters {sorted(unknown)}; the notebooks take {sorted(known - SET_BY_BATCH)}"
+        )
 
 
 def data_setting(run: Run) -> tuple[str, dict]:
@@ -486,7 +488,11 @@ def _cell(value) -> str:
     if isinstance(value, bool) or not isinstance(value, (int, float)):
         text = html.escape(str(value))
         return f'<td data-sort="{text}">{text}</td>'
-    return f'<td data-sort="{value}">{value:.4g}</td>' if isinstance(value, float) else f'<td data-sort="{value}">{value}</td>'
+    return (
+        f'<td data-sort="{value}">{value:.4g}</td>'
+        if isinstance(value, float)
+        else f'<td data-sort="{value}">{value}</td>'
+    )
 
 
 def _links(batch: Batch, r: dict) -> str:
@@ -521,7 +527,7 @@ def write_index(batch: Batch) -> Path:
     best = best_run(rows)
     head = "".join(f'<th title="click to sort">{html.escape(str(c))}</th>' for c in table.columns) + "<th>links</th>"
     body = []
-    for r, record in zip(rows, table.to_dict("records")):
+    for r, record in zip(rows, table.to_dict("records"), strict=True):
         cells = []
         for column, value in record.items():
             if column == "run":
@@ -548,9 +554,15 @@ def write_index(batch: Batch) -> Path:
                    + "".join(f"<th>{html.escape(r['run'])}</th>" for r in rows)
                    + f"</tr></thead><tbody>{''.join(param_rows)}</tbody></table>")
 
-    notes = [f"<li><b>{html.escape(r['run'])}</b> {html.escape(r['status'])} in {html.escape(str(r['step']))}: "
-             f"<code>{html.escape(str(r['error']))}</code></li>" for r in rows if r["status"] in ("failed", "interrupted")]
-    counts = {s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "interrupted", "running", "not run")}
+    notes = [
+        f"<li><b>{html.escape(r['run'])}</b> {html.escape(r['status'])} in {html.escape(str(r['step']))}: "
+        f"<code>{html.escape(str(r['error']))}</code></li>"
+        for r in rows
+        if r["status"] in ("failed", "interrupted")
+    ]
+    counts = {
+        s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "interrupted", "running", "not run")
+    }
     runtimes = sorted({r["export"]["runtime"] for r in rows if r["export"].get("runtime")})
     data_pages = [batch.folder.data(p.name).html(notebooks.PREPARE) for p in sorted(batch.folder.data_root.glob("*"))]
     data_links = "".join(f'<li><a href="{batch.link(page)}">{html.escape(page.parent.name)}</a></li>'

@@ -14,10 +14,18 @@ def _cmd_prepare(args) -> int:
     from seglib.prepare import prepare
 
     summary = prepare(
-        resolve_data_dir(args.data_dir, kaggle_cache=args.kaggle_cache), args.out_dir, clusters=args.clusters, seed=args.seed, size=args.size,
-        val_fraction=args.val_fraction, sample_pixels_count=args.sample_pixels,
-        skip_bad=args.skip_bad, resolve_edges=not args.no_edge_resolution, workers=args.workers,
-        progress=not args.quiet, max_pixels=args.max_pixels,
+        resolve_data_dir(args.data_dir, kaggle_cache=args.kaggle_cache),
+        args.out_dir,
+        clusters=args.clusters,
+        seed=args.seed,
+        size=args.size,
+        val_fraction=args.val_fraction,
+        sample_pixels_count=args.sample_pixels,
+        skip_bad=args.skip_bad,
+        resolve_edges=not args.no_edge_resolution,
+        workers=args.workers,
+        progress=not args.quiet,
+        max_pixels=args.max_pixels,
     )
     counts = summary["counts"]
     print(f"prepared {args.out_dir}: train {counts['train']}, val {counts['val']}, test {counts['test']} "
@@ -44,12 +52,24 @@ def _cmd_synth(args) -> int:
 def _cmd_train(args) -> int:
     from seglib.train import TrainConfig, train
 
-    run = train(TrainConfig(
-        prepared_dir=args.prepared_dir, run_dir=args.run_dir, backbone=args.backbone, epochs=args.epochs,
-        batch_size=args.batch_size, lr=args.lr, patience=args.patience, monitor=args.monitor,
-        encoder_weights=args.encoder_weights, augment=args.augment, loss=args.loss, seed=args.seed, reduce_lr=args.reduce_lr,
-        overwrite=args.overwrite,
-    ))
+    run = train(
+        TrainConfig(
+            prepared_dir=args.prepared_dir,
+            run_dir=args.run_dir,
+            backbone=args.backbone,
+            epochs=args.epochs,
+            batch_size=args.batch_size,
+            lr=args.lr,
+            patience=args.patience,
+            monitor=args.monitor,
+            encoder_weights=args.encoder_weights,
+            augment=args.augment,
+            loss=args.loss,
+            seed=args.seed,
+            reduce_lr=args.reduce_lr,
+            overwrite=args.overwrite,
+        )
+    )
     print(f"{run.run_dir}: {run.stop_reason}; {run.epochs_run} epochs, best epoch {run.best_epoch}")
     return 0
 
@@ -210,7 +230,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
     p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser("demo", help="synthetic pairs -> a batch of two small runs -> reports/demo/index.html (make demo)")
+    p = sub.add_parser(
+        "demo", help="synthetic pairs -> a batch of two small runs -> reports/demo/index.html (make demo)"
+    )
     p.add_argument("--out", default=".", help="folder that gets data/, artifacts/ and reports/")
     p.add_argument("--resume", action="store_true", help="keep runs that finished in an earlier demo")
     p.add_argument("--data", default=None, help="pairs to use instead of generated synthetic ones")
@@ -237,7 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--examples", type=int, default=4, help="test images in the prediction grid")
     p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser("batch", help="run the notebooks for each run of a YAML batch config; reports/<batch>/index.html")
+    p = sub.add_parser(
+        "batch", help="run the notebooks for each run of a YAML batch config; reports/<batch>/index.html"
+    )
     p.add_argument("config", help="YAML: name, parameters (shared), runs (each a name plus overrides)")
     p.add_argument("--only", action="append", metavar="NAME", help="run only this run (repeat or comma-separate)")
     p.add_argument("--resume", action="store_true", help="skip runs that finished; continue interrupted training")

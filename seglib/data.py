@@ -14,7 +14,7 @@ from seglib.layout import PreparedDir
 from seglib.prepare import open_split
 
 
-def _augment(image, label, size: int):
+def augment_pair(image, label, size: int):
     """Random horizontal flip, scale-and-crop (x1 to x1.25), brightness and contrast."""
     import tensorflow as tf
 
@@ -74,6 +74,6 @@ def make_dataset(prepared_dir: str | os.PathLike, split: str, batch_size: int = 
         ds = ds.cache()
     ds = ds.map(lambda x, y: (tf.cast(x, tf.float32), y), num_parallel_calls=tf.data.AUTOTUNE)
     if augment:
-        ds = ds.unbatch().map(lambda x, y: _augment(x, y, size), num_parallel_calls=tf.data.AUTOTUNE)
+        ds = ds.unbatch().map(lambda x, y: augment_pair(x, y, size), num_parallel_calls=tf.data.AUTOTUNE)
         ds = ds.batch(batch_size)
     return ds.prefetch(tf.data.AUTOTUNE)

@@ -8,9 +8,9 @@ import os
 import numpy as np
 
 from seglib.fsutil import atomic_write_bytes, atomic_write_json
-from seglib.labels import Palette
 from seglib.layout import PreparedDir, RunDir
 from seglib.metrics import image_ious, scores, update_confusion
+from seglib.palette import Palette
 
 
 def evaluate(run_dir: str | os.PathLike, prepared_dir: str | os.PathLike, split: str = "test",

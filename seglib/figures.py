@@ -7,8 +7,9 @@ import matplotlib.pyplot as plt
 import numpy as np
 from matplotlib.patches import Patch
 
-from seglib.labels import Palette
+from seglib.labels import colourize
 from seglib.layout import RunDir
+from seglib.palette import Palette
 
 
 def class_names(palette: Palette) -> list[str]:
@@ -49,7 +50,7 @@ def examples(images: np.ndarray, labels: np.ndarray, palette: Palette, masks: np
         panels = [("photo", images[r])]
         if masks is not None:
             panels.append(("mask", masks[r]))
-        panels.append(("labels", palette.colourize(labels[r])))
+        panels.append(("labels", colourize(palette, labels[r])))
         for c, (name, img) in enumerate(panels):
             axes[r, c].imshow(img)
             axes[r, c].set_axis_off()
@@ -93,7 +94,7 @@ def training_curves(run_dir):
     best = info.get("best_epoch")
     panels = [("loss", "loss"), ("pixel_accuracy", "pixel accuracy"), ("mean_iou", "mean IoU")]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))
-    for ax, (key, title) in zip(axes, panels):
+    for ax, (key, title) in zip(axes, panels, strict=True):
         if key in history:
             ax.plot(epochs, history[key], "o-", label="train")
         if f"val_{key}" in history:
@@ -116,8 +117,8 @@ def predictions(images, truth, pred, palette: Palette, titles: list[str] | None 
         error = np.zeros(truth[r].shape + (3,), np.uint8)
         error[truth[r] != pred[r]] = (220, 30, 30)
         accuracy = float((truth[r] == pred[r]).mean())
-        panels = [("photo", np.asarray(images[r]).astype(np.uint8)), ("truth", palette.colourize(truth[r])),
-                  ("prediction", palette.colourize(pred[r])), (f"errors ({100 * (1 - accuracy):.1f}%)", error)]
+        panels = [("photo", np.asarray(images[r]).astype(np.uint8)), ("truth", colourize(palette, truth[r])),
+                  ("prediction", colourize(palette, pred[r])), (f"errors ({100 * (1 - accuracy):.1f}%)", error)]
         for c, (name, img) in enumerate(panels):
             axes[r, c].imshow(img)
             axes[r, c].set_axis_off()

@@ -59,6 +59,21 @@ def atomic_write_json(path: str | os.PathLike, obj) -> None:
     atomic_write_text(path, json.dumps(obj, indent=2, sort_keys=False) + "\n")
 
 
+def save_concatenated(path: str | os.PathLike, parts) -> None:
+    """Write ``np.concatenate(parts)`` as a ``.npy`` file without building it in memory: numpy's
+    header, then each part with plain buffered writes (so a full disk raises the system's own "No
+    space left on device"). ``parts`` share dtype and trailing shape; at least one is given."""
+    import numpy as np
+
+    first = np.asarray(parts[0])
+    header = {"descr": np.lib.format.dtype_to_descr(first.dtype), "fortran_order": False,
+              "shape": (sum(len(part) for part in parts), *first.shape[1:])}
+    with open(path, "wb") as f:
+        np.lib.format.write_array_header_1_0(f, header)
+        for part in parts:
+            f.write(np.ascontiguousarray(part, dtype=first.dtype).data)
+
+
 def write_marker(folder: str | os.PathLike, kind: str) -> None:
     """Mark ``folder`` as written by seglib (see :mod:`seglib.layout`): kind, format, version, and
     the process writing it (so a temp folder left by a killed process can be told apart)."""
@@ -144,8 +159,13 @@ def remove_stale_temps(final: str | os.PathLike, layout) -> None:
         return
     for path in final.parent.glob(f".{final.name}.*"):
         marker = read_marker(path)
-        if (path.is_dir() and marker and marker.get("kind") == layout.KIND and marker.get("host") == socket.gethostname()
-                and not pid_alive(marker.get("pid"))):
+        if (
+            path.is_dir()
+            and marker
+            and marker.get("kind") == layout.KIND
+            and marker.get("host") == socket.gethostname()
+            and not pid_alive(marker.get("pid"))
+        ):
             shutil.rmtree(path, ignore_errors=True)
 
 

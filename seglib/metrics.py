@@ -69,4 +69,4 @@ def scores(confusion: np.ndarray) -> dict:
 def image_ious(truth, pred, num_classes: int) -> np.ndarray:
     """Mean IoU of each image of a batch over the classes present in its truth or prediction."""
     return np.array([scores(update_confusion(np.zeros((num_classes, num_classes), np.int64), t, p))["mean_iou"]
-                     for t, p in zip(truth, pred)])
+                     for t, p in zip(truth, pred, strict=True)])

@@ -2,17 +2,17 @@
 
 The Kaggle "cityscapes-image-pairs" files are 512x256 JPEGs. Every bad file raises
 :class:`PairError` naming the file and what is wrong, so a folder scan can either stop with a
-clear message or skip the file and report it.
+clear message or skip the file and report it. :func:`split_files` finds a folder's pairs and
+assigns them to train/val/test.
 """
 from __future__ import annotations
 
 import os
 import re
 from collections import deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Iterable, Iterator
 from concurrent.futures import ThreadPoolExecutor
 from pathlib import Path
-from typing import Any
 
 import cv2
 import numpy as np
@@ -20,7 +20,12 @@ import simplejpeg
 
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 ASPECT_TOLERANCE = 0.1  # width/height may be 2 +- 0.1
+FLAT_TEST_FRACTION = 0.2  # a flat folder of pairs: this share becomes the test split
 MAX_PIXELS = 50_000_000  # per image file, checked in its header before decoding (a 2x Cityscapes pair is 4 MP)
+
+
+class DatasetError(ValueError):
+    """The data folder as a whole cannot be prepared (missing, empty, wrong layout)."""
 
 
 class PairError(ValueError):
@@ -154,33 +159,77 @@ def scan_folder(folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:
 
 def iter_pairs(
     files: Iterable[str | os.PathLike], size: int | None = 256, workers: int | None = None,
-    then: Callable[[int, np.ndarray, np.ndarray], Any] | None = None, max_pixels: int = MAX_PIXELS,
-) -> Iterator[tuple[Path, Any]]:
-    """Decode pairs in parallel threads (OpenCV releases the GIL), yielding in input order.
+    max_pixels: int = MAX_PIXELS,
+) -> Iterator[tuple[Path, tuple[np.ndarray, np.ndarray] | PairError]]:
+    """Decode pairs in parallel threads (the decoders release the GIL), yielding in input order.
 
-    Yields ``(path, (photo, mask))``, or ``(path, then(index, photo, mask))`` when ``then`` is
-    given (it runs in the worker thread too; ``index`` is the file's position in ``files``), or
-    ``(path, PairError)``. At most a few batches are in flight, so memory stays bounded for any
-    folder size.
+    Yields ``(path, (photo, mask))`` or ``(path, PairError)``. At most a few batches are in
+    flight, so memory stays bounded for any folder size.
     """
     files = [Path(f) for f in files]
     workers = workers or min(8, os.cpu_count() or 1)
 
-    def load(index: int, path: Path):
+    def load(path: Path):
         try:
-            photo, mask = read_pair(path, size, max_pixels)
+            return read_pair(path, size, max_pixels)
         except PairError as exc:
             return exc
-        return (photo, mask) if then is None else then(index, photo, mask)
 
     window = 4 * workers
     pending: deque = deque()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for index, path in enumerate(files):
-            pending.append((path, pool.submit(load, index, path)))
+        for path in files:
+            pending.append((path, pool.submit(load, path)))
             if len(pending) >= window:
                 done_path, future = pending.popleft()
                 yield done_path, future.result()
         while pending:
             done_path, future = pending.popleft()
             yield done_path, future.result()
+
+
+def _seeded_split(files: list[Path], fraction: float, rng: np.random.Generator) -> tuple[list[Path], list[Path]]:
+    """Split ``files`` into (rest, picked) with ``fraction`` picked at random; both keep file order."""
+    n_pick = int(round(len(files) * fraction))
+    if fraction > 0 and len(files) >= 2:
+        n_pick = min(max(n_pick, 1), len(files) - 1)
+    picked = set(rng.permutation(len(files))[:n_pick].tolist())
+    rest = [f for i, f in enumerate(files) if i not in picked]
+    return rest, [f for i, f in enumerate(files) if i in picked]
+
+
+def split_files(data_dir: str | os.PathLike, val_fraction: float = 0.2, seed: int = 0):
+    """Find the pairs of ``data_dir`` and assign them to train/val/test.
+
+    Kaggle layout (``train/`` and ``val/``): ``val/`` becomes test, ``train/`` is split into
+    train/val by ``val_fraction``. A flat folder of pairs: a seeded 20% test split, then
+    ``val_fraction`` of the rest for validation (64/16/20 by default).
+    Returns ``(splits, layout, ignored_files)``.
+    """
+    data_dir = Path(data_dir)
+    if not data_dir.is_dir():
+        raise DatasetError(f"{data_dir}: data folder not found")
+    if not 0 <= val_fraction < 1:
+        raise DatasetError(f"--val-fraction must be in [0, 1), got {val_fraction}")
+    rng = np.random.default_rng(seed)
+    if (data_dir / "train").is_dir():
+        if not (data_dir / "val").is_dir():
+            raise DatasetError(f"{data_dir}: has train/ but no val/ (Kaggle layout needs both)")
+        train, ignored = scan_folder(data_dir / "train")
+        test, ignored_test = scan_folder(data_dir / "val")
+        ignored += ignored_test
+        if not train:
+            raise DatasetError(f"{data_dir / 'train'}: no pair images (.jpg/.png) found")
+        train, val = _seeded_split(train, val_fraction, rng)
+        layout = "kaggle"
+    else:
+        files, ignored = scan_folder(data_dir)
+        if not files:
+            raise DatasetError(
+                f"{data_dir}: no pair images found (expected train/ and val/ folders of pairs, "
+                "or a folder of .jpg/.png pairs)"
+            )
+        rest, test = _seeded_split(files, FLAT_TEST_FRACTION, rng)
+        train, val = _seeded_split(rest, val_fraction, rng)
+        layout = "flat"
+    return {"train": train, "val": val, "test": test}, layout, ignored

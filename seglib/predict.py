@@ -14,7 +14,7 @@ import cv2
 import numpy as np
 
 from seglib.fsutil import atomic_write_bytes
-from seglib.labels import Palette
+from seglib.labels import colourize
 from seglib.layout import RunDir
 from seglib.pairs import (
     ASPECT_TOLERANCE,
@@ -23,6 +23,7 @@ from seglib.pairs import (
     PairError,
     decode_image,
 )
+from seglib.palette import Palette
 
 
 def load_predictor(model_path: str | os.PathLike):
@@ -88,7 +89,7 @@ def predict_paths(model_path, input_path, out_dir, alpha: float = 0.5, max_pixel
         x = cv2.resize(photo, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)[None]
         labels = np.asarray(predict(x))[0].argmax(-1).astype(np.uint8)
         labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
-        mask = palette.colourize(labels)
+        mask = colourize(palette, labels)
         overlay = cv2.addWeighted(photo, 1 - alpha, mask, alpha, 0)
         outputs = []
         for suffix, img in (("mask", mask), ("overlay", overlay)):

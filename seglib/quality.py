@@ -13,8 +13,24 @@ import cv2
 import numpy as np
 
 from seglib.cityscapes import ids_to_colour_classes
-from seglib.labels import purity
 from seglib.prepare import open_split
+
+
+def purity(labels: np.ndarray, truth: np.ndarray, ignore: int = 255) -> float:
+    """Share of pixels whose cluster's majority true class is their own true class.
+
+    Pixels whose truth is ``ignore`` are left out.
+    """
+    labels = np.asarray(labels).ravel().astype(np.int64)
+    truth = np.asarray(truth).ravel().astype(np.int64)
+    keep = truth != ignore
+    labels, truth = labels[keep], truth[keep]
+    if labels.size == 0:
+        raise ValueError("no pixels with a known true class")
+    n_truth = int(truth.max()) + 1
+    table = np.bincount(labels * n_truth + truth, minlength=(int(labels.max()) + 1) * n_truth)
+    table = table.reshape(-1, n_truth)
+    return float(table.max(axis=1).sum() / labels.size)
 
 
 def truth_path(pair_file: str | os.PathLike) -> Path:

@@ -57,14 +57,16 @@ def write_run_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | No
     ``export.json``. Returns the path of the report."""
     from seglib import figures, tables
     from seglib.evaluate import best_and_worst, evaluate, predict_rows
-    from seglib.labels import Palette
+    from seglib.palette import Palette
     from seglib.prepare import open_split
     from seglib.train import load_model
 
     run = RunDir(run_dir)
     config = _read_json(run.config)
     if config is None or not run.model.exists():
-        raise FileNotFoundError(f"{run.root}: not a trained run (no {run.config.name} or {run.model.name}; train first)")
+        raise FileNotFoundError(
+            f"{run.root}: not a trained run (no {run.config.name} or {run.model.name}; train first)"
+        )
     out = RunReportDir(out_dir if out_dir is not None else Path("reports") / run.root.resolve().name)
     marker = read_marker(out.root)
     if out.report.exists() and (marker is None or marker.get("kind") != RunReportDir.KIND):
@@ -189,7 +191,9 @@ def render_html(notebook_path, html_path) -> Path:
     notebook = nbformat.read(str(notebook_path), as_version=4)
     for cell in notebook.cells:  # library log lines (TensorFlow start-up) are not report content
         if cell.get("outputs"):
-            cell.outputs = [o for o in cell.outputs if not (o.get("output_type") == "stream" and o.get("name") == "stderr")]
+            cell.outputs = [
+                o for o in cell.outputs if not (o.get("output_type") == "stream" and o.get("name") == "stderr")
+            ]
     body, _ = exporter.from_notebook_node(notebook)
     body = _EXTERNAL.sub("", body)
     atomic_write_text(html_path, body)

@@ -54,6 +54,11 @@ def _poly(points):
     return lambda img: cv2.fillPoly(img, [np.round(np.array(points)).astype(np.int32)], 1)
 
 
+def _circles(circles):
+    """Draws filled circles ``(x, y, radius)``, each at least one pixel."""
+    return lambda img: [cv2.circle(img, (int(x), int(y)), max(int(r), 1), 1, -1) for x, y, r in circles]
+
+
 def _rgb(*values) -> np.ndarray:
     return np.array(values, np.float32)
 
@@ -134,8 +139,11 @@ def render_scene(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray,
         d = depth(y)
         if kind == "tree":
             r = rng.uniform(18, 34) * s * (0.6 + d)
-            blobs = [(x + rng.uniform(-r, r) * 0.6, y - r * rng.uniform(1.0, 2.2), r * rng.uniform(0.5, 0.9)) for _ in range(5)]
-            region = c.region(lambda img: [cv2.circle(img, (int(bx), int(by)), max(int(br), 1), 1, -1) for bx, by, br in blobs])
+            blobs = [
+                (x + rng.uniform(-r, r) * 0.6, y - r * rng.uniform(1.0, 2.2), r * rng.uniform(0.5, 0.9))
+                for _ in range(5)
+            ]
+            region = c.region(_circles(blobs))
             tex = _rgb(60, 105, 40) * rng.uniform(0.7, 1.2) + c.noise(int(size / 3), 28)
             c.paint(region, VEGETATION, tex)
         elif kind == "pole":
@@ -146,17 +154,41 @@ def render_scene(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray,
                 r = max(2.5, 9 * s * d)
                 sign = _rgb(*rng.choice([[230, 200, 30], [40, 80, 190], [200, 40, 40], [235, 235, 235]]))
                 if rng.random() < 0.5:
-                    region = c.region(lambda img: cv2.circle(img, (int(x), int(y - h)), int(r), 1, -1))
+                    region = c.region(_circles([(x, y - h, r)]))
                 else:
-                    region = c.region(_poly([(x - r, y - h - r), (x + r, y - h - r), (x + r, y - h + r), (x - r, y - h + r)]))
+                    region = c.region(
+                        _poly([(x - r, y - h - r), (x + r, y - h - r), (x + r, y - h + r), (x - r, y - h + r)])
+                    )
                 c.paint(region, SIGN, sign + c.noise(8, 5))
         elif kind == "car":
             w = rng.uniform(70, 100) * s * d
             h = w * rng.uniform(0.55, 0.75)
-            body_colour = _rgb(*rng.choice([[180, 30, 30], [30, 50, 140], [200, 200, 205], [40, 40, 45], [120, 120, 125], [20, 90, 60]]))
-            region = c.region(_poly([(x - w / 2, y - h * 0.55), (x + w / 2, y - h * 0.55), (x + w / 2, y - h * 0.1), (x - w / 2, y - h * 0.1)]))
-            cabin = c.region(_poly([(x - w * 0.35, y - h), (x + w * 0.35, y - h), (x + w * 0.45, y - h * 0.55), (x - w * 0.45, y - h * 0.55)]))
-            wheels = c.region(lambda img: [cv2.circle(img, (int(x + sx * w * 0.32), int(y - h * 0.12)), max(int(h * 0.14), 1), 1, -1) for sx in (-1, 1)])
+            body_colour = _rgb(
+                *rng.choice(
+                    [[180, 30, 30], [30, 50, 140], [200, 200, 205], [40, 40, 45], [120, 120, 125], [20, 90, 60]]
+                )
+            )
+            region = c.region(
+                _poly(
+                    [
+                        (x - w / 2, y - h * 0.55),
+                        (x + w / 2, y - h * 0.55),
+                        (x + w / 2, y - h * 0.1),
+                        (x - w / 2, y - h * 0.1),
+                    ]
+                )
+            )
+            cabin = c.region(
+                _poly(
+                    [
+                        (x - w * 0.35, y - h),
+                        (x + w * 0.35, y - h),
+                        (x + w * 0.45, y - h * 0.55),
+                        (x - w * 0.45, y - h * 0.55),
+                    ]
+                )
+            )
+            wheels = c.region(_circles([(x + sx * w * 0.32, y - h * 0.12, h * 0.14) for sx in (-1, 1)]))
             tex = body_colour * rng.uniform(0.8, 1.1) + c.noise(16, 6)
             c.paint(region, CAR, tex)
             c.paint(cabin, CAR, tex * 0.45 + _rgb(20, 25, 35))
@@ -165,8 +197,10 @@ def render_scene(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray,
             h = rng.uniform(45, 70) * s * d
             w = h * 0.28
             clothes = _rgb(*rng.integers(20, 160, 3))
-            body = c.region(_poly([(x - w / 2, y - h * 0.82), (x + w / 2, y - h * 0.82), (x + w * 0.35, y), (x - w * 0.35, y)]))
-            head = c.region(lambda img: cv2.circle(img, (int(x), int(y - h * 0.9)), max(int(h * 0.09), 1), 1, -1))
+            body = c.region(
+                _poly([(x - w / 2, y - h * 0.82), (x + w / 2, y - h * 0.82), (x + w * 0.35, y), (x - w * 0.35, y)])
+            )
+            head = c.region(_circles([(x, y - h * 0.9, h * 0.09)]))
             c.paint(body, PERSON, clothes + c.noise(8, 8))
             c.paint(head, PERSON, _rgb(200, 160, 130) + c.noise(8, 6))
 
@@ -197,7 +231,11 @@ def generate(out_dir: str | os.PathLike, count: int = 200, seed: int = 0, size: 
             number = i + 1 if split == "train" else i - (count - n_test) + 1
             photo, ids = render_scene(rng, size)
             pair = np.concatenate([photo, colour_mask(ids)], axis=1)
-            cv2.imwrite(str(tmp / split / f"{number}.jpg"), cv2.cvtColor(pair, cv2.COLOR_RGB2BGR), [cv2.IMWRITE_JPEG_QUALITY, 90])
+            cv2.imwrite(
+                str(tmp / split / f"{number}.jpg"),
+                cv2.cvtColor(pair, cv2.COLOR_RGB2BGR),
+                [cv2.IMWRITE_JPEG_QUALITY, 90],
+            )
             cv2.imwrite(str(tmp / "ids" / split / f"{number}.png"), ids)
         info = {"count": count, "seed": seed, "size": size, "train": count - n_test, "val": n_test, "classes": CLASSES}
         atomic_write_json(SyntheticDir(tmp).info, info)

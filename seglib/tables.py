@@ -7,8 +7,8 @@ import os
 import pandas as pd
 
 from seglib.figures import class_names
-from seglib.labels import Palette
 from seglib.layout import RunDir
+from seglib.palette import Palette
 
 TRAINING_KEYS = ("backbone", "encoder_weights", "epochs", "batch_size", "lr", "patience", "monitor", "loss",
                  "augment", "reduce_lr", "seed", "jit_compile")
@@ -59,13 +59,22 @@ def splits(summary: dict) -> pd.DataFrame:
 def dataset(summary: dict) -> pd.DataFrame:
     """Where a prepared dataset came from and how it was made (summary.json)."""
     params = summary["parameters"]
-    return key_values({
-        "data folder": summary.get("data_dir"), "layout": summary.get("layout"), "classes (K)": params.get("clusters"),
-        "size (px)": params.get("size"), "seed": params.get("seed"), "val fraction": params.get("val_fraction"),
-        "sampled pixels": params.get("sample_pixels"), "edge resolution": params.get("resolve_edges"),
-        "skipped bad files": summary.get("skipped_count", 0), "ignored non-image files": len(summary.get("ignored_files", [])),
-        "prepare time (s)": summary.get("timings_s", {}).get("total"),
-    }, "value")
+    return key_values(
+        {
+            "data folder": summary.get("data_dir"),
+            "layout": summary.get("layout"),
+            "classes (K)": params.get("clusters"),
+            "size (px)": params.get("size"),
+            "seed": params.get("seed"),
+            "val fraction": params.get("val_fraction"),
+            "sampled pixels": params.get("sample_pixels"),
+            "edge resolution": params.get("resolve_edges"),
+            "skipped bad files": summary.get("skipped_count", 0),
+            "ignored non-image files": len(summary.get("ignored_files", [])),
+            "prepare time (s)": summary.get("timings_s", {}).get("total"),
+        },
+        "value",
+    )
 
 
 def skipped(summary: dict) -> pd.DataFrame:
@@ -139,8 +148,16 @@ def export(exported: dict) -> pd.DataFrame:
     """The Keras model and each TFLite model: size, agreement with Keras, mean IoU and single-image
     latency as median with its spread (p10-p90) (export.json)."""
     rows = {"keras": exported["keras"], **exported["formats"]}
-    return pd.DataFrame({
-        fmt: {"size MB": info["file_bytes"] / 1e6, "agreement": info.get("agreement", 1.0), "mean IoU": info["mean_iou"],
-              "latency ms (median)": info["latency_ms"], "p10 ms": info.get("latency_p10_ms"),
-              "p90 ms": info.get("latency_p90_ms")}
-        for fmt, info in rows.items()}).T.rename_axis("model")
+    return pd.DataFrame(
+        {
+            fmt: {
+                "size MB": info["file_bytes"] / 1e6,
+                "agreement": info.get("agreement", 1.0),
+                "mean IoU": info["mean_iou"],
+                "latency ms (median)": info["latency_ms"],
+                "p10 ms": info.get("latency_p10_ms"),
+                "p90 ms": info.get("latency_p90_ms"),
+            }
+            for fmt, info in rows.items()
+        }
+    ).T.rename_axis("model")

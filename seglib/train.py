@@ -23,8 +23,8 @@ import numpy as np
 
 from seglib import __version__
 from seglib.fsutil import atomic_write_json, read_marker, remove_owned, write_marker
-from seglib.labels import Palette
 from seglib.layout import BackupEpochDir, PreparedDir, RunDir
+from seglib.palette import Palette
 
 LOSSES = ("ce", "weighted_ce", "dice", "ce_dice")
 MONITORS = ("val_loss", "val_pixel_accuracy", "val_mean_iou")
@@ -82,7 +82,9 @@ def check_split(prepared_dir: str | os.PathLike, split: str, num_classes: int) -
     if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
         raise ValueError(f"{where}/images.npy: expected uint8 images (N, H, W, 3), got {images.dtype} {images.shape}")
     if labels.dtype != np.uint8 or labels.shape != images.shape[:3]:
-        raise ValueError(f"{where}/labels.npy: expected uint8 labels {images.shape[:3]}, got {labels.dtype} {labels.shape}")
+        raise ValueError(
+            f"{where}/labels.npy: expected uint8 labels {images.shape[:3]}, got {labels.dtype} {labels.shape}"
+        )
     if len(data.files) != len(images) or len(images) == 0:
         raise ValueError(f"{where}: {len(images)} rows but {len(data.files)} source files; prepare the data again")
     size = images.shape[1]
@@ -139,7 +141,9 @@ def validate(config: TrainConfig) -> Palette:
     run = RunDir(config.run_dir)
     state = run_state(run.root)
     if state == "foreign":
-        raise FileExistsError(f"{run.root}: exists, is not empty and is not a seglib run; choose a new or empty RUN_DIR")
+        raise FileExistsError(
+            f"{run.root}: exists, is not empty and is not a seglib run; choose a new or empty RUN_DIR"
+        )
     if state == "finished" and not config.overwrite:
         info = json.loads(run.info.read_text())
         raise FileExistsError(f"{run.root}: holds a finished run ({info.get('stop_reason')}, {info.get('epochs_run')} "
@@ -200,11 +204,11 @@ def ensure_space(folder: Path, needed: int, what: str) -> None:
                                     f"{free / 1e6:.0f} MB free", str(folder))
 
 
-def _atomic_checkpoint(path: Path, monitor: str):
+def atomic_checkpoint(path: Path, monitor: str):
     """Save the model when ``monitor`` improves: to a temp file, then renamed into place.
 
     The saved copy is uncompiled, so it holds no optimizer state (a third of the size with
-    Adam); resuming uses the separate backup (:func:`_epoch_backup`).
+    Adam); resuming uses the separate backup (:func:`epoch_backup`).
     """
     import keras
 
@@ -248,7 +252,7 @@ def latest_backup(run_dir: str | os.PathLike) -> tuple[BackupEpochDir, dict] | N
                          "(OVERWRITE = True)") from exc
 
 
-def _epoch_backup(run: RunDir, checkpoint, early, restored: dict | None):
+def epoch_backup(run: RunDir, checkpoint, early, restored: dict | None):
     """After every epoch, back up what a restart needs: the weights with the optimizer's state
     (``save_weights``), the epoch, and the state of the best-model checkpoint and EarlyStopping
     (otherwise the first resumed epoch would overwrite a better ``model.keras`` and patience would
@@ -395,7 +399,7 @@ def train(config: TrainConfig, verbose: int | str = "auto", log=None) -> Run:
         except Exception as exc:  # noqa: BLE001 - h5py and Keras raise several kinds for a damaged file
             raise ValueError(f"{backup[0].weights}: corrupt training backup ({type(exc).__name__}: "
                              f"{exc}); start the run over with --overwrite (OVERWRITE = True)") from exc
-    checkpoint = _atomic_checkpoint(run.model, config.monitor)
+    checkpoint = atomic_checkpoint(run.model, config.monitor)
     mode = "max" if ("accuracy" in config.monitor or "iou" in config.monitor) else "min"
     early = keras.callbacks.EarlyStopping(config.monitor, patience=config.patience, mode=mode,
                                           restore_best_weights=True)
@@ -405,7 +409,7 @@ def train(config: TrainConfig, verbose: int | str = "auto", log=None) -> Run:
         keras.callbacks.TerminateOnNaN(),
         checkpoint,
         early,
-        _epoch_backup(run, checkpoint, early, backup[1] if backup else None),
+        epoch_backup(run, checkpoint, early, backup[1] if backup else None),
         keras.callbacks.CSVLogger(str(run.history), append=True),
     ]
     if config.reduce_lr:

@@ -46,8 +46,9 @@ def test_bad_configs_fail_before_anything_runs(tmp_path, runs, shared, message):
 def test_a_yaml_alias_bomb_or_a_huge_config_is_refused_at_once(tmp_path):
     import time
 
-    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}" + f", *{chr(97 + i)}" * 8
-                                                   + "]" for i in range(8)]
+    lines = ["a: &a [x, x, x, x, x, x, x, x, x]"] + [
+        f"{chr(98 + i)}: &{chr(98 + i)} [*{chr(97 + i)}" + f", *{chr(97 + i)}" * 8 + "]" for i in range(8)
+    ]
     bomb = tmp_path / "bomb.yaml"
     bomb.write_text("\n".join(lines) + "\nruns: [{name: x}]\n")
     assert len(bomb.read_bytes()) < 600
@@ -73,9 +74,13 @@ def test_cli_reports_config_errors_and_unknown_only(tmp_path, capsys):
 def test_runs_with_the_same_data_setting_share_one_prepared_dataset(tmp_path):
     from seglib.batch import data_setting
 
-    batch = load_config({"parameters": {"DATA_DIR": "d", "SIZE": 64, "SYNTH_COUNT": 10},
-                         "runs": [{"name": "a"}, {"name": "b", "LR": 0.01, "N_EXAMPLES": 1}, {"name": "c", "SIZE": 128}]},
-                        tmp_path)
+    batch = load_config(
+        {
+            "parameters": {"DATA_DIR": "d", "SIZE": 64, "SYNTH_COUNT": 10},
+            "runs": [{"name": "a"}, {"name": "b", "LR": 0.01, "N_EXAMPLES": 1}, {"name": "c", "SIZE": 128}],
+        },
+        tmp_path,
+    )
     labels = [data_setting(r)[0] for r in batch.runs]
     assert labels[0] == labels[1] != labels[2]
     assert labels[0].startswith("d-k10-64px-")

@@ -163,7 +163,9 @@ def test_colab_badges_for_a_github_remote_fill_the_readme_block(tmp_path):
         github_path("https://example.org/seglib.git")
     lines = badges_markdown("https://github.com/someone/seglib.git").splitlines()
     assert [line.split("`")[1] for line in lines] == sorted(p.name for p in NOTEBOOKS.glob("*.ipynb"))
-    assert all("(https://colab.research.google.com/github/someone/seglib/blob/main/notebooks/" in line for line in lines)
+    assert all(
+        "(https://colab.research.google.com/github/someone/seglib/blob/main/notebooks/" in line for line in lines
+    )
     readme = tmp_path / "README.md"
     readme.write_text(f"# x\n{BADGES_START}\nplaceholder\n{BADGES_END}\nrest\n")
     for _ in range(2):  # idempotent

@@ -1,12 +1,12 @@
 import cv2
 import numpy as np
 
-from seglib.data import _augment, make_dataset
+from seglib.data import augment_pair, make_dataset
 
 
 def test_batches_stream_every_row_once(prepared_dir):
     ds = make_dataset(prepared_dir, "val", batch_size=4)
-    images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in ds])
+    images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in ds], strict=True)
     images, labels = np.concatenate(images), np.concatenate(labels)
     ref_images = np.load(prepared_dir / "val" / "images.npy")
     ref_labels = np.load(prepared_dir / "val" / "labels.npy")
@@ -34,7 +34,7 @@ def test_augmentation_moves_image_and_label_together():
     label[40:, 20:] = 2
     image = np.stack([np.choose(label, [60, 10, 200])] * 3, -1).astype(np.float32)
     for _ in range(20):
-        aug_image, aug_label = (t.numpy() for t in _augment(tf.constant(image), tf.constant(label), 64))
+        aug_image, aug_label = (t.numpy() for t in augment_pair(tf.constant(image), tf.constant(label), 64))
         assert aug_image.shape == (64, 64, 3) and aug_label.shape == (64, 64)
         assert set(np.unique(aug_label)) <= {0, 1, 2}  # labels never interpolated
         red = aug_image[..., 0]

@@ -32,7 +32,12 @@ def test_kaggle_dataset_is_downloaded_once_and_kept(kagglehub, tmp_path, synth_d
     first = resolve_data_dir("kaggle:dansbecker/cityscapes-image-pairs", kaggle_cache=tmp_path / "data" / "kaggle",
                              log=lines.append)
     assert first == tmp_path / "data" / "kaggle" / "dansbecker" / "cityscapes-image-pairs"
-    assert sorted(p.name for p in first.iterdir()) == [".seglib", "kaggle.json", "train", "val"]  # shallowest train/ + val/
+    assert sorted(p.name for p in first.iterdir()) == [
+        ".seglib",
+        "kaggle.json",
+        "train",
+        "val",
+    ]  # shallowest train/ + val/
     assert len(list((first / "train").iterdir())) == len(list((synth_dir / "train").iterdir()))
     again = resolve_data_dir("kaggle:dansbecker/cityscapes-image-pairs", kaggle_cache=tmp_path / "data" / "kaggle",
                              log=lines.append)

@@ -76,7 +76,9 @@ def test_the_three_notebooks_chain_with_their_defaults(tmp_path):
         text = outputs_text(nb)
         assert "{'" not in text and "ms/step" not in text, text[:2000]
     assert sum("text/html" in o.get("data", {}) for c in prepared.cells for o in c.get("outputs", [])) >= 3
-    assert re.search(r"epoch 2/2: loss [\d.]+, val loss [\d.]+, val pixel accuracy [\d.]+, val mean IoU", outputs_text(trained))
+    assert re.search(
+        r"epoch 2/2: loss [\d.]+, val loss [\d.]+, val pixel accuracy [\d.]+, val mean IoU", outputs_text(trained)
+    )
     # the report: every section, the parameters and environment, shareable as it is
     html = report.read_text()
     for section in ("Parameters", "Environment", "Data", "Training", "Metrics on the test split", "Predictions",
@@ -94,13 +96,16 @@ def test_the_three_notebooks_chain_with_their_defaults(tmp_path):
 # Colab
 
 
-STARTUP = '''\
+STARTUP = """\
 import os, sys, types
 # Colab's kernel has google.colab imported; mount() records its mount point
 _fake = types.ModuleType("google.colab")
-_fake.drive = types.SimpleNamespace(mount=lambda path, **kw: open(os.environ["FAKE_COLAB_MOUNTS"], "a").write(path + "\\n"))
+def _mount(path, **kw):
+    with open(os.environ["FAKE_COLAB_MOUNTS"], "a") as f:
+        f.write(path + "\\n")
+_fake.drive = types.SimpleNamespace(mount=_mount)
 sys.modules["google.colab"] = _fake
-'''
+"""
 
 KAGGLEHUB = '''\
 """Stand-in kagglehub: "downloads" the synthetic pairs, nested as the real archive is."""
@@ -136,7 +141,9 @@ def colab(tmp_path, monkeypatch, synth_dir):
         subprocess.run(git + cmd, check=True, capture_output=True)
     opened = tmp_path / "opened"  # notebooks as Colab opens them (File > Upload), settings filled in
     opened.mkdir()
-    cell = cell_with(DRIVE_ROOT=drive, SEGLIB_CODE=vm / "seglib-code", SEGLIB_GIT=origin, LOCAL_CACHE=vm / "seglib-cache")
+    cell = cell_with(
+        DRIVE_ROOT=drive, SEGLIB_CODE=vm / "seglib-code", SEGLIB_GIT=origin, LOCAL_CACHE=vm / "seglib-cache"
+    )
     for path in NOTEBOOKS.glob("*.ipynb"):
         nb = nbformat.read(path, as_version=4)
         next(c for c in nb.cells if c.source == CELL).source = cell
@@ -198,7 +205,9 @@ def test_colab_from_a_blank_drive_to_a_report_then_a_dropped_session_resumes(col
         assert session.poll() is None and time.time() < deadline, "training ended before the session dropped"
         time.sleep(0.2)
     _kill_tree(session.pid)  # the VM goes away: papermill and its kernel die at once
-    assert (drive / "artifacts" / "long" / "backup").exists() and not (drive / "artifacts" / "long" / "run.json").exists()
+    assert (drive / "artifacts" / "long" / "backup").exists() and not (
+        drive / "artifacts" / "long" / "run.json"
+    ).exists()
 
     vm.new_session()
     vm.run("02_train", long_run)

@@ -15,7 +15,9 @@ def test_notebooks_are_stripped_and_parameterised():
         nb = nbformat.read(path, as_version=4)
         tagged = [c for c in nb.cells if "parameters" in c.metadata.get("tags", [])]
         assert len(tagged) == 1, path
-        assert all(not c.get("outputs") and not c.get("execution_count") for c in nb.cells if c.cell_type == "code"), path
+        assert all(not c.get("outputs") and not c.get("execution_count") for c in nb.cells if c.cell_type == "code"), (
+            path
+        )
 
 
 def test_parameters_are_colab_form_fields_that_papermill_reads():

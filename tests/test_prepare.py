@@ -8,8 +8,8 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seglib.pairs import PairError
-from seglib.prepare import DatasetError, open_split, prepare, split_files
+from seglib.pairs import DatasetError, PairError, split_files
+from seglib.prepare import open_split, prepare
 from seglib.quality import split_purity
 
 
@@ -32,7 +32,7 @@ def test_prepared_layout_and_contents(prepared_dir, synth_dir):
         assert sorted(p.name for p in (prepared_dir / name).iterdir()) == ["files.txt", "images.npy", "labels.npy"]
     test = open_split(prepared_dir, "test")
     assert all(f.startswith(str(synth_dir / "val")) for f in test.files)
-    assert set(summary["timings_s"]) == {"read_train", "fit", "label_and_read_rest", "total"}
+    assert set(summary["timings_s"]) == {"read_train", "fit", "read_and_label", "total"}
     assert summary["skipped_count"] == 0 and summary["ignored_files"] == []
 
 
@@ -200,9 +200,9 @@ def test_real_sample_label_purity(shared_sample, tmp_path):
 
 def test_skipped_training_file_palette_uses_kept_masks(messy_dir, tmp_path):
     """With a bad training file skipped, the palette is fitted on the kept training masks alone."""
-    from seglib.labels import fit_palette, sample_pixels
     from seglib.pairs import read_pair
-    from seglib.prepare import load_palette, split_files
+    from seglib.palette import fit_palette, sample_pixels
+    from seglib.prepare import load_palette
 
     splits, _, _ = split_files(messy_dir)
     assert {"corrupt.jpg", "square.png"} & {p.name for p in splits["train"]}  # a bad file is in train
@@ -212,36 +212,6 @@ def test_skipped_training_file_palette_uses_kept_masks(messy_dir, tmp_path):
     masks = np.stack([read_pair(f, 64)[1] for f in kept])
     expected = fit_palette(sample_pixels(masks, 5000, seed=0), 10, seed=0)
     assert np.allclose(load_palette(tmp_path / "out").centroids, expected.centroids, atol=1e-3)  # JSON keeps 4 decimals
-
-
-def test_masks_decoded_before_the_fit_are_labelled_in_row_order(tmp_path):
-    """Val/test pairs decoded while the palette is still being fitted wait, then are labelled
-    before any later row is written."""
-    from concurrent.futures import Future
-
-    from seglib.labels import Palette
-    from seglib.prepare import _SplitLabeller
-
-    pal = Palette(np.array([[128, 64, 128], [70, 70, 70], [0, 0, 0]], np.float32), np.array([0.5, 0.3, 0.2]))
-    rng = np.random.default_rng(0)
-    masks = [np.ascontiguousarray(pal.colours[rng.integers(0, 3, (16, 16))]) for _ in range(6)]
-    fitting = Future()
-    labeller = _SplitLabeller(fitting, tmp_path / "labels.npy", 16, len(masks), resolve=True)
-    photo = np.zeros((16, 16, 3), np.uint8)
-    early = [labeller.then(i, photo, masks[i]) for i in range(3)]  # fit not done: passed on unlabelled
-    assert all(result[2] is None and result[1] is masks[i] for i, result in enumerate(early))
-    fitting.set_result((pal, 0.0))
-    labeller.keep(early[0])
-    labeller.keep(early[1])
-    labeller.keep(labeller.then(3, photo, masks[3]))  # labelled in the worker; 0 and 1 go first
-    labeller.keep(early[2])  # decoded early, arrives after a labelled one: waits again
-    labeller.keep(labeller.then(4, photo, masks[4]))
-    labeller.keep(labeller.then(5, photo, masks[5]))
-    labeller.close(complete=True)
-    order = [0, 1, 3, 2, 4, 5]
-    expected = pal.assign(np.stack([masks[i] for i in order]))
-    assert np.array_equal(np.load(tmp_path / "labels.npy"), expected)
-    assert labeller.class_counts().tolist() == np.bincount(expected.ravel(), minlength=3).tolist()
 
 
 def test_same_output_on_any_number_of_worker_threads(synth_dir, prepared_dir, tmp_path):
@@ -260,9 +230,16 @@ def test_the_k_means_sample_is_bounded_by_the_masks_and_by_memory(synth_dir, tmp
     import psutil
 
     monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=100_000_000))  # 100 MB free
-    with pytest.raises(DatasetError, match=r"--sample-pixels 2000000000: the K-Means sample needs about \d+ MB, more than half of the 100 MB"):
+    with pytest.raises(
+        DatasetError,
+        match=r"--sample-pixels 2000000000: the K-Means sample needs about \d+ MB, more than half of the 100 MB",
+    ):
         prepare(synth_dir, tmp_path / "huge", size=256, sample_pixels_count=2_000_000_000, progress=False)
     assert not list(tmp_path.iterdir())  # refused before any work: nothing written, no temp folder
+    monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=10_000_000))  # 10 MB free
+    with pytest.raises(DatasetError, match=r"the 38 training pairs need about 17 MB of memory at --size 256"):
+        prepare(synth_dir, tmp_path / "huge", size=256, progress=False)
+    assert not list(tmp_path.iterdir())
     monkeypatch.undo()
     summary = prepare(synth_dir, tmp_path / "small", size=32, sample_pixels_count=10_000_000, progress=False)
     held = summary["counts"]["train"] * 32 * 32
@@ -278,7 +255,9 @@ def test_any_file_name_survives_in_files_txt(synth_dir, tmp_path):
     for source, name in zip(sources, names, strict=True):
         shutil.copy(source, flat / name)
     prepare(flat, tmp_path / "out", size=32, progress=False)
-    listed = sorted(Path(f).name for split in ("train", "val", "test") for f in open_split(tmp_path / "out", split).files)
+    listed = sorted(
+        Path(f).name for split in ("train", "val", "test") for f in open_split(tmp_path / "out", split).files
+    )
     assert listed == sorted(names)
     for split in ("train", "val", "test"):
         data = open_split(tmp_path / "out", split)

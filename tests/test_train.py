@@ -131,17 +131,17 @@ def test_backup_keeps_the_callbacks_state_and_survives_a_failed_write(tmp_path):
     import keras
 
     from seglib.layout import RunDir
-    from seglib.train import _atomic_checkpoint, _epoch_backup, latest_backup
+    from seglib.train import atomic_checkpoint, epoch_backup, latest_backup
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="adam", loss="mse")
     folder = tmp_path / "backup"
 
     def fresh(restored=None):
-        checkpoint = _atomic_checkpoint(tmp_path / "model.keras", "val_loss")
+        checkpoint = atomic_checkpoint(tmp_path / "model.keras", "val_loss")
         early = keras.callbacks.EarlyStopping("val_loss", patience=5)
         early.on_train_begin()
-        backup = _epoch_backup(RunDir(tmp_path), checkpoint, early, restored)
+        backup = epoch_backup(RunDir(tmp_path), checkpoint, early, restored)
         backup.set_model(model)
         return checkpoint, early, backup
 
@@ -191,7 +191,9 @@ def test_a_finished_run_is_replaced_only_when_asked_and_a_nan_run_stops_cleanly(
     info = json.loads((run_dir / "run.json").read_text())
     assert run.stop_reason.startswith("nan") and info["stop_reason"].startswith("nan")
     assert info["epochs_run"] == len(run.history) <= 3  # the new run's own history only
-    assert not [p for p in ("metrics.json", "confusion.npy", "model_int8.tflite", "export.json") if (run_dir / p).exists()]
+    assert not [
+        p for p in ("metrics.json", "confusion.npy", "model_int8.tflite", "export.json") if (run_dir / p).exists()
+    ]
     assert (run_dir / "notes.md").read_text() == "mine"  # the user's file stays
     if (run_dir / "model.keras").exists():  # only a finite epoch is ever saved
         probs = load_model(run_dir).predict(np.asarray(open_split(small_prepared, "test").images[:1], np.float32),
@@ -250,8 +252,18 @@ def test_default_demo_reaches_90_percent_pixel_accuracy(tmp_path):
     assert sorted(c["name"] for c in names) == sorted(CLASSES)  # ten distinct classes, none split in two
     assert summary["palette_warnings"] == []
     run_dir = tmp_path / "run"
-    train(TrainConfig(str(tmp_path / "prepared"), str(run_dir), backbone=DEMO_RUNS[0]["BACKBONE"], epochs=DEMO["EPOCHS"],
-                      batch_size=DEMO["BATCH_SIZE"], lr=DEMO["LR"], encoder_weights=None), verbose=0)
+    train(
+        TrainConfig(
+            str(tmp_path / "prepared"),
+            str(run_dir),
+            backbone=DEMO_RUNS[0]["BACKBONE"],
+            epochs=DEMO["EPOCHS"],
+            batch_size=DEMO["BATCH_SIZE"],
+            lr=DEMO["LR"],
+            encoder_weights=None,
+        ),
+        verbose=0,
+    )
     metrics = evaluate(run_dir, tmp_path / "prepared", "test")
     assert metrics["pixel_accuracy"] >= 0.90
     saved = json.loads((run_dir / "metrics.json").read_text())
