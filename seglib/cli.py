@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import argparse
 import json
+import os
 import sys
 from pathlib import Path
 
@@ -84,7 +85,7 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from seglib.batch import load_config, unfinished_runs
+    from seglib.batch import best_run, load_config, run_results, unfinished_runs
     from seglib.demo import demo_config, run_demo
 
     weights = None if args.encoder_weights.lower() == "none" else args.encoder_weights
@@ -93,6 +94,11 @@ def _cmd_demo(args) -> int:
     batch = load_config(demo_config(args.out, args.data, weights), args.out)
     failed = unfinished_runs(batch)
     print(f"demo: {len(batch.runs) - len(failed)} of {len(batch.runs)} runs finished; open {index}")
+    best = best_run(run_results(batch))
+    if best:
+        python = os.path.relpath(sys.executable) if sys.executable.startswith(os.getcwd()) else "python"
+        print(f"serve the best model ({best}, int8): {python} -m seglib serve {batch.run_dir(best).root} "
+              "then open http://127.0.0.1:8000/")
     return 1 if failed else 0
 
 
@@ -109,8 +115,13 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from seglib.predict import predict_paths
+    from seglib.predict import VIDEO_SUFFIXES, predict_paths, predict_video
 
+    if Path(args.input).suffix.lower() in VIDEO_SUFFIXES:
+        video = predict_video(args.model, args.input, args.out_dir, every=args.every)
+        print(f"wrote {video['output']}: {video['frames']} frames ({video['predicted']} predicted) at "
+              f"{video['frames_per_s']} frames/s")
+        return 0
     result = predict_paths(args.model, args.input, args.out_dir, max_pixels=args.max_pixels)
     files = sum(len(item["outputs"]) for item in result["written"])
     print(f"wrote {files} files (mask and overlay) for {len(result['written'])} image(s) to {args.out_dir}")
@@ -119,6 +130,14 @@ def _cmd_predict(args) -> int:
         for item in result["skipped"]:
             print(f"  {item['file']}: {item['reason']}")
     return 0 if result["written"] else 2
+
+
+def _cmd_serve(args) -> int:
+    from seglib.serve import serve
+
+    serve(args.run_dir, model=args.model, host=args.host, port=args.port, threads=args.threads,
+          queue_size=args.queue, max_pixels=args.max_pixels, max_bytes=args.max_bytes)
+    return 0
 
 
 def _cmd_report(args) -> int:
@@ -239,18 +258,32 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--encoder-weights", default="none", help="none (offline) or imagenet")
     p.set_defaults(func=_cmd_demo)
 
-    p = sub.add_parser("export", help="TFLite fp32/fp16/int8 models of a run, with measured parity and latency")
+    p = sub.add_parser("export", help="TFLite fp32/fp16/int8 (and ONNX) models of a run, with measured parity and "
+                                      "latency")
     p.add_argument("run_dir")
-    p.add_argument("--formats", default="fp32,fp16,int8")
+    p.add_argument("--formats", default="fp32,fp16,int8", help="comma-separated: fp32, fp16, int8, onnx")
     p.add_argument("--calibration-images", type=int, default=100)
     p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("predict", help="colour masks and overlays for an image, a pair or a folder")
+    p = sub.add_parser("predict", help="colour masks and overlays for an image, a pair, a folder or a video")
     p.add_argument("model", help="RUN_DIR/model.keras or RUN_DIR/model_<fmt>.tflite")
     p.add_argument("input")
     p.add_argument("out_dir")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="larger images are skipped (header check)")
+    p.add_argument("--every", type=int, default=1, help="video: predict one frame in N, the others reuse its mask")
     p.set_defaults(func=_cmd_predict)
+
+    p = sub.add_parser("serve", help="serve a trained run over HTTP: a browser page at /, POST /predict, /health")
+    p.add_argument("run_dir")
+    p.add_argument("--model", default="int8", choices=["int8", "fp16", "fp32", "onnx", "keras"],
+                   help="which of the run's models (the exports need `export` first)")
+    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept other machines (no authentication!)")
+    p.add_argument("--port", type=int, default=8000)
+    p.add_argument("--threads", type=int, default=2, help="model runners: requests predicted at once")
+    p.add_argument("--queue", type=int, default=8, help="requests that may wait for a runner; more get 503")
+    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="larger images get 413 (header check)")
+    p.add_argument("--max-bytes", type=int, default=20_000_000, help="larger uploads get 413")
+    p.set_defaults(func=_cmd_serve)
 
     p = sub.add_parser("report", help="write a trained run's self-contained HTML report (reports/<run>/report.html)")
     p.add_argument("run_dir")

@@ -1,11 +1,12 @@
-"""TFLite export (fp32 / fp16 / int8) with measured agreement, accuracy, size and latency.
+"""TFLite (fp32 / fp16 / int8) and ONNX export with measured agreement, accuracy, size and latency.
 
 int8 is full-integer post-training quantization (every op int8, calibrated on a representative
 dataset drawn from the train split); its input is the uint8 image itself (scale 1), its output
 float32 probabilities. Models run with ai-edge-litert's interpreter at a fixed thread count, so
 latencies are comparable. Where ai-edge-litert cannot be imported or loaded (its macOS wheels
 from 1.3.0 on need macOS 15.2), TensorFlow's own, deprecated ``tf.lite.Interpreter`` runs them;
-``export.json`` records which runtime measured the latencies.
+``export.json`` records which runtime measured the latencies. ONNX goes through Keras' own
+``model.export(format="onnx")`` (tf2onnx) and runs with onnxruntime at the same thread count.
 """
 from __future__ import annotations
 
@@ -24,7 +25,8 @@ from seglib.layout import RunDir
 from seglib.metrics import scores, update_confusion
 from seglib.prepare import open_split
 
-FORMATS = ("fp32", "fp16", "int8")
+FORMATS = ("fp32", "fp16", "int8")  # TFLite
+EXPORTS = (*FORMATS, "onnx")
 
 
 def tflite_interpreter(path: str | os.PathLike, threads: int = 2):
@@ -75,6 +77,42 @@ class TFLiteModel:
         return np.stack([self.predict_one(im) for im in images])
 
 
+class OnnxModel:
+    """A .onnx segmentation model run with onnxruntime: the same ``predict``/``predict_one``."""
+
+    def __init__(self, path: str | os.PathLike, threads: int = 2):
+        import onnxruntime as ort
+
+        options = ort.SessionOptions()
+        options.intra_op_num_threads, options.inter_op_num_threads = threads, 1
+        self.path = Path(path)
+        self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+        self.input = self.session.get_inputs()[0]
+        self.size = int(self.input.shape[1])
+        self.runtime = f"onnxruntime {ort.__version__}"
+
+    def predict(self, images: np.ndarray) -> np.ndarray:
+        return self.session.run(None, {self.input.name: np.asarray(images, np.float32)})[0]
+
+    def predict_one(self, image: np.ndarray) -> np.ndarray:
+        return self.predict(np.asarray(image)[None])[0]
+
+
+def export_onnx(model, path: Path, example: np.ndarray) -> None:
+    """Write ``model`` as ONNX to ``path`` (atomically) through Keras' exporter."""
+    from seglib.model import keras_predictor
+
+    keras_predictor(model)(example[:1])  # Keras exports only a model that has been called
+    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
+    try:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # tf2onnx's numpy deprecation warnings
+            model.export(str(tmp), format="onnx", verbose=False)
+        os.replace(tmp, path)
+    finally:
+        tmp.unlink(missing_ok=True)
+
+
 def convert(saved_model_dir: str | os.PathLike, fmt: str, representative: np.ndarray | None = None) -> bytes:
     """Convert a SavedModel to TFLite bytes in format ``fmt`` (see module docstring)."""
     import tensorflow as tf
@@ -121,9 +159,9 @@ def export_run(run_dir: str | os.PathLike, formats=FORMATS, calibration_images: 
 
     run = RunDir(run_dir)
     formats = list(formats)
-    unknown = [f for f in formats if f not in FORMATS]
+    unknown = [f for f in formats if f not in EXPORTS]
     if unknown:
-        raise ValueError(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(FORMATS)}")
+        raise ValueError(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(EXPORTS)}")
     if not run.config.exists():
         raise FileNotFoundError(f"{run.root}: not a trained run (no {run.config.name}; train first)")
     config = json.loads(run.config.read_text())
@@ -157,19 +195,23 @@ def export_run(run_dir: str | os.PathLike, formats=FORMATS, calibration_images: 
         finally:
             logger.setLevel(level)
         for fmt in formats:
-            data = convert(saved, fmt, representative if fmt == "int8" else None)
-            path = run.tflite(fmt)
-            atomic_write_bytes(path, data)
-            lite = TFLiteModel(path, threads)
-            result["runtime"] = lite.runtime
-            pred = lite.predict(images).argmax(-1)
+            path = run.exported(fmt)
+            if fmt == "onnx":
+                export_onnx(model, path, images)
+                exported = OnnxModel(path, threads)
+            else:
+                atomic_write_bytes(path, convert(saved, fmt, representative if fmt == "int8" else None))
+                exported = TFLiteModel(path, threads)
+                result["runtime"] = exported.runtime
+            pred = np.concatenate([exported.predict(images[i : i + 8]).argmax(-1) for i in range(0, n_eval, 8)])
             cm = update_confusion(np.zeros((k, k), np.int64), truth, pred)
             result["formats"][fmt] = {
-                "file": path.name, "file_bytes": len(data),
+                "file": path.name, "file_bytes": path.stat().st_size,
                 "size_vs_fp32": None,
                 "agreement": float((pred == keras_pred).mean()),
                 "mean_iou": scores(cm)["mean_iou"],
-                **latency_ms(lite.predict_one, images[0], latency_repeats),
+                **latency_ms(exported.predict_one, images[0], latency_repeats),
+                **({"runtime": exported.runtime} if fmt == "onnx" else {}),
             }
     finally:
         shutil.rmtree(saved, ignore_errors=True)

@@ -204,4 +204,8 @@ def colourize(palette: Palette, labels: np.ndarray) -> np.ndarray:
     labels = np.asarray(labels)
     if labels.size and labels.max() >= palette.k:
         raise ValueError(f"label {int(labels.max())} is outside the palette (K={palette.k})")
+    if labels.dtype == np.uint8 and labels.ndim == 2 and labels.size:  # an image: OpenCV's table lookup
+        table = np.zeros((1, 256, 3), np.uint8)
+        table[0, : palette.k] = palette.colours
+        return cv2.LUT(cv2.merge([labels] * 3), table)
     return palette.colours[labels]

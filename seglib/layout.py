@@ -71,7 +71,7 @@ class RunDir(Folder):
 
     KIND = "run"
     OWNED = (MARKER, "config.json", "palette.json", "history.csv", "model.keras", "run.json", "metrics.json",
-             "confusion.npy", "export.json", "model_*.tflite", "backup", "backup/*", ".saved_model-*",
+             "confusion.npy", "export.json", "model_*.tflite", "model.onnx", "backup", "backup/*", ".saved_model-*",
              *TEMP_PATTERNS)
 
     config = property(lambda self: self.root / "config.json")
@@ -84,8 +84,14 @@ class RunDir(Folder):
     export = property(lambda self: self.root / "export.json")
     backup = property(lambda self: self.root / "backup")
 
+    onnx = property(lambda self: self.root / "model.onnx")
+
     def tflite(self, fmt: str) -> Path:
         return self.root / f"model_{fmt}.tflite"
+
+    def exported(self, fmt: str) -> Path:
+        """The file of an export format (``fp32``, ``fp16``, ``int8``, ``onnx``)."""
+        return self.onnx if fmt == "onnx" else self.tflite(fmt)
 
     def backup_epoch(self, epoch: int) -> BackupEpochDir:
         return BackupEpochDir(self.backup / f"epoch-{epoch:04d}")
@@ -96,7 +102,7 @@ class RunDir(Folder):
 
     def derived(self) -> list[Path]:
         """What evaluation and export wrote from the model (stale once the model changes)."""
-        return [self.metrics, self.confusion, self.export, *sorted(self.root.glob("model_*.tflite"))]
+        return [self.metrics, self.confusion, self.export, *sorted(self.root.glob("model_*.tflite")), self.onnx]
 
 
 class BackupEpochDir(Folder):

@@ -115,3 +115,10 @@ def detect_device() -> dict:
     else:
         kind = "cpu"
     return {"kind": kind, "devices": [d.name for d in gpus] or ["CPU"], "machine": platform.machine()}
+
+
+def keras_predictor(model):
+    """``predict(images (N, H, W, 3) float32) -> probabilities`` as a direct call of ``model``: safe
+    from several threads at once, and without ``model.predict``'s per-call set-up."""
+    structured = isinstance(model.input, list)  # segmentation-models' U-Net takes a list of one input
+    return lambda x: model([x] if structured else x, training=False).numpy()

@@ -37,6 +37,10 @@ class PairError(ValueError):
         super().__init__(f"{self.path}: {reason}")
 
 
+class TooLarge(PairError):
+    """An image over the pixel limit (refused from its header, before decoding)."""
+
+
 def image_size(data: bytes, path: str | os.PathLike = "<bytes>") -> tuple[int, int]:
     """``(width, height)`` an image file declares in its header, read without decoding it."""
     import io
@@ -56,7 +60,7 @@ def image_size(data: bytes, path: str | os.PathLike = "<bytes>") -> tuple[int, i
             with Image.open(io.BytesIO(data)) as image:
                 return image.size
     except Image.DecompressionBombError as exc:  # over twice Pillow's own limit: far over any sane one
-        raise PairError(path, f"image is over the limit ({exc})") from exc
+        raise TooLarge(path, f"image is over the limit ({exc})") from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise PairError(path, "not a readable image (corrupt or unsupported format)") from exc
 
@@ -74,12 +78,17 @@ def decode_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.nd
         data = Path(path).read_bytes()
     except OSError as exc:
         raise PairError(path, f"cannot read file ({exc.strerror or exc})") from exc
+    return decode_image_bytes(data, path, max_pixels)
+
+
+def decode_image_bytes(data: bytes, path: str | os.PathLike = "<upload>", max_pixels: int = MAX_PIXELS) -> np.ndarray:
+    """:func:`decode_image` of a file's bytes (``path`` names it in errors)."""
     if not data:
         raise PairError(path, "empty file")
     width, height = image_size(data, path)
     if width * height > max_pixels:
-        raise PairError(path, f"image is {width}x{height} ({width * height / 1e6:.0f} MP), over the limit of "
-                              f"{max_pixels / 1e6:.0f} MP (--max-pixels)")
+        raise TooLarge(path, f"image is {width}x{height} ({width * height / 1e6:.0f} MP), over the limit of "
+                             f"{max_pixels / 1e6:.0f} MP (--max-pixels)")
     if data[:2] == b"\xff\xd8":
         _, _, colorspace, _ = simplejpeg.decode_jpeg_header(data)
         if colorspace == "Gray":

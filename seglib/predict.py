@@ -1,9 +1,10 @@
-"""Predict masks for images, pairs or folders with a run's .keras or .tflite model.
+"""Predict masks for images, pairs, folders or videos with a run's .keras, .tflite or .onnx model.
 
 The model file must sit in its RUN_DIR, whose ``palette.json`` gives the class colours. The
 input is an image, a side-by-side pair (its left half, the photo, is used) or a folder of
 either; each gets ``<name>_mask.png`` (palette colours) and ``<name>_overlay.png`` at the
 photo's own size. Unreadable images are reported and skipped; the rest are still processed.
+A video (.mp4/.avi/.mov) gets ``<name>_overlay.mp4`` with the same frame rate and size.
 """
 from __future__ import annotations
 
@@ -25,6 +26,8 @@ from seglib.pairs import (
 )
 from seglib.palette import Palette
 
+VIDEO_SUFFIXES = {".mp4", ".avi", ".mov"}
+
 
 def load_predictor(model_path: str | os.PathLike):
     """``(predict(images float (N,S,S,3) in [0,255]) -> probs, input size, palette)``."""
@@ -40,12 +43,36 @@ def load_predictor(model_path: str | os.PathLike):
 
         lite = TFLiteModel(model_path)
         return lite.predict, lite.size, palette
+    if model_path.suffix == ".onnx":
+        from seglib.export import OnnxModel
+
+        onnx = OnnxModel(model_path)
+        return onnx.predict, onnx.size, palette
     if model_path.suffix == ".keras":
-        from seglib.model import load_keras_model
+        from seglib.model import keras_predictor, load_keras_model
 
         model = load_keras_model(model_path)
-        return (lambda x: model.predict(x, verbose=0)), int(model.input_shape[1]), palette
-    raise ValueError(f"{model_path}: expected a .keras or .tflite file")
+        return keras_predictor(model), int(model.input_shape[1]), palette
+    raise ValueError(f"{model_path}: expected a .keras, .tflite or .onnx file")
+
+
+def segment(predict, size: int, photo: np.ndarray) -> np.ndarray:
+    """Class ids (H, W) of ``photo`` (H, W, 3 RGB): resized to the model's input, predicted, and
+    resized back to the photo's size with nearest neighbour."""
+    h, w = photo.shape[:2]
+    x = cv2.resize(photo, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)[None]
+    labels = np.asarray(predict(x))[0].argmax(-1).astype(np.uint8)
+    return cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
+
+
+def overlay(photo: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
+    """The colour mask blended over the photo (``alpha``: the mask's weight)."""
+    return cv2.addWeighted(photo, 1 - alpha, mask, alpha, 0)
+
+
+def png(image: np.ndarray) -> bytes:
+    """PNG bytes of an RGB (H, W, 3) or single-channel (H, W) uint8 image."""
+    return cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image)[1].tobytes()
 
 
 def photo_of(image: np.ndarray) -> np.ndarray:
@@ -66,6 +93,8 @@ def predict_paths(model_path, input_path, out_dir, alpha: float = 0.5, max_pixel
     each written entry is the input and its two outputs. Unreadable or oversized images are
     skipped and listed; an input with no image to predict is an error."""
     input_path, out_dir = Path(input_path), Path(out_dir)
+    if input_path.is_file() and input_path.suffix.lower() in VIDEO_SUFFIXES:
+        raise ValueError(f"{input_path}: a video; use predict_video")
     if input_path.is_dir():
         files = sorted(p for p in input_path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
         if not files:
@@ -85,16 +114,63 @@ def predict_paths(model_path, input_path, out_dir, alpha: float = 0.5, max_pixel
                 raise
             skipped.append({"file": str(path), "reason": exc.reason})
             continue
-        h, w = photo.shape[:2]
-        x = cv2.resize(photo, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)[None]
-        labels = np.asarray(predict(x))[0].argmax(-1).astype(np.uint8)
-        labels = cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
-        mask = colourize(palette, labels)
-        overlay = cv2.addWeighted(photo, 1 - alpha, mask, alpha, 0)
+        mask = colourize(palette, segment(predict, size, photo))
         outputs = []
-        for suffix, img in (("mask", mask), ("overlay", overlay)):
-            png = cv2.imencode(".png", cv2.cvtColor(img, cv2.COLOR_RGB2BGR))[1].tobytes()
+        for suffix, img in (("mask", mask), ("overlay", overlay(photo, mask, alpha))):
             outputs.append(out_dir / f"{names[path]}_{suffix}.png")
-            atomic_write_bytes(outputs[-1], png)
+            atomic_write_bytes(outputs[-1], png(img))
         written.append({"file": str(path), "outputs": [str(o) for o in outputs]})
     return {"written": written, "skipped": skipped}
+
+
+def predict_video(model_path, video_path, out_dir, every: int = 1, alpha: float = 0.5,
+                  progress: bool = True) -> dict:
+    """Write ``OUT_DIR/<name>_overlay.mp4``: every frame of the video with the predicted mask
+    blended in (the same frame rate and size). With ``every`` N, one frame in N is predicted and
+    the frames between reuse its mask. Returns frames, frames predicted, seconds, frames/s."""
+    import time
+
+    from tqdm import tqdm
+
+    video_path, out_dir = Path(video_path), Path(out_dir)
+    if every < 1:
+        raise ValueError(f"--every must be at least 1, got {every}")
+    capture = cv2.VideoCapture(str(video_path))
+    if not video_path.is_file() or not capture.isOpened():
+        raise PairError(video_path, "not a readable video")
+    fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
+    width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
+    predict, size, palette = load_predictor(model_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
+    final = out_dir / f"{video_path.stem}_overlay.mp4"
+    tmp = out_dir / f".{final.stem}.tmp-{os.getpid()}.mp4"
+    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+    frames = predicted = 0
+    started = time.perf_counter()
+    try:
+        if not writer.isOpened():
+            raise OSError(f"{tmp}: cannot write an mp4 video here")
+        with tqdm(total=total, desc=video_path.name, unit="frame", disable=not progress, leave=False) as bar:
+            while True:
+                ok, frame = capture.read()
+                if not ok:
+                    break
+                photo = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                if frames % every == 0:
+                    mask = colourize(palette, segment(predict, size, photo))
+                    predicted += 1
+                writer.write(cv2.cvtColor(overlay(photo, mask, alpha), cv2.COLOR_RGB2BGR))
+                frames += 1
+                bar.update()
+        writer.release()
+        if frames == 0:
+            raise PairError(video_path, "no frames could be read")
+        os.replace(tmp, final)
+    finally:
+        writer.release()
+        capture.release()
+        tmp.unlink(missing_ok=True)
+    seconds = time.perf_counter() - started
+    return {"output": str(final), "frames": frames, "predicted": predicted, "seconds": round(seconds, 3),
+            "frames_per_s": round(frames / seconds, 2) if seconds else None, "fps": fps, "size": [width, height]}

@@ -145,7 +145,7 @@ def per_class(metrics: dict, palette: Palette) -> pd.DataFrame:
 
 
 def export(exported: dict) -> pd.DataFrame:
-    """The Keras model and each TFLite model: size, agreement with Keras, mean IoU and single-image
+    """The Keras model and each exported model: size, agreement with Keras, mean IoU and single-image
     latency as median with its spread (p10-p90) (export.json)."""
     rows = {"keras": exported["keras"], **exported["formats"]}
     return pd.DataFrame(

@@ -55,6 +55,20 @@ def trained(tmp_path_factory) -> Path:
     return root
 
 
+@pytest.fixture(scope="session")
+def exported_run(trained, tmp_path_factory) -> Path:
+    """A copy of the trained run, evaluated, with its int8 TFLite and ONNX models exported."""
+    from seglib.evaluate import evaluate
+    from seglib.export import export_run
+
+    run = tmp_path_factory.mktemp("exported") / "run"
+    shutil.copytree(trained / "run", run)
+    evaluate(run, trained / "prepared", "test")
+    export_run(run, formats=["int8", "onnx"], calibration_images=16, eval_images=8, latency_repeats=3,
+               prepared_dir=trained / "prepared")
+    return run
+
+
 @pytest.fixture
 def declared_png():
     """``make(path, width, height)``: a tiny valid PNG whose header declares a 16-bit RGBA image of

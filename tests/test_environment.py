@@ -58,7 +58,8 @@ def test_installed_tf_2_18_requirements_match_the_recorded_ones():
 def test_environment_yml_pins_agree_with_pyproject():
     reqs = env_pip()
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
-    for line in project["dependencies"] + project["optional-dependencies"]["dev"]:
+    extras = project["optional-dependencies"]
+    for line in project["dependencies"] + extras["dev"] + extras["serve"] + extras["onnx"]:  # what make installs
         req = Requirement(line)
         assert req.name.lower() in reqs, f"{req.name} is missing from environment.yml"
         env_spec = reqs[req.name.lower()].specifier
@@ -71,12 +72,12 @@ def test_environment_yml_pins_agree_with_pyproject():
 
 def test_ci_tests_the_same_pins_on_linux():
     """make test-tf2.18 installs with .ci/constraints-tf2.18.txt: it must hold the env's pins, so the
-    Mac's TF, Keras, NumPy and ai-edge-litert versions are what CI tests (and pip checks they resolve)."""
+    Mac's TF, Keras, NumPy, ai-edge-litert and onnx versions are what CI tests (and pip checks they resolve)."""
     reqs = env_pip()
     lines = [line for line in (REPO / ".ci" / "constraints-tf2.18.txt").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     constraints = {Requirement(line).name.lower(): Requirement(line).specifier for line in lines}
-    assert set(constraints) == {"tensorflow", "keras", "numpy", "ai-edge-litert"}
+    assert set(constraints) == {"tensorflow", "keras", "numpy", "ai-edge-litert", "onnx"}
     for name, spec in constraints.items():
         assert reqs[name].specifier == spec, f"{name}: environment.yml {reqs[name].specifier}, CI {spec}"
 
@@ -132,7 +133,8 @@ def test_make_installs_into_an_active_conda_env(conda_env, uses):
     assert dry.returncode == 0, dry.stderr
     if uses == "conda":
         assert "using the active conda env seglib" in dry.stdout and "venv" not in dry.stdout.replace("no .venv", "")
-        assert re.search(r"^/opt/conda/envs/seglib/bin/python -m pip install -q -e \"\.\[dev\]\"$", dry.stdout, re.M)
+        install = r"^/opt/conda/envs/seglib/bin/python -m pip install -q -e \"\.\[dev,serve,onnx\]\"$"
+        assert re.search(install, dry.stdout, re.M)
         assert "/opt/conda/envs/seglib/bin/python -m pytest" in dry.stdout
     else:
         assert "-m venv .venv" in dry.stdout and ".venv/bin/python -m pytest" in dry.stdout

@@ -1,6 +1,7 @@
 """Evaluate, export and predict on a model trained on synthetic data (small, random init)."""
 import json
 import shutil
+from pathlib import Path
 
 import numpy as np
 import pytest
@@ -141,3 +142,19 @@ def test_a_truncated_model_is_called_corrupt_not_missing(trained, tmp_path):
                            str(tmp_path / "out")], capture_output=True, text=True)
     assert done.returncode == 2 and "Traceback" not in done.stderr
     assert f"{run / 'model.keras'}: corrupt or not a Keras model file" in done.stderr
+
+
+def test_onnx_export_is_measured_and_predicts(exported_run, trained, tmp_path):
+    """Keras' own ONNX exporter, run with onnxruntime: measured like the TFLite models."""
+    from seglib.tables import export as export_table
+
+    info = json.loads((exported_run / "export.json").read_text())
+    onnx = info["formats"]["onnx"]
+    assert onnx["file"] == "model.onnx" and (exported_run / "model.onnx").stat().st_size == onnx["file_bytes"]
+    assert onnx["agreement"] > 0.99 and onnx["runtime"].startswith("onnxruntime ")
+    assert onnx["latency_ms"] > 0 and onnx["mean_iou"] == pytest.approx(info["keras"]["mean_iou"], abs=0.02)
+    assert "onnx" in export_table(info).index
+    photo = sorted((trained / "pairs" / "val").glob("*.jpg"))[0]
+    result = predict_paths(exported_run / "model.onnx", photo, tmp_path / "out")
+    assert [Path(o).name for o in result["written"][0]["outputs"]] == [f"{photo.stem}_mask.png",
+                                                                     f"{photo.stem}_overlay.png"]
