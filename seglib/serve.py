@@ -232,8 +232,15 @@ def serve(run_dir: str | os.PathLike, model: str = "int8", host: str = "127.0.0.
           threads: int = 2, queue_size: int = 8, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES,
           log_level: str = "info") -> None:
     """Run the service until interrupted (uvicorn)."""
+    import socket
+
     import uvicorn
 
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:  # a clear error first
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise OSError(f"{host}:{port}: cannot listen there ({exc.strerror}); choose another --port") from None
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(run_dir, model, threads, queue_size, max_pixels, max_bytes)
     pool = app.state.pool

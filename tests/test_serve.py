@@ -196,9 +196,16 @@ def test_video_gets_an_overlay_video_of_the_same_fps_and_size(exported_run, trai
     assert done.returncode == 2 and "broken.mp4: not a readable video" in done.stderr
 
 
-def test_serve_refuses_a_model_the_run_does_not_have(trained, tmp_path):
+def test_serve_refuses_a_model_the_run_lacks_and_a_port_in_use(trained, tmp_path):
     run = tmp_path / "run"
     shutil.copytree(trained / "run", run, ignore=shutil.ignore_patterns("*.tflite", "*.onnx"))
     done = subprocess.run([sys.executable, "-m", "seglib", "serve", str(run), "--model", "fp16",
                            "--port", str(free_port())], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and "model_fp16.tflite: no such model (export it first" in done.stderr
+    with socket.socket() as taken:
+        taken.bind(("127.0.0.1", 0))
+        taken.listen()
+        port = taken.getsockname()[1]
+        done = subprocess.run([sys.executable, "-m", "seglib", "serve", str(trained / "run"), "--model", "keras",
+                               "--port", str(port)], capture_output=True, text=True, timeout=120)
+    assert done.returncode == 2 and f"127.0.0.1:{port}: cannot listen there" in done.stderr
