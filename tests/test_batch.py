@@ -217,7 +217,9 @@ def test_a_batch_interrupted_with_ctrl_c_is_marked_and_resumes(synth_dir, tmp_pa
     config = write_config(tmp_path / "tiny.yaml", [{"name": "only"}], DATA_DIR=str(synth_dir), EPOCHS=12,
                           PATIENCE=12, FORMATS="")
     cmd = [sys.executable, "-m", "seglib", "batch", str(config), "--root", str(tmp_path)]
-    batch = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+    # as from a terminal: SIGINT not ignored (a shell's background job, as CI may be, inherits it ignored)
+    batch = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
+                             preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
     seen = []
     for line in batch.stdout:  # Ctrl-C in a terminal: SIGINT to the foreground process group
         seen.append(line)
