@@ -20,7 +20,7 @@ from pathlib import Path
 
 import numpy as np
 
-from seglib.fsutil import atomic_write_bytes, atomic_write_json
+from seglib.fsutil import atomic_write_bytes, atomic_write_json, staged_file
 from seglib.layout import RunDir
 from seglib.metrics import scores, update_confusion
 from seglib.prepare import open_split
@@ -103,14 +103,9 @@ def export_onnx(model, path: Path, example: np.ndarray) -> None:
     from seglib.model import keras_predictor
 
     keras_predictor(model)(example[:1])  # Keras exports only a model that has been called
-    tmp = path.with_name(f".{path.name}.tmp-{os.getpid()}")
-    try:
-        with warnings.catch_warnings():
-            warnings.simplefilter("ignore")  # tf2onnx's numpy deprecation warnings
-            model.export(str(tmp), format="onnx", verbose=False)
-        os.replace(tmp, path)
-    finally:
-        tmp.unlink(missing_ok=True)
+    with staged_file(path, ".onnx") as tmp, warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # tf2onnx's numpy deprecation warnings
+        model.export(str(tmp), format="onnx", verbose=False)
 
 
 def convert(saved_model_dir: str | os.PathLike, fmt: str, representative: np.ndarray | None = None) -> bytes:

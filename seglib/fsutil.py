@@ -51,6 +51,23 @@ def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
         raise
 
 
+@contextmanager
+def staged_file(path: str | os.PathLike, suffix: str = ""):
+    """A temp path beside ``path`` for a writer that takes a file name (a library's exporter, a
+    video writer): renamed to ``path`` when the block ends, removed if it raises. ``suffix`` keeps
+    the extension a writer may need."""
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.tmp-", suffix=suffix, dir=path.parent)
+    os.close(fd)
+    try:
+        yield Path(tmp)
+        os.chmod(tmp, file_mode())
+        os.replace(tmp, path)
+    finally:
+        Path(tmp).unlink(missing_ok=True)
+
+
 def atomic_write_text(path: str | os.PathLike, text: str) -> None:
     atomic_write_bytes(path, text.encode("utf-8"))
 

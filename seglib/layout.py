@@ -100,10 +100,6 @@ class RunDir(Folder):
         """The complete backed-up epochs, oldest first (a folder is complete once its state is in it)."""
         return [BackupEpochDir(p) for p in sorted(self.backup.glob("epoch-*")) if BackupEpochDir(p).state.exists()]
 
-    def derived(self) -> list[Path]:
-        """What evaluation and export wrote from the model (stale once the model changes)."""
-        return [self.metrics, self.confusion, self.export, *sorted(self.root.glob("model_*.tflite")), self.onnx]
-
 
 class BackupEpochDir(Folder):
     """``backup/epoch-NNNN/``: what resuming after epoch NNNN needs (see ``seglib.train``)."""

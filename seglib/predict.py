@@ -14,7 +14,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from seglib.fsutil import atomic_write_bytes
+from seglib.fsutil import atomic_write_bytes, staged_file
 from seglib.labels import colourize
 from seglib.layout import RunDir
 from seglib.pairs import (
@@ -142,35 +142,33 @@ def predict_video(model_path, video_path, out_dir, every: int = 1, alpha: float 
     width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     predict, size, palette = load_predictor(model_path)
-    out_dir.mkdir(parents=True, exist_ok=True)
     final = out_dir / f"{video_path.stem}_overlay.mp4"
-    tmp = out_dir / f".{final.stem}.tmp-{os.getpid()}.mp4"
-    writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
     frames = predicted = 0
     started = time.perf_counter()
     try:
-        if not writer.isOpened():
-            raise OSError(f"{tmp}: cannot write an mp4 video here")
-        with tqdm(total=total, desc=video_path.name, unit="frame", disable=not progress, leave=False) as bar:
-            while True:
-                ok, frame = capture.read()
-                if not ok:
-                    break
-                photo = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
-                if frames % every == 0:
-                    mask = colourize(palette, segment(predict, size, photo))
-                    predicted += 1
-                writer.write(cv2.cvtColor(overlay(photo, mask, alpha), cv2.COLOR_RGB2BGR))
-                frames += 1
-                bar.update()
-        writer.release()
-        if frames == 0:
-            raise PairError(video_path, "no frames could be read")
-        os.replace(tmp, final)
+        with staged_file(final, ".mp4") as tmp:
+            writer = cv2.VideoWriter(str(tmp), cv2.VideoWriter_fourcc(*"mp4v"), fps, (width, height))
+            try:
+                if not writer.isOpened():
+                    raise OSError(f"{tmp}: cannot write an mp4 video here")
+                with tqdm(total=total, desc=video_path.name, unit="frame", disable=not progress, leave=False) as bar:
+                    while True:
+                        ok, frame = capture.read()
+                        if not ok:
+                            break
+                        photo = cv2.cvtColor(frame, cv2.COLOR_BGR2RGB)
+                        if frames % every == 0:
+                            mask = colourize(palette, segment(predict, size, photo))
+                            predicted += 1
+                        writer.write(cv2.cvtColor(overlay(photo, mask, alpha), cv2.COLOR_RGB2BGR))
+                        frames += 1
+                        bar.update()
+            finally:
+                writer.release()
+            if frames == 0:
+                raise PairError(video_path, "no frames could be read")
     finally:
-        writer.release()
         capture.release()
-        tmp.unlink(missing_ok=True)
     seconds = time.perf_counter() - started
     return {"output": str(final), "frames": frames, "predicted": predicted, "seconds": round(seconds, 3),
             "frames_per_s": round(frames / seconds, 2) if seconds else None, "fps": fps, "size": [width, height]}

@@ -10,6 +10,7 @@ multipart form with the image in ``file``; ``?pair=true`` for a side-by-side pai
 ``mask`` | ``overlay`` | ``ids`` | ``json``). Bad input is 400 (not an image), 413 (over the byte
 or pixel limit), 405 or 415; no response carries a traceback.
 """
+import functools
 import json
 import logging
 import os
@@ -59,17 +60,21 @@ class ModelPool:
         _, self.size, self.runtime = self.runners.queue[0]
         self.slots = threading.BoundedSemaphore(self.threads + max(0, queue_size))
 
+    @functools.cached_property
+    def _keras(self):
+        """The .keras model, loaded once: every runner calls it (a direct call is thread-safe)."""
+        from seglib.model import load_keras_model
+
+        return load_keras_model(self.path)
+
     def _runner(self, path: Path, model: str):
         """``(predict(batch) -> probabilities, input size, runtime)`` for one thread."""
         if model == "keras":
             import keras
 
-            from seglib.model import keras_predictor, load_keras_model
+            from seglib.model import keras_predictor
 
-            if not hasattr(self, "_keras"):  # one model, called from several threads (thread-safe)
-                self._keras = load_keras_model(path)
-            net = self._keras
-            return keras_predictor(net), int(net.input_shape[1]), f"keras {keras.__version__}"
+            return keras_predictor(self._keras), int(self._keras.input_shape[1]), f"keras {keras.__version__}"
         if model == "onnx":
             from seglib.export import OnnxModel
 
