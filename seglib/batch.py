@@ -54,7 +54,9 @@ from seglib.fsutil import (
 from seglib.layout import BatchDir, PreparedDir, RunDir, RunReportDir
 
 SET_BY_BATCH = {"OUT_DIR", "PREPARED_DIR", "RUN_DIR", "REPORT_DIR", "OVERWRITE"}  # the batch chooses these per run
-PATH_PARAMETERS = {"DATA_DIR"}  # relative paths in a config are relative to the current directory
+# Relative paths in a config are relative to the current directory; these words are not paths.
+PATH_PARAMETERS = {"DATA_DIR", "ENCODER_WEIGHTS", "INIT_FROM"}
+NOT_PATHS = {None, "", "none", "null", "imagenet"}
 DISPLAY_ONLY = {"N_EXAMPLES"}  # do not make a data setting distinct
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
@@ -169,8 +171,9 @@ def load_config(config: str | os.PathLike | dict, root: str | os.PathLike = ".")
         _check_keys(overrides, known, f"{source}: run {run_name!r}")
         parameters = {**shared, **overrides}
         for key in PATH_PARAMETERS & parameters.keys():
-            if not is_kaggle(parameters[key]):
-                parameters[key] = str(Path(parameters[key]).resolve())
+            value = parameters[key]
+            if not (is_kaggle(value) or (value.lower() if isinstance(value, str) else value) in NOT_PATHS):
+                parameters[key] = str(Path(value).resolve())
         if ("DATA_DIR" in parameters and not is_kaggle(parameters["DATA_DIR"])
                 and not Path(parameters["DATA_DIR"]).exists() and "SYNTH_COUNT" not in parameters):
             raise BatchError(f"{source}: run {run_name!r}: DATA_DIR {parameters['DATA_DIR']} does not exist "

@@ -1,4 +1,4 @@
-"""The official Cityscapes label table (labelId -> name, colour).
+"""The official Cityscapes label table (labelId -> name, colour) and its 19 train classes.
 
 Used to turn the true labelIds shipped beside a dataset (``ids/<split>/<n>.png``) into the
 *colour* classes a K-Means palette can recover, and by the synthetic generator so that its
@@ -46,6 +46,13 @@ LABELS: list[tuple[int, str, tuple[int, int, int]]] = [
     (33, "bicycle", (119, 11, 32)),
 ]
 
+# The 19 classes the official benchmark trains and scores (cityscapesScripts' trainId); every
+# other labelId is ignored (trainId 255).
+TRAIN_NAMES = ("road", "sidewalk", "building", "wall", "fence", "pole", "traffic light", "traffic sign",
+               "vegetation", "terrain", "sky", "person", "rider", "car", "truck", "bus", "train", "motorcycle",
+               "bicycle")
+IGNORE_ID = 255
+
 NAME_TO_ID = {name: label_id for label_id, name, _ in LABELS}
 ID_TO_COLOUR = {label_id: colour for label_id, _, colour in LABELS}
 
@@ -90,3 +97,16 @@ def nearest_label_names(colours: np.ndarray, max_distance: float = 40.0) -> list
             name = f"{base} ({n})"
         names.append(name)
     return names
+
+
+def train_id_table() -> np.ndarray:
+    """labelId (0..255) -> trainId (0..18), 255 for every id the benchmark ignores."""
+    table = np.full(256, IGNORE_ID, np.uint8)
+    for train_id, name in enumerate(TRAIN_NAMES):
+        table[NAME_TO_ID[name]] = train_id
+    return table
+
+
+def train_colours() -> list[tuple[int, int, int]]:
+    """The official colour of each of the 19 train classes."""
+    return [ID_TO_COLOUR[NAME_TO_ID[name]] for name in TRAIN_NAMES]

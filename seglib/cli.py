@@ -28,9 +28,19 @@ def _cmd_prepare(args) -> int:
         progress=not args.quiet,
         max_pixels=args.max_pixels,
     )
-    counts = summary["counts"]
+    counts, params = summary["counts"], summary["parameters"]
+    k = params.get("clusters", params.get("classes"))
     print(f"prepared {args.out_dir}: train {counts['train']}, val {counts['val']}, test {counts['test']} "
-          f"({summary['layout']} layout, K={args.clusters}, {summary['timings_s']['total']:.1f}s)")
+          f"({summary['layout']} layout, K={k}, {params['size']} px, {summary['timings_s']['total']:.1f}s)")
+    if params.get("ignore_index") is not None:
+        ignored = summary["ignored_pixels"]
+        print(f"ignored pixels (label {params['ignore_index']}): " + ", ".join(f"{s} {n}" for s, n in ignored.items()))
+    if summary.get("unmatched"):
+        print(f"{len(summary['unmatched'])} image(s) or mask(s) without a partner, left out:")
+        for line in summary["unmatched"][:20]:
+            print(f"  {line}")
+        if len(summary["unmatched"]) > 20:
+            print(f"  ... (all in {args.out_dir}/summary.json)")
     if summary["skipped_count"]:
         print(f"skipped {summary['skipped_count']} bad file(s):")
         for item in summary["skipped"]:
@@ -43,10 +53,28 @@ def _cmd_prepare(args) -> int:
 
 
 def _cmd_synth(args) -> int:
-    from seglib.synthetic import generate
+    from seglib.pairs import parse_size
+    from seglib.synthetic import generate, generate_labelled
 
-    info = generate(args.out_dir, count=args.count, seed=args.seed, size=args.size, progress=not args.quiet)
-    print(f"generated {info['count']} synthetic pairs in {args.out_dir} (train {info['train']}, val {info['val']})")
+    if args.layout == "pairs":
+        height, width = parse_size(args.size)
+        if height != width:
+            raise ValueError(f"--size {args.size}: pairs are square halves; give one side")
+        info = generate(args.out_dir, count=args.count, seed=args.seed, size=height, progress=not args.quiet)
+        what = "pairs"
+    else:
+        info = generate_labelled(args.out_dir, count=args.count, seed=args.seed, size=args.size, layout=args.layout,
+                                 progress=not args.quiet)
+        what = f"scenes ({args.layout} layout: images and id masks)"
+    print(f"generated {info['count']} synthetic {what} in {args.out_dir} (train {info['train']}, val {info['val']})")
+    return 0
+
+
+def _cmd_fetch_weights(args) -> int:
+    from seglib.model import fetch_encoder_weights
+
+    path = fetch_encoder_weights(args.backbone, args.out)
+    print(f"wrote {path}; on a machine without internet train with --encoder-weights {path}")
     return 0
 
 
@@ -58,18 +86,24 @@ def _cmd_train(args) -> int:
             prepared_dir=args.prepared_dir,
             run_dir=args.run_dir,
             backbone=args.backbone,
+            arch=args.arch,
             epochs=args.epochs,
             batch_size=args.batch_size,
             lr=args.lr,
             patience=args.patience,
             monitor=args.monitor,
             encoder_weights=args.encoder_weights,
+            init_from=args.init_from,
             augment=args.augment,
             loss=args.loss,
             seed=args.seed,
-            reduce_lr=args.reduce_lr,
+            lr_schedule="plateau" if args.reduce_lr else args.lr_schedule,
+            warmup_epochs=args.warmup_epochs,
+            tensorboard=args.tensorboard,
             overwrite=args.overwrite,
-        )
+        ),
+        log=print if args.quiet else None,
+        verbose=0 if args.quiet else "auto",
     )
     print(f"{run.run_dir}: {run.stop_reason}; {run.epochs_run} epochs, best epoch {run.best_epoch}")
     return 0
@@ -199,15 +233,19 @@ def build_parser() -> argparse.ArgumentParser:
     parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("prepare", help="split pairs, fit the K-Means palette, write the prepared dataset")
-    p.add_argument("data_dir", help="Kaggle layout (train/, val/), a flat folder of pairs, or kaggle:OWNER/NAME")
+    p = sub.add_parser("prepare", help="split pairs, fit the K-Means palette (or read id masks), write the prepared "
+                       "dataset")
+    p.add_argument("data_dir", help="pairs (Kaggle layout train/ val/, a flat folder, or kaggle:OWNER/NAME), images/ + "
+                   "masks/ of class ids (optionally under train/ val/ test/, with classes.json), or the official "
+                   "Cityscapes leftImg8bit/ + gtFine/")
     p.add_argument("out_dir")
     p.add_argument("--clusters", type=int, default=10)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=256)
+    p.add_argument("--size", default="256", help="side (256) or H x W (256x512); multiples of 32")
     p.add_argument("--val-fraction", type=float, default=0.2)
     p.add_argument("--sample-pixels", type=int, default=200_000)
-    p.add_argument("--skip-bad", action="store_true", help="skip unreadable/invalid pairs and list them")
+    p.add_argument("--skip-bad", action="store_true",
+                   help="skip unreadable/invalid pairs (or masks with undeclared ids) and list them")
     p.add_argument("--no-edge-resolution", action="store_true",
                    help="label by nearest palette colour only (faster, less accurate at class borders)")
     p.add_argument("--workers", type=int, default=None)
@@ -217,31 +255,47 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_prepare)
 
-    p = sub.add_parser("synth", help="generate synthetic street-scene pairs in the Kaggle layout")
+    p = sub.add_parser("synth", help="generate synthetic street scenes: pairs in the Kaggle layout, or images with "
+                       "id masks")
     p.add_argument("out_dir")
     p.add_argument("--count", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", type=int, default=256, help="side of each half (pairs are 2*size x size)")
+    p.add_argument("--layout", default="pairs", choices=["pairs", "folders", "cityscapes"])
+    p.add_argument("--size", default="256", help="pairs: side of each half (pairs are 2*size x size); folders and "
+                   "cityscapes: H x W, e.g. 128x256")
     p.add_argument("--quiet", action="store_true")
     p.set_defaults(func=_cmd_synth)
 
-    p = sub.add_parser("train", help="train a U-Net on a prepared dataset into RUN_DIR (resumes if unfinished)")
+    p = sub.add_parser("train", help="train a model on a prepared dataset into RUN_DIR (resumes if unfinished)")
     p.add_argument("prepared_dir")
     p.add_argument("run_dir")
+    p.add_argument("--arch", default="unet", choices=["unet", "fpn", "linknet", "pspnet"])
     p.add_argument("--backbone", default="resnet34")
     p.add_argument("--epochs", type=int, default=50)
     p.add_argument("--batch-size", type=int, default=8)
     p.add_argument("--lr", type=float, default=1e-3)
     p.add_argument("--patience", type=int, default=5)
     p.add_argument("--monitor", default="val_loss", choices=["val_loss", "val_pixel_accuracy", "val_mean_iou"])
-    p.add_argument("--encoder-weights", default="imagenet", help="imagenet (downloads once) or none")
+    p.add_argument("--encoder-weights", default="imagenet",
+                   help="imagenet (downloads once), none, or the path of an encoder weights file (see fetch-weights)")
+    p.add_argument("--init-from", default=None, help="an earlier run's folder: start from its model (fine-tune)")
+    p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine", "plateau"])
+    p.add_argument("--warmup-epochs", type=float, default=0, help="raise the learning rate from lr/100 over these")
+    p.add_argument("--tensorboard", action="store_true", help="write RUN_DIR/tensorboard/ (tensorboard --logdir)")
     p.add_argument("--augment", action="store_true")
     p.add_argument("--loss", default="ce", choices=["ce", "weighted_ce", "dice", "ce_dice"])
-    p.add_argument("--reduce-lr", action="store_true", help="halve the learning rate on plateaus")
+    p.add_argument("--reduce-lr", action="store_true", help="the same as --lr-schedule plateau")
+    p.add_argument("--quiet", action="store_true", help="one line per epoch instead of Keras' progress bar")
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--overwrite", action="store_true",
                    help="replace a finished run in RUN_DIR (an unfinished one is resumed without this)")
     p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("fetch-weights", help="download a backbone's ImageNet encoder file once (needs internet), "
+                       "for --encoder-weights PATH on machines without")
+    p.add_argument("backbone")
+    p.add_argument("out", help="file or folder to write it to")
+    p.set_defaults(func=_cmd_fetch_weights)
 
     p = sub.add_parser("evaluate", help="metrics of a run's best model on a prepared split")
     p.add_argument("run_dir")

@@ -14,21 +14,25 @@ from seglib.layout import PreparedDir
 from seglib.prepare import open_split
 
 
-def augment_pair(image, label, size: int):
-    """Random horizontal flip, scale-and-crop (x1 to x1.25), brightness and contrast."""
+def augment_pair(image, label, size):
+    """Random horizontal flip, scale-and-crop (x1 to x1.25), brightness and contrast; ``size`` is
+    the side of square images or ``(H, W)``."""
     import tensorflow as tf
 
+    height, width = (size, size) if isinstance(size, int) else size
     label = label[..., None]
     flip = tf.random.uniform(()) < 0.5
     image = tf.cond(flip, lambda: tf.reverse(image, [1]), lambda: image)
     label = tf.cond(flip, lambda: tf.reverse(label, [1]), lambda: label)
-    scaled = tf.cast(tf.round(size * tf.random.uniform((), 1.0, 1.25)), tf.int32)
-    image = tf.image.resize(image, (scaled, scaled), method="bilinear")
-    label = tf.image.resize(label, (scaled, scaled), method="nearest")
-    top = tf.random.uniform((), 0, scaled - size + 1, dtype=tf.int32)
-    left = tf.random.uniform((), 0, scaled - size + 1, dtype=tf.int32)
-    image = image[top : top + size, left : left + size]
-    label = label[top : top + size, left : left + size]
+    scale = tf.random.uniform((), 1.0, 1.25)
+    scaled_h = tf.cast(tf.round(height * scale), tf.int32)
+    scaled_w = tf.cast(tf.round(width * scale), tf.int32)
+    image = tf.image.resize(image, (scaled_h, scaled_w), method="bilinear")
+    label = tf.image.resize(label, (scaled_h, scaled_w), method="nearest")
+    top = tf.random.uniform((), 0, scaled_h - height + 1, dtype=tf.int32)
+    left = tf.random.uniform((), 0, scaled_w - width + 1, dtype=tf.int32)
+    image = image[top : top + height, left : left + width]
+    label = label[top : top + height, left : left + width]
     image = tf.image.random_brightness(image, 25.0)
     image = tf.image.random_contrast(image, 0.8, 1.2)
     return tf.clip_by_value(image, 0.0, 255.0), label[..., 0]
@@ -47,7 +51,7 @@ def make_dataset(prepared_dir: str | os.PathLike, split: str, batch_size: int = 
 
     prepared_dir = local_copy(prepared_dir)  # on Colab: read a copy on local disk, not through the Drive mount
     data = open_split(prepared_dir, split)
-    n, size = len(data), data.images.shape[1]
+    n, size = len(data), tuple(data.images.shape[1:3])
     if n == 0:
         raise ValueError(f"{prepared_dir}/{split}: the split is empty")
     files = PreparedDir(prepared_dir).split(split)
@@ -61,8 +65,8 @@ def make_dataset(prepared_dir: str | os.PathLike, split: str, batch_size: int = 
 
     def load(index):
         images, labels = tf.numpy_function(read_rows, [index], [tf.uint8, tf.uint8])
-        images.set_shape((None, size, size, 3))
-        labels.set_shape((None, size, size))
+        images.set_shape((None, *size, 3))
+        labels.set_shape((None, *size))
         return images, labels
 
     ds = tf.data.Dataset.range(n)

@@ -1,5 +1,6 @@
 """Evaluate a run's best model on a prepared split: ``metrics.json`` (with every image's mean IoU,
-so reports can show the best and worst images without another pass) and ``confusion.npy``."""
+so reports can show the best and worst images without another pass) and ``confusion.npy``.
+Pixels labelled with the palette's ignore index are left out of every score and counted."""
 from __future__ import annotations
 
 import io
@@ -28,10 +29,14 @@ def evaluate(run_dir: str | os.PathLike, prepared_dir: str | os.PathLike, split:
     model = load_model(run_dir)
     confusion = np.zeros((palette.k, palette.k), np.int64)
     per_image: list[float] = []
+    ignored = 0
     for _rows, _images, labels, pred in predict_split(model, prepared_dir, split, batch_size):
-        update_confusion(confusion, labels, pred)
-        per_image.extend(image_ious(labels, pred, palette.k))
+        update_confusion(confusion, labels, pred, palette.ignore_index)
+        per_image.extend(image_ious(labels, pred, palette.k, palette.ignore_index))
+        if palette.ignore_index is not None:
+            ignored += int(np.count_nonzero(labels == palette.ignore_index))
     result = {"split": split, "prepared_dir": str(prepared_dir), "num_pixels": int(confusion.sum()),
+              "ignored_pixels": ignored, "ignore_index": palette.ignore_index,
               "class_names": palette.names, **scores(confusion),
               "image_mean_iou": [round(float(v), 5) for v in per_image]}
     atomic_write_json(run.metrics, result)

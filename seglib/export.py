@@ -60,7 +60,7 @@ class TFLiteModel:
         self.interpreter.allocate_tensors()
         self.input = self.interpreter.get_input_details()[0]
         self.output = self.interpreter.get_output_details()[0]
-        self.size = int(self.input["shape"][1])
+        self.size = (int(self.input["shape"][1]), int(self.input["shape"][2]))  # (H, W)
 
     def predict_one(self, image: np.ndarray) -> np.ndarray:
         """One RGB image (H, W, 3) with values in [0, 255] -> probabilities (H, W, K)."""
@@ -88,7 +88,7 @@ class OnnxModel:
         self.path = Path(path)
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input = self.session.get_inputs()[0]
-        self.size = int(self.input.shape[1])
+        self.size = (int(self.input.shape[1]), int(self.input.shape[2]))  # (H, W)
         self.runtime = f"onnxruntime {ort.__version__}"
 
     def predict(self, images: np.ndarray) -> np.ndarray:
@@ -161,7 +161,7 @@ def export_run(run_dir: str | os.PathLike, formats=FORMATS, calibration_images: 
         raise FileNotFoundError(f"{run.root}: not a trained run (no {run.config.name}; train first)")
     config = json.loads(run.config.read_text())
     prepared_dir = Path(prepared_dir or config["prepared_dir"])
-    k = config["num_classes"]
+    k, ignore = config["num_classes"], config.get("ignore_index")
     model = load_model(run.root)
     train = open_split(prepared_dir, "train")
     rng = np.random.default_rng(seed)
@@ -174,7 +174,7 @@ def export_run(run_dir: str | os.PathLike, formats=FORMATS, calibration_images: 
 
     keras_pred = np.concatenate([model.predict(images[i : i + 8], verbose=0).argmax(-1)
                                  for i in range(0, n_eval, 8)])
-    keras_cm = update_confusion(np.zeros((k, k), np.int64), truth, keras_pred)
+    keras_cm = update_confusion(np.zeros((k, k), np.int64), truth, keras_pred, ignore)
     keras_latency = latency_ms(lambda x: model.predict(x, verbose=0), images[:1], latency_repeats)
     result = {"eval_images": n_eval, "calibration_images": len(rows), "threads": threads, "runtime": None,
               "keras": {"mean_iou": scores(keras_cm)["mean_iou"], **keras_latency,
@@ -199,7 +199,7 @@ def export_run(run_dir: str | os.PathLike, formats=FORMATS, calibration_images: 
                 exported = TFLiteModel(path, threads)
                 result["runtime"] = exported.runtime
             pred = np.concatenate([exported.predict(images[i : i + 8]).argmax(-1) for i in range(0, n_eval, 8)])
-            cm = update_confusion(np.zeros((k, k), np.int64), truth, pred)
+            cm = update_confusion(np.zeros((k, k), np.int64), truth, pred, ignore)
             result["formats"][fmt] = {
                 "file": path.name, "file_bytes": path.stat().st_size,
                 "size_vs_fp32": None,

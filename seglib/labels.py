@@ -200,12 +200,15 @@ def label_chunks(labeller: Labeller, masks: np.ndarray | Sequence[np.ndarray], w
 
 
 def colourize(palette: Palette, labels: np.ndarray) -> np.ndarray:
-    """Class ids rendered back to RGB with the palette colours (for plots, legends, predictions)."""
+    """Class ids rendered back to RGB with the palette colours (for plots, legends, predictions);
+    the palette's ignore index is drawn black."""
     labels = np.asarray(labels)
     if labels.size and labels.max() >= palette.k:
-        raise ValueError(f"label {int(labels.max())} is outside the palette (K={palette.k})")
+        outside = labels[(labels >= palette.k) & (labels != palette.ignore_index)]
+        if outside.size:
+            raise ValueError(f"label {int(outside.max())} is outside the palette (K={palette.k})")
+    table = np.zeros((1, 256, 3), np.uint8)  # ids past K (the ignore index) stay black
+    table[0, : palette.k] = palette.colours
     if labels.dtype == np.uint8 and labels.ndim == 2 and labels.size:  # an image: OpenCV's table lookup
-        table = np.zeros((1, 256, 3), np.uint8)
-        table[0, : palette.k] = palette.colours
         return cv2.LUT(cv2.merge([labels] * 3), table)
-    return palette.colours[labels]
+    return table[0][labels]

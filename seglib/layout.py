@@ -71,7 +71,8 @@ class RunDir(Folder):
 
     KIND = "run"
     OWNED = (MARKER, "config.json", "palette.json", "history.csv", "model.keras", "run.json", "metrics.json",
-             "confusion.npy", "export.json", "model_*.tflite", "model.onnx", "backup", "backup/*", ".saved_model-*",
+             "confusion.npy", "export.json", "model_*.tflite", "model.onnx", "backup", "backup/*", "tensorboard",
+             "tensorboard/*", ".saved_model-*",
              *TEMP_PATTERNS)
 
     config = property(lambda self: self.root / "config.json")
@@ -83,6 +84,7 @@ class RunDir(Folder):
     confusion = property(lambda self: self.root / "confusion.npy")
     export = property(lambda self: self.root / "export.json")
     backup = property(lambda self: self.root / "backup")
+    tensorboard = property(lambda self: self.root / "tensorboard", doc="TensorBoard's event files (--tensorboard)")
 
     onnx = property(lambda self: self.root / "model.onnx")
 
@@ -151,6 +153,15 @@ class SyntheticDir(Folder):
     KIND = "synthetic"
     OWNED = (MARKER, "synthetic.json", "train", "val", "ids", "ids/train", "ids/val", "train/*.jpg", "val/*.jpg",
              "ids/*/*.png", *TEMP_PATTERNS)
+    info = property(lambda self: self.root / "synthetic.json")
+
+
+class SyntheticLabelledDir(Folder):
+    """Generated scenes as a labelled dataset: images and id masks in folders or the Cityscapes layout."""
+
+    KIND = "synthetic-labelled"
+    OWNED = (MARKER, "synthetic.json", "classes.json", "train", "val", "train/*", "val/*", "leftImg8bit",
+             "leftImg8bit/*", "gtFine", "gtFine/*", *TEMP_PATTERNS)
     info = property(lambda self: self.root / "synthetic.json")
 
 

@@ -10,13 +10,18 @@ from __future__ import annotations
 import numpy as np
 
 
-def update_confusion(confusion: np.ndarray, truth: np.ndarray, pred: np.ndarray) -> np.ndarray:
-    """Add one batch of integer label maps to ``confusion`` (K, K) in place; returns it."""
+def update_confusion(confusion: np.ndarray, truth: np.ndarray, pred: np.ndarray,
+                     ignore_index: int | None = None) -> np.ndarray:
+    """Add one batch of integer label maps to ``confusion`` (K, K) in place; returns it. Pixels whose
+    truth is ``ignore_index`` are left out."""
     k = confusion.shape[0]
     truth = np.asarray(truth, np.int64).ravel()
     pred = np.asarray(pred, np.int64).ravel()
     if truth.shape != pred.shape:
         raise ValueError(f"truth and prediction sizes differ: {truth.shape} vs {pred.shape}")
+    if ignore_index is not None:
+        keep = truth != ignore_index
+        truth, pred = truth[keep], pred[keep]
     if truth.size and (truth.max() >= k or pred.max() >= k or truth.min() < 0 or pred.min() < 0):
         raise ValueError(f"labels must be in [0, {k})")
     confusion += np.bincount(truth * k + pred, minlength=k * k).reshape(k, k)
@@ -66,7 +71,9 @@ def scores(confusion: np.ndarray) -> dict:
     }
 
 
-def image_ious(truth, pred, num_classes: int) -> np.ndarray:
-    """Mean IoU of each image of a batch over the classes present in its truth or prediction."""
-    return np.array([scores(update_confusion(np.zeros((num_classes, num_classes), np.int64), t, p))["mean_iou"]
+def image_ious(truth, pred, num_classes: int, ignore_index: int | None = None) -> np.ndarray:
+    """Mean IoU of each image of a batch over the classes present in its truth or prediction
+    (ignored pixels left out)."""
+    return np.array([scores(update_confusion(np.zeros((num_classes, num_classes), np.int64), t, p,
+                                             ignore_index))["mean_iou"]
                      for t, p in zip(truth, pred, strict=True)])

@@ -115,10 +115,47 @@ def decode_image_bytes(data: bytes, path: str | os.PathLike = "<upload>", max_pi
     return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
 
 
-def split_pair(image: np.ndarray, path: str | os.PathLike = "<array>", size: int | None = 256):
+def parse_size(size) -> tuple[int, int]:
+    """``(H, W)`` from ``256``, ``"256"``, ``"256x512"`` (H x W) or ``(256, 512)``; a one-line error
+    for anything else."""
+    try:
+        if isinstance(size, str):
+            parts = size.lower().replace(" ", "").split("x")
+            if len(parts) not in (1, 2):
+                raise ValueError
+            height, width = int(parts[0]), int(parts[-1])
+        elif isinstance(size, (int, np.integer)):
+            height = width = int(size)
+        else:
+            height, width = (int(v) for v in size)
+    except (TypeError, ValueError):
+        raise ValueError(f"size {size!r}: expected a side (256) or H x W (256x512)") from None
+    return height, width
+
+
+def size_text(size) -> int | str:
+    """A size as users write it: ``256`` for square, ``"256x512"`` (H x W) otherwise."""
+    height, width = parse_size(size)
+    return height if height == width else f"{height}x{width}"
+
+
+def resize_pair(photo: np.ndarray, mask: np.ndarray, size) -> tuple[np.ndarray, np.ndarray]:
+    """Resize a photo and its mask to ``size`` (H, W): the photo with area (shrinking) or linear
+    (enlarging) interpolation, the mask with nearest neighbour so that no value appears that was
+    not in it."""
+    height, width = parse_size(size)
+    if photo.shape[:2] != (height, width):
+        shrinking = height * width < photo.shape[0] * photo.shape[1]
+        photo = cv2.resize(photo, (width, height), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
+    if mask.shape[:2] != (height, width):
+        mask = cv2.resize(mask, (width, height), interpolation=cv2.INTER_NEAREST)
+    return photo, mask
+
+
+def split_pair(image: np.ndarray, path: str | os.PathLike = "<array>", size=256):
     """Split a side-by-side pair at the middle of its width into ``(photo, mask)``.
 
-    Both halves are resized to ``size`` x ``size`` (``None`` keeps them): the photo with area
+    Both halves are resized to ``size`` (a side or ``(H, W)``; ``None`` keeps them): the photo with area
     (shrinking) or linear (enlarging) interpolation, the mask with nearest neighbour so that no
     colour appears that was not in the mask.
     """
@@ -129,16 +166,13 @@ def split_pair(image: np.ndarray, path: str | os.PathLike = "<array>", size: int
         )
     half = width // 2
     photo, mask = image[:, :half], image[:, half : 2 * half]
-    if size is not None and (photo.shape[0] != size or photo.shape[1] != size):
-        shrinking = size < photo.shape[0]
-        photo = cv2.resize(photo, (size, size), interpolation=cv2.INTER_AREA if shrinking else cv2.INTER_LINEAR)
-        mask = cv2.resize(mask, (size, size), interpolation=cv2.INTER_NEAREST)
+    if size is not None:
+        photo, mask = resize_pair(photo, mask, size)
     return np.ascontiguousarray(photo), np.ascontiguousarray(mask)
 
 
-def read_pair(path: str | os.PathLike, size: int | None = 256,
-              max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
-    """Read one pair file into ``(photo, mask)`` RGB uint8 arrays of ``size`` x ``size``."""
+def read_pair(path: str | os.PathLike, size=256, max_pixels: int = MAX_PIXELS) -> tuple[np.ndarray, np.ndarray]:
+    """Read one pair file into ``(photo, mask)`` RGB uint8 arrays of ``size`` (a side or (H, W))."""
     return split_pair(decode_image(path, max_pixels), path, size)
 
 
@@ -167,37 +201,38 @@ def scan_folder(folder: str | os.PathLike) -> tuple[list[Path], list[Path]]:
 
 
 def iter_pairs(
-    files: Iterable[str | os.PathLike], size: int | None = 256, workers: int | None = None,
-    max_pixels: int = MAX_PIXELS,
-) -> Iterator[tuple[Path, tuple[np.ndarray, np.ndarray] | PairError]]:
+    files: Iterable, size=256, workers: int | None = None, max_pixels: int = MAX_PIXELS, read=None,
+) -> Iterator[tuple]:
     """Decode pairs in parallel threads (the decoders release the GIL), yielding in input order.
 
-    Yields ``(path, (photo, mask))`` or ``(path, PairError)``. At most a few batches are in
+    Yields ``(item, (photo, mask))`` or ``(item, PairError)``. ``read(item)`` decodes one item;
+    by default items are pair files read with :func:`read_pair`. At most a few batches are in
     flight, so memory stays bounded for any folder size.
     """
-    files = [Path(f) for f in files]
+    items = list(files) if read is not None else [Path(f) for f in files]
     workers = workers or min(8, os.cpu_count() or 1)
+    read = read or (lambda path: read_pair(path, size, max_pixels))
 
-    def load(path: Path):
+    def load(item):
         try:
-            return read_pair(path, size, max_pixels)
+            return read(item)
         except PairError as exc:
             return exc
 
     window = 4 * workers
     pending: deque = deque()
     with ThreadPoolExecutor(max_workers=workers) as pool:
-        for path in files:
-            pending.append((path, pool.submit(load, path)))
+        for item in items:
+            pending.append((item, pool.submit(load, item)))
             if len(pending) >= window:
-                done_path, future = pending.popleft()
-                yield done_path, future.result()
+                done, future = pending.popleft()
+                yield done, future.result()
         while pending:
-            done_path, future = pending.popleft()
-            yield done_path, future.result()
+            done, future = pending.popleft()
+            yield done, future.result()
 
 
-def _seeded_split(files: list[Path], fraction: float, rng: np.random.Generator) -> tuple[list[Path], list[Path]]:
+def seeded_split(files: list, fraction: float, rng: np.random.Generator) -> tuple[list[Path], list[Path]]:
     """Split ``files`` into (rest, picked) with ``fraction`` picked at random; both keep file order."""
     n_pick = int(round(len(files) * fraction))
     if fraction > 0 and len(files) >= 2:
@@ -229,7 +264,7 @@ def split_files(data_dir: str | os.PathLike, val_fraction: float = 0.2, seed: in
         ignored += ignored_test
         if not train:
             raise DatasetError(f"{data_dir / 'train'}: no pair images (.jpg/.png) found")
-        train, val = _seeded_split(train, val_fraction, rng)
+        train, val = seeded_split(train, val_fraction, rng)
         layout = "kaggle"
     else:
         files, ignored = scan_folder(data_dir)
@@ -238,7 +273,7 @@ def split_files(data_dir: str | os.PathLike, val_fraction: float = 0.2, seed: in
                 f"{data_dir}: no pair images found (expected train/ and val/ folders of pairs, "
                 "or a folder of .jpg/.png pairs)"
             )
-        rest, test = _seeded_split(files, FLAT_TEST_FRACTION, rng)
-        train, val = _seeded_split(rest, val_fraction, rng)
+        rest, test = seeded_split(files, FLAT_TEST_FRACTION, rng)
+        train, val = seeded_split(rest, val_fraction, rng)
         layout = "flat"
     return {"train": train, "val": val, "test": test}, layout, ignored

@@ -31,13 +31,15 @@ _BOX3 = np.ones((3, 3), np.uint8)
 
 @dataclass
 class Palette:
-    """K cluster centres in RGB, ordered by the share of training pixels they hold."""
+    """K class colours in RGB: K-Means cluster centres ordered by the share of training pixels they
+    hold, or a labelled dataset's declared colours (``seglib.idmasks``)."""
 
     centroids: np.ndarray  # (K, 3) float32, RGB
     shares: np.ndarray  # (K,) float64, fraction of sampled pixels per cluster
     seed: int = 0
     sample_pixels: int = 0
     names: list[str] = field(default_factory=list)
+    ignore_index: int | None = None  # a label value that is no class (e.g. 255): left out of loss and metrics
 
     @property
     def k(self) -> int:
@@ -54,6 +56,7 @@ class Palette:
             "k": self.k,
             "seed": int(self.seed),
             "sample_pixels": int(self.sample_pixels),
+            "ignore_index": self.ignore_index,
             "classes": [
                 {
                     "id": i,
@@ -79,6 +82,7 @@ class Palette:
             seed=int(data.get("seed", 0)),
             sample_pixels=int(data.get("sample_pixels", 0)),
             names=[c["name"] for c in classes] if all("name" in c for c in classes) else [],
+            ignore_index=data.get("ignore_index"),
         )
 
     @classmethod

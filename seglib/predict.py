@@ -30,7 +30,7 @@ VIDEO_SUFFIXES = {".mp4", ".avi", ".mov"}
 
 
 def load_predictor(model_path: str | os.PathLike):
-    """``(predict(images float (N,S,S,3) in [0,255]) -> probs, input size, palette)``."""
+    """``(predict(images float (N,H,W,3) in [0,255]) -> probs, input (H, W), palette)``."""
     model_path = Path(model_path)
     if not model_path.exists():
         raise FileNotFoundError(f"{model_path}: no such model file")
@@ -49,18 +49,18 @@ def load_predictor(model_path: str | os.PathLike):
         onnx = OnnxModel(model_path)
         return onnx.predict, onnx.size, palette
     if model_path.suffix == ".keras":
-        from seglib.model import keras_predictor, load_keras_model
+        from seglib.model import input_hw, keras_predictor, load_keras_model
 
         model = load_keras_model(model_path)
-        return keras_predictor(model), int(model.input_shape[1]), palette
+        return keras_predictor(model), input_hw(model), palette
     raise ValueError(f"{model_path}: expected a .keras, .tflite or .onnx file")
 
 
-def segment(predict, size: int, photo: np.ndarray) -> np.ndarray:
-    """Class ids (H, W) of ``photo`` (H, W, 3 RGB): resized to the model's input, predicted, and
-    resized back to the photo's size with nearest neighbour."""
+def segment(predict, size: tuple[int, int], photo: np.ndarray) -> np.ndarray:
+    """Class ids (H, W) of ``photo`` (H, W, 3 RGB): resized to the model's input ``size`` (H, W),
+    predicted, and resized back to the photo's size with nearest neighbour."""
     h, w = photo.shape[:2]
-    x = cv2.resize(photo, (size, size), interpolation=cv2.INTER_AREA).astype(np.float32)[None]
+    x = cv2.resize(photo, (size[1], size[0]), interpolation=cv2.INTER_AREA).astype(np.float32)[None]
     labels = np.asarray(predict(x))[0].argmax(-1).astype(np.uint8)
     return cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
 
@@ -75,10 +75,12 @@ def png(image: np.ndarray) -> bytes:
     return cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image)[1].tobytes()
 
 
-def photo_of(image: np.ndarray) -> np.ndarray:
-    """The photo: the left half of a side-by-side pair, else the image itself."""
+def photo_of(image: np.ndarray, size: tuple[int, int] = (1, 1)) -> np.ndarray:
+    """The photo: the left half of a side-by-side pair (twice as wide, for its aspect, as the model's
+    input ``size`` (H, W)), else the image itself: a 2:1 photo is a photo for a 256x512 model."""
     h, w = image.shape[:2]
-    return image[:, : w // 2] if abs(w / h - 2.0) <= ASPECT_TOLERANCE else image
+    aspect = size[1] / size[0]
+    return image[:, : w // 2] if abs(w / h / aspect - 2.0) <= ASPECT_TOLERANCE else image
 
 
 def output_names(files: list[Path]) -> dict[Path, str]:
@@ -108,7 +110,7 @@ def predict_paths(model_path, input_path, out_dir, alpha: float = 0.5, max_pixel
     written, skipped = [], []
     for path in files:
         try:
-            photo = photo_of(decode_image(path, max_pixels))
+            photo = photo_of(decode_image(path, max_pixels), size)
         except PairError as exc:
             if input_path.is_file():
                 raise

@@ -27,9 +27,10 @@ from tqdm import tqdm
 from seglib import __version__
 from seglib.cityscapes import nearest_label_names
 from seglib.fsutil import atomic_write_json, atomic_write_text, save_concatenated, staged_dir
+from seglib.idmasks import LabelledSet, find_labelled, read_labelled, settle_classes
 from seglib.labels import Labeller, label_chunks
 from seglib.layout import SPLITS, PreparedDir, SplitFiles
-from seglib.pairs import MAX_PIXELS, DatasetError, PairError, iter_pairs, split_files
+from seglib.pairs import MAX_PIXELS, DatasetError, PairError, iter_pairs, parse_size, size_text, split_files
 from seglib.palette import Palette, close_classes, fit_palette, sample_pixels
 
 SIZE_STEP = 32  # the U-Net halves the image five times
@@ -69,6 +70,18 @@ def read_file_list(path: Path) -> list[str]:
     return [json.loads(line) for line in path.read_text(encoding="utf-8").splitlines() if line]
 
 
+def source_masks(prepared_dir: str | os.PathLike, split: str, rows) -> list[np.ndarray] | None:
+    """The colour masks the labels of ``rows`` were made from (pairs), for showing beside them; None
+    for a dataset of id masks, whose labels are the masks."""
+    from seglib.pairs import read_pair
+
+    summary = json.loads(PreparedDir(prepared_dir).summary.read_text())
+    if summary.get("layout") not in ("kaggle", "flat"):
+        return None
+    data = open_split(prepared_dir, split)
+    return [read_pair(data.files[i], data.images.shape[1:3])[1] for i in rows]
+
+
 def load_palette(prepared_dir: str | os.PathLike) -> Palette:
     return Palette.load(PreparedDir(prepared_dir).palette)
 
@@ -78,7 +91,7 @@ class Reading:
     """How pairs are read: their size, worker threads, progress bars, what to do with a bad file
     (raise, or with ``skip_bad`` list it in ``skipped``), the pixel limit per file."""
 
-    size: int
+    size: tuple[int, int]  # (H, W)
     workers: int
     progress: bool = False
     skip_bad: bool = False
@@ -86,18 +99,19 @@ class Reading:
     skipped: list = field(default_factory=list)
 
 
-def read_split(files: list[Path], out: SplitFiles, reading: Reading, name: str) -> tuple[list[Path], list[np.ndarray]]:
+def read_split(files: list, out: SplitFiles, reading: Reading, name: str, read=None) -> tuple[list, list[np.ndarray]]:
     """Decode a split's pairs on the reader threads and write its photos to ``out.images``;
     returns the files kept and their masks, in file order (a split's pairs are held in memory
-    until written: about 0.4 MB a pair at 256 px)."""
+    until written: about 0.4 MB a pair at 256 px). ``read``: how one item is read (default: a
+    side-by-side pair file; see :func:`seglib.pairs.iter_pairs`)."""
     kept, photos, masks = [], [], []
-    for path, result in tqdm(iter_pairs(files, reading.size, reading.workers, reading.max_pixels),
+    for path, result in tqdm(iter_pairs(files, reading.size, reading.workers, reading.max_pixels, read),
                              total=len(files), desc=f"read {name}", unit="pair", disable=not reading.progress,
                              leave=False):
         if isinstance(result, PairError):
             if not reading.skip_bad:
                 raise result
-            reading.skipped.append({"file": str(path), "reason": result.reason})
+            reading.skipped.append({"file": result.path, "reason": result.reason})
             continue
         kept.append(path)
         photos.append(result[0][None])
@@ -125,7 +139,7 @@ SAMPLE_BYTES_PER_PIXEL = 24  # the drawn RGB pixels, their keys for np.unique an
 SPLIT_BYTES_PER_PIXEL = 7  # a split in memory while prepared: photo and mask RGB, labels
 
 
-def _sample_size(sample_pixels: int, train_files: int, size: int) -> int:
+def _sample_size(sample_pixels: int, train_files: int, size: tuple[int, int]) -> int:
     """The K-Means sample drawn: what was asked for, at most what the training masks hold; refused
     before anything is allocated when memory cannot hold it or the training split."""
     import psutil
@@ -134,16 +148,30 @@ def _sample_size(sample_pixels: int, train_files: int, size: int) -> int:
         return f"{n / 1e9:.1f} GB" if n >= 1e9 else f"{n / 1e6:.0f} MB"
 
     available = psutil.virtual_memory().available
-    split = train_files * size * size * SPLIT_BYTES_PER_PIXEL
+    pixels = size[0] * size[1]
+    split = train_files * pixels * SPLIT_BYTES_PER_PIXEL
     if split > available:
-        raise DatasetError(f"the {train_files} training pairs need about {amount(split)} of memory at --size {size} "
-                           f"while they are prepared, more than the {amount(available)} free; use a smaller --size")
-    sample = min(sample_pixels, train_files * size * size)
+        raise DatasetError(f"the {train_files} training pairs need about {amount(split)} of memory at --size "
+                           f"{size_text(size)} while they are prepared, more than the {amount(available)} free; "
+                           "use a smaller --size")
+    sample = min(sample_pixels, train_files * pixels)
     if sample * SAMPLE_BYTES_PER_PIXEL > available // 2:
         raise DatasetError(f"--sample-pixels {sample_pixels}: the K-Means sample needs about "
                            f"{amount(sample * SAMPLE_BYTES_PER_PIXEL)}, more than half of the {amount(available)} of "
                            "free memory; use fewer (the default is 200000)")
     return sample
+
+
+def checked_size(size) -> tuple[int, int]:
+    """``(H, W)`` of a ``--size`` (``256`` or ``256x512``), each a multiple of 32, checked before any work."""
+    try:
+        height, width = parse_size(size)
+    except ValueError as exc:
+        raise DatasetError(f"--size: {exc}") from None
+    if min(height, width) < SIZE_STEP or height % SIZE_STEP or width % SIZE_STEP:
+        raise DatasetError(f"--size {size_text((height, width))}: H and W must be multiples of {SIZE_STEP} (the "
+                           "models halve them five times), e.g. 128, 256 or 256x512")
+    return height, width
 
 
 def _check_source_is_safe(data_dir, out_dir: Path) -> None:
@@ -165,7 +193,7 @@ def prepare(
     out_dir: str | os.PathLike,
     clusters: int = 10,
     seed: int = 0,
-    size: int = 256,
+    size: int | str | tuple[int, int] = 256,
     val_fraction: float = 0.2,
     sample_pixels_count: int = 200_000,
     skip_bad: bool = False,
@@ -183,21 +211,23 @@ def prepare(
     started = time.perf_counter()
     if not 2 <= clusters <= 255:
         raise DatasetError(f"--clusters must be between 2 and 255, got {clusters}")
-    if size < SIZE_STEP or size % SIZE_STEP:
-        raise DatasetError(f"--size must be a multiple of {SIZE_STEP} (the U-Net halves it five times), got {size}")
+    size = checked_size(size)
     if sample_pixels_count < clusters:
         raise DatasetError(f"--sample-pixels must be at least --clusters ({clusters}), got {sample_pixels_count}")
     out_dir = Path(out_dir)
     _check_source_is_safe(data_dir, out_dir)
-    splits, layout, ignored = split_files(data_dir, val_fraction, seed)
-    sample_pixels_count = _sample_size(sample_pixels_count, len(splits["train"]), size)
-    for name in SPLITS:
-        if not splits[name]:
-            raise DatasetError(f"{data_dir}: the {name} split would be empty ({len(splits['train'])} train, "
-                               f"{len(splits['val'])} val, {len(splits['test'])} test pairs); a run needs all three"
-                               + (" (--val-fraction is 0)" if name == "val" and val_fraction == 0 else ""))
+    if not 0 <= val_fraction < 1:
+        raise DatasetError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     workers = workers or min(8, os.cpu_count() or 1)
     reading = Reading(size, workers, progress, skip_bad, max_pixels)
+    labelled = find_labelled(data_dir, val_fraction, seed)
+    if labelled is not None:
+        _check_splits(data_dir, labelled.splits, val_fraction)
+        _sample_size(0, len(labelled.splits["train"]), size)
+        return prepare_labelled(labelled, data_dir, out_dir, reading, seed, val_fraction, started)
+    splits, layout, ignored = split_files(data_dir, val_fraction, seed)
+    sample_pixels_count = _sample_size(sample_pixels_count, len(splits["train"]), size)
+    _check_splits(data_dir, splits, val_fraction)
     with staged_dir(out_dir, PreparedDir) as tmp:
         prepared = PreparedDir(tmp)
         # 1. read the training pairs (photos written, masks kept for the sample and the labels)
@@ -225,29 +255,81 @@ def prepare(
         labelled = time.perf_counter()
 
         palette.save(prepared.palette)
-        summary = {
-            "format": "seglib-prepared-1",
-            "seglib_version": __version__,
-            "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
-            "data_dir": str(Path(data_dir).resolve()),
-            "layout": layout,
-            "parameters": {
-                "clusters": clusters, "seed": seed, "size": size, "val_fraction": val_fraction,
-                "sample_pixels": sample_pixels_count, "skip_bad": skip_bad,
-                "resolve_edges": resolve_edges,
-            },
-            "counts": {name: len(kept[name]) for name in SPLITS},
-            "skipped_count": len(reading.skipped),
-            "skipped": reading.skipped,
-            "ignored_files": [str(p) for p in ignored],
-            "class_shares": shares,
-            "palette_warnings": close_classes(palette),
-            "timings_s": {
-                "read_train": round(read - started, 3),
-                "fit": round(fitted - read, 3),
-                "read_and_label": round(labelled - fitted, 3),
-                "total": round(time.perf_counter() - started, 3),
-            },
-        }
+        summary = _summary(data_dir, layout, {
+            "clusters": clusters, "seed": seed, "size": size_text(size), "val_fraction": val_fraction,
+            "sample_pixels": sample_pixels_count, "skip_bad": skip_bad, "resolve_edges": resolve_edges,
+        }, kept, reading, ignored, shares, {
+            "read_train": round(read - started, 3),
+            "fit": round(fitted - read, 3),
+            "read_and_label": round(labelled - fitted, 3),
+            "total": round(time.perf_counter() - started, 3),
+        })
+        summary["palette_warnings"] = close_classes(palette)
+        atomic_write_json(prepared.summary, summary)
+    return summary
+
+
+def _check_splits(data_dir, splits: dict, val_fraction: float) -> None:
+    for name in SPLITS:
+        if not splits.get(name):
+            raise DatasetError(f"{data_dir}: the {name} split would be empty ({len(splits.get('train', []))} train, "
+                               f"{len(splits.get('val', []))} val, {len(splits.get('test', []))} test); a run needs "
+                               "all three" + (" (--val-fraction is 0)" if name == "val" and val_fraction == 0 else ""))
+
+
+def _summary(data_dir, layout: str, parameters: dict, kept: dict, reading: Reading, ignored, shares: dict,
+             timings: dict) -> dict:
+    """summary.json: where the data came from, how it was prepared, what each split holds."""
+    return {
+        "format": "seglib-prepared-1",
+        "seglib_version": __version__,
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"),
+        "data_dir": str(Path(data_dir).resolve()),
+        "layout": layout,
+        "parameters": parameters,
+        "counts": {name: len(kept[name]) for name in SPLITS},
+        "skipped_count": len(reading.skipped),
+        "skipped": reading.skipped,
+        "ignored_files": [str(p) for p in ignored],
+        "class_shares": shares,
+        "ignored_pixels": {name: 0 for name in SPLITS},
+        "palette_warnings": [],
+        "timings_s": timings,
+    }
+
+
+def prepare_labelled(labelled: LabelledSet, data_dir, out_dir: Path, reading: Reading, seed: int,
+                     val_fraction: float, started: float) -> dict:
+    """Prepare a dataset of photos and id masks (``seglib.idmasks``): read every split, settle the
+    classes (K is the largest id found + 1 when no classes are declared), write labels and palette."""
+    from functools import partial
+
+    with staged_dir(out_dir, PreparedDir) as tmp:
+        prepared = PreparedDir(tmp)
+        kept, labels, counts = {}, {}, {}
+        for name in SPLITS:
+            read = partial(read_labelled, size=reading.size, classes=labelled.classes, max_pixels=reading.max_pixels)
+            kept[name], labels[name] = read_split(labelled.splits[name], prepared.split(name), reading, name, read)
+            if not kept[name]:
+                raise DatasetError(f"{data_dir}: every {name} image was bad ({len(labelled.splits[name])} skipped); a "
+                                   "run needs images in train, val and test")
+            counts[name] = sum(np.bincount(m.ravel(), minlength=256) for m in labels[name])
+        ignore = labelled.classes.ignore_index
+        total = sum(counts.values())
+        found = [i for i in np.flatnonzero(total) if i != ignore]
+        classes = settle_classes(labelled.classes, int(max(found)) if found else 1)
+        for name in SPLITS:
+            save_concatenated(prepared.split(name).labels, [m[None] for m in labels[name]])
+            write_file_list(prepared.split(name).files, [photo for photo, _ in kept[name]])
+        shares = {name: _shares(counts[name][: classes.k]) for name in SPLITS}
+        palette = Palette(np.array(classes.colours, np.float32), np.array(shares["train"], np.float64), seed, 0,
+                          list(classes.names), ignore)
+        palette.save(prepared.palette)
+        summary = _summary(data_dir, labelled.layout, {
+            "classes": classes.k, "class_source": classes.source, "ignore_index": ignore, "seed": seed,
+            "size": size_text(reading.size), "val_fraction": val_fraction, "skip_bad": reading.skip_bad,
+        }, kept, reading, labelled.ignored_files, shares, {"total": round(time.perf_counter() - started, 3)})
+        summary["ignored_pixels"] = {name: int(counts[name][ignore]) if ignore is not None else 0 for name in SPLITS}
+        summary["unmatched"] = labelled.unmatched
         atomic_write_json(prepared.summary, summary)
     return summary

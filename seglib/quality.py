@@ -42,20 +42,20 @@ def truth_path(pair_file: str | os.PathLike) -> Path:
     return split_dir / "ids" / f"{pair_file.stem}.png"
 
 
-def load_truth(pair_file: str | os.PathLike, size: int) -> np.ndarray:
-    """True colour classes (size, size) of a pair's mask, resized with nearest neighbour."""
+def load_truth(pair_file: str | os.PathLike, size: tuple[int, int]) -> np.ndarray:
+    """True colour classes (H, W) of a pair's mask, resized to ``size`` (H, W) with nearest neighbour."""
     path = truth_path(pair_file)
     ids = cv2.imread(str(path), cv2.IMREAD_UNCHANGED)
     if ids is None or ids.ndim != 2:
         raise FileNotFoundError(f"{path}: no readable single-channel labelId image for {pair_file}")
-    if ids.shape != (size, size):
-        ids = cv2.resize(ids, (size, size), interpolation=cv2.INTER_NEAREST)
+    if ids.shape != tuple(size):
+        ids = cv2.resize(ids, (size[1], size[0]), interpolation=cv2.INTER_NEAREST)
     return ids_to_colour_classes(ids)
 
 
 def split_purity(prepared_dir: str | os.PathLike, split: str = "test") -> float:
     """Purity of a prepared split's labels against the true colour classes."""
     data = open_split(prepared_dir, split)
-    size = data.labels.shape[1]
+    size = data.labels.shape[1:3]
     truth = np.stack([load_truth(f, size) for f in data.files])
     return purity(np.asarray(data.labels), truth)

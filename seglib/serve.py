@@ -72,9 +72,9 @@ class ModelPool:
         if model == "keras":
             import keras
 
-            from seglib.model import keras_predictor
+            from seglib.model import input_hw, keras_predictor
 
-            return keras_predictor(self._keras), int(self._keras.input_shape[1]), f"keras {keras.__version__}"
+            return keras_predictor(self._keras), input_hw(self._keras), f"keras {keras.__version__}"
         if model == "onnx":
             from seglib.export import OnnxModel
 
@@ -136,7 +136,7 @@ def create_app(run_dir: str | os.PathLike, model: str = "int8", threads: int = 2
     @app.get("/health")
     def health() -> dict:
         return {"status": "ok", "model": pool.model, "file": pool.path.name, "runtime": pool.runtime,
-                "classes": pool.palette.k, "input_size": pool.size, "threads": pool.threads,
+                "classes": pool.palette.k, "input_size": list(pool.size), "threads": pool.threads,
                 "uptime_s": round(time.time() - started, 1)}
 
     @app.get("/metadata")
@@ -193,7 +193,7 @@ def predict_bytes(pool: ModelPool, data: bytes, name: str = "upload", pair: bool
     """What ``POST /predict`` answers for an image file's bytes, without the HTTP: PNG bytes (or the
     JSON body for ``output="json"``) and the model's milliseconds."""
     image = decode_image_bytes(data, name, max_pixels)
-    photo = photo_of(image) if pair else image
+    photo = photo_of(image, pool.size) if pair else image
     begun = time.perf_counter()
     ids = pool.segment(photo)
     latency = round((time.perf_counter() - begun) * 1000, 2)

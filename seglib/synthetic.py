@@ -240,3 +240,61 @@ def generate(out_dir: str | os.PathLike, count: int = 200, seed: int = 0, size: 
         info = {"count": count, "seed": seed, "size": size, "train": count - n_test, "val": n_test, "classes": CLASSES}
         atomic_write_json(SyntheticDir(tmp).info, info)
     return info
+
+
+LABELLED_LAYOUTS = ("folders", "cityscapes")
+EGO_ROWS = 0.08  # the bottom share of every labelled scene is the ego vehicle's hood: ignored, like in Cityscapes
+
+
+def generate_labelled(out_dir: str | os.PathLike, count: int = 40, seed: int = 0, size=(128, 256),
+                      layout: str = "folders", test_fraction: float = 0.2, progress: bool = True) -> dict:
+    """Write ``count`` synthetic scenes of ``size`` (H, W) as a labelled dataset (``seglib.idmasks``):
+
+    * ``folders``: ``{train,val}/images/<n>.jpg`` and ``{train,val}/masks/<n>.png`` holding the 19
+      Cityscapes train ids (255 = ignore), with a ``classes.json`` naming them;
+    * ``cityscapes``: the official layout, ``leftImg8bit/{train,val}/<city>/..._leftImg8bit.png`` and
+      ``gtFine/{train,val}/<city>/..._gtFine_labelIds.png`` holding raw label ids.
+
+    The bottom rows are the ego vehicle (labelId 1, ignored by the train ids)."""
+    from seglib.cityscapes import TRAIN_NAMES, train_colours, train_id_table
+    from seglib.layout import SyntheticLabelledDir
+    from seglib.pairs import parse_size
+
+    if layout not in LABELLED_LAYOUTS:
+        raise ValueError(f"unknown layout {layout!r}; choose one of {', '.join(LABELLED_LAYOUTS)}")
+    if count < 2:
+        raise ValueError(f"--count must be at least 2, got {count}")
+    height, width = parse_size(size)
+    rng = np.random.default_rng(seed)
+    n_test = max(1, int(round(count * test_fraction)))
+    table = train_id_table()
+    with staged_dir(out_dir, SyntheticLabelledDir) as tmp:
+        for i in tqdm(range(count), desc="synth", unit="scene", disable=not progress, leave=False):
+            split = "val" if i >= count - n_test else "train"
+            photo, ids = render_scene(rng, max(height, width))
+            photo = cv2.resize(photo, (width, height), interpolation=cv2.INTER_AREA)
+            ids = cv2.resize(ids, (width, height), interpolation=cv2.INTER_NEAREST)
+            ego = int(round(height * (1 - EGO_ROWS)))
+            ids[ego:] = NAME_TO_ID["ego vehicle"]
+            photo[ego:] = (photo[ego:] * 0.25).astype(np.uint8)
+            if layout == "folders":
+                photo_file, mask_file, mask = f"{split}/images/{i:04d}.jpg", f"{split}/masks/{i:04d}.png", table[ids]
+            else:
+                city = "synthtown" if i % 2 else "gentown"
+                stem = f"{city}/{city}_000000_{i:06d}"
+                photo_file = f"leftImg8bit/{split}/{stem}_leftImg8bit.png"
+                mask_file = f"gtFine/{split}/{stem}_gtFine_labelIds.png"
+                mask = ids
+            for name in (photo_file, mask_file):
+                (tmp / name).parent.mkdir(parents=True, exist_ok=True)
+            quality = [cv2.IMWRITE_JPEG_QUALITY, 90] if photo_file.endswith(".jpg") else []
+            cv2.imwrite(str(tmp / photo_file), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR), quality)
+            cv2.imwrite(str(tmp / mask_file), mask)
+        if layout == "folders":
+            atomic_write_json(tmp / "classes.json", {
+                "classes": [{"name": n, "color": list(c)} for n, c in zip(TRAIN_NAMES, train_colours(), strict=True)],
+                "ignore_index": 255})
+        info = {"layout": layout, "count": count, "seed": seed, "size": [height, width], "train": count - n_test,
+                "val": n_test}
+        atomic_write_json(SyntheticLabelledDir(tmp).info, info)
+    return info

@@ -10,9 +10,10 @@ from seglib.figures import class_names
 from seglib.layout import RunDir
 from seglib.palette import Palette
 
-TRAINING_KEYS = ("backbone", "encoder_weights", "epochs", "batch_size", "lr", "patience", "monitor", "loss",
-                 "augment", "reduce_lr", "seed", "jit_compile")
-DATA_KEYS = ("clusters", "size", "seed", "val_fraction", "sample_pixels", "resolve_edges", "skip_bad")
+TRAINING_KEYS = ("arch", "backbone", "encoder_weights", "init_from", "epochs", "batch_size", "lr", "lr_schedule",
+                 "warmup_epochs", "patience", "monitor", "loss", "augment", "seed", "tensorboard", "jit_compile")
+DATA_KEYS = ("clusters", "classes", "ignore_index", "size", "seed", "val_fraction", "sample_pixels", "resolve_edges",
+             "skip_bad")
 
 
 def key_values(values: dict, name: str) -> pd.DataFrame:
@@ -63,14 +64,18 @@ def dataset(summary: dict) -> pd.DataFrame:
         {
             "data folder": summary.get("data_dir"),
             "layout": summary.get("layout"),
-            "classes (K)": params.get("clusters"),
-            "size (px)": params.get("size"),
+            "classes (K)": params.get("clusters", params.get("classes")),
+            "classes from": params.get("class_source", "K-Means on the mask colours"),
+            "ignore index": params.get("ignore_index"),
+            "ignored pixels (train)": summary.get("ignored_pixels", {}).get("train"),
+            "size (px, H x W)": params.get("size"),
             "seed": params.get("seed"),
             "val fraction": params.get("val_fraction"),
             "sampled pixels": params.get("sample_pixels"),
             "edge resolution": params.get("resolve_edges"),
             "skipped bad files": summary.get("skipped_count", 0),
             "ignored non-image files": len(summary.get("ignored_files", [])),
+            "images or masks without a partner": len(summary.get("unmatched", [])),
             "prepare time (s)": summary.get("timings_s", {}).get("total"),
         },
         "value",
@@ -135,8 +140,13 @@ def training(run_info: dict) -> pd.DataFrame:
 
 
 def overall_metrics(metrics: dict) -> pd.DataFrame:
+    """The split's scores; with an ignore index, how many pixels were scored and how many ignored."""
     keys = ("pixel_accuracy", "mean_accuracy", "mean_iou", "mean_dice")
-    return pd.Series({k: metrics[k] for k in keys}, name=metrics.get("split", "value")).to_frame()
+    values = {k: metrics[k] for k in keys}
+    if metrics.get("ignore_index") is not None:
+        values |= {"scored pixels": metrics["num_pixels"],
+                   f"ignored pixels (label {metrics['ignore_index']})": metrics.get("ignored_pixels", 0)}
+    return pd.Series(values, name=metrics.get("split", "value"), dtype=object).to_frame()
 
 
 def per_class(metrics: dict, palette: Palette) -> pd.DataFrame:

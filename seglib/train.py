@@ -28,6 +28,7 @@ from seglib.palette import Palette
 
 LOSSES = ("ce", "weighted_ce", "dice", "ce_dice")
 MONITORS = ("val_loss", "val_pixel_accuracy", "val_mean_iou")
+LR_SCHEDULES = ("constant", "cosine", "plateau")
 
 
 @dataclass
@@ -35,22 +36,28 @@ class TrainConfig:
     prepared_dir: str
     run_dir: str
     backbone: str = "resnet34"
+    arch: str = "unet"  # unet, fpn, linknet or pspnet (segmentation-models' four)
     epochs: int = 50
     batch_size: int = 8
     lr: float = 1e-3
     patience: int = 5
     monitor: str = "val_loss"
-    encoder_weights: str | None = "imagenet"
+    encoder_weights: str | None = "imagenet"  # "imagenet", None (random) or the path of an encoder weights file
+    init_from: str | None = None  # an earlier run's folder: start from its model's weights (fine-tuning)
     augment: bool = False
     loss: str = "ce"
     seed: int = 0
-    reduce_lr: bool = False
+    lr_schedule: str = "constant"  # constant, cosine (to 1% of lr at the last epoch) or plateau (halve on plateaus)
+    warmup_epochs: float = 0  # the learning rate rises linearly from lr/100 to lr over these epochs first
+    tensorboard: bool = False  # write RUN_DIR/tensorboard/ for TensorBoard
     jit_compile: bool = False
     overwrite: bool = False  # replace a finished run in RUN_DIR (its model, history, metrics, exports)
 
     def __post_init__(self):
         if isinstance(self.encoder_weights, str) and self.encoder_weights.strip().lower() in ("", "none", "null"):
             self.encoder_weights = None  # "none" from a command line or a Colab form: random init
+        if isinstance(self.init_from, str) and self.init_from.strip().lower() in ("", "none", "null"):
+            self.init_from = None
 
 
 @dataclass
@@ -67,10 +74,10 @@ class Run:
         return RunDir(self.run_dir).model
 
 
-def check_split(prepared_dir: str | os.PathLike, split: str, num_classes: int) -> tuple[int, int]:
+def check_split(prepared_dir: str | os.PathLike, split: str, palette: Palette) -> tuple[int, tuple[int, int]]:
     """Check a prepared split's arrays before any training: uint8 images (N, H, W, 3) and labels
-    (N, H, W) of one size, a multiple of 32, a source for each row, and every label (all rows) below
-    the palette's K. Returns (rows, size)."""
+    (N, H, W) of one size, H and W multiples of 32, a source for each row, and every label (all rows)
+    a class of the palette or its ignore index. Returns (rows, (H, W))."""
     from seglib.prepare import open_split
 
     where = PreparedDir(prepared_dir).split(split).images.parent
@@ -87,16 +94,19 @@ def check_split(prepared_dir: str | os.PathLike, split: str, num_classes: int) -
         )
     if len(data.files) != len(images) or len(images) == 0:
         raise ValueError(f"{where}: {len(images)} rows but {len(data.files)} source files; prepare the data again")
-    size = images.shape[1]
-    if images.shape[2] != size or size % 32:
-        raise ValueError(f"{where}: images are {images.shape[1]}x{images.shape[2]}; the U-Net needs square images "
-                         "whose side is a multiple of 32 (prepare with --size 64/128/256)")
-    top = int(labels.max())  # reads every row once, through the memory map
-    if top >= num_classes:
-        row = int(np.argmax(labels.reshape(len(labels), -1).max(1) >= num_classes))
-        raise ValueError(f"{where}/labels.npy: row {row} ({data.files[row]}) has class id {top}, the palette has "
-                         f"K={num_classes}; prepare the data again")
-    return len(images), size
+    height, width = images.shape[1:3]
+    if height % 32 or width % 32:
+        raise ValueError(f"{where}: images are {height}x{width}; the models need H and W multiples of 32 "
+                         "(prepare with --size 128 or --size 256x512)")
+    for start in range(0, len(labels), 256):  # every row once, through the memory map, a block at a time
+        block = np.asarray(labels[start:start + 256])
+        bad = (block >= palette.k) & (block != (palette.ignore_index if palette.ignore_index is not None else -1))
+        if bad.any():
+            row = start + int(np.argmax(bad.reshape(len(block), -1).any(1)))
+            value = int(np.asarray(labels[row])[bad[row - start]][0])
+            raise ValueError(f"{where}/labels.npy: row {row} ({data.files[row]}) has class id {value}, the palette "
+                             f"has K={palette.k}; prepare the data again")
+    return len(images), (int(height), int(width))
 
 
 def run_state(run_dir: str | os.PathLike) -> str:
@@ -117,7 +127,7 @@ def run_state(run_dir: str | os.PathLike) -> str:
 def validate(config: TrainConfig) -> Palette:
     """Check everything that can be checked before any training (and before RUN_DIR is made);
     returns the palette."""
-    from seglib.model import available_backbones
+    from seglib.model import available_backbones, check_input_size
 
     prepared = PreparedDir(config.prepared_dir)
     if not prepared.palette.exists() or not prepared.split("train").labels.exists():
@@ -134,10 +144,23 @@ def validate(config: TrainConfig) -> Palette:
         raise ValueError(f"unknown monitor {config.monitor!r}; choose one of {', '.join(MONITORS)}")
     if config.backbone not in available_backbones():
         raise ValueError(f"unknown backbone {config.backbone!r}; choose one of: {', '.join(available_backbones())}")
+    if config.lr_schedule not in LR_SCHEDULES:
+        raise ValueError(f"unknown learning-rate schedule {config.lr_schedule!r}; choose one of "
+                         f"{', '.join(LR_SCHEDULES)}")
+    if not 0 <= config.warmup_epochs < config.epochs:
+        raise ValueError(f"warmup epochs must be at least 0 and fewer than the epochs ({config.epochs}), "
+                         f"got {config.warmup_epochs}")
+    weights = config.encoder_weights
+    if weights not in (None, "imagenet") and not Path(weights).is_file():
+        raise FileNotFoundError(f"{weights}: no such encoder weights file (--encoder-weights takes imagenet, none or "
+                                "the path of a weights file)")
     palette = Palette.load(prepared.palette)
-    sizes = {check_split(prepared.root, split, palette.k)[1] for split in ("train", "val")}
+    sizes = {check_split(prepared.root, split, palette)[1] for split in ("train", "val")}
     if len(sizes) != 1:
         raise ValueError(f"{prepared.root}: train and val images differ in size ({sorted(sizes)})")
+    check_input_size(config.arch, sizes.pop())
+    if config.init_from is not None:
+        init_source(config, palette)
     run = RunDir(config.run_dir)
     state = run_state(run.root)
     if state == "foreign":
@@ -156,6 +179,78 @@ def validate(config: TrainConfig) -> Palette:
     return palette
 
 
+def init_source(config: TrainConfig, palette: Palette) -> Path:
+    """The model file ``config.init_from`` names (a finished run's folder or a ``.keras`` file), checked:
+    same architecture and backbone, and the same classes unless only the classifier is left out."""
+    source = Path(config.init_from)
+    model_file = RunDir(source).model if source.is_dir() else source
+    if not model_file.is_file():
+        raise FileNotFoundError(f"{config.init_from}: no trained model to start from (expected a run folder with "
+                                "model.keras, or a .keras file)")
+    record = RunDir(model_file.parent).config
+    if record.exists():
+        earlier = json.loads(record.read_text())
+        arch, backbone = earlier.get("arch", "unet"), earlier.get("backbone")
+        if (arch, backbone) != (config.arch, config.backbone):
+            raise ValueError(f"{config.init_from}: a {arch}/{backbone} model; this run is {config.arch}/"
+                             f"{config.backbone} (set the same --arch and --backbone)")
+    return model_file
+
+
+def copy_weights(model, source_file: Path) -> dict:
+    """Start ``model`` from the weights of the model in ``source_file``, variable by variable in order;
+    variables whose shape differs (the classifier, when the classes changed) keep their new init.
+    Returns ``{"copied": n, "kept_new": names}``."""
+    from seglib.model import load_keras_model
+
+    source = load_keras_model(source_file)
+    if len(source.weights) != len(model.weights):
+        raise ValueError(f"{source_file}: {len(source.weights)} weights, this model has {len(model.weights)}: "
+                         "not the same architecture")
+    kept = []
+    for new, old in zip(model.weights, source.weights, strict=True):
+        if tuple(new.shape) == tuple(old.shape):
+            new.assign(old)
+        else:
+            kept.append(new.path)
+    if len(kept) > 2:
+        raise ValueError(f"{source_file}: {len(kept)} weights differ in shape ({', '.join(kept[:3])}, ...): not the "
+                         "same architecture")
+    return {"copied": len(model.weights) - len(kept), "kept_new": kept}
+
+
+def learning_rate(step: int, config: TrainConfig, steps_per_epoch: int) -> float | None:
+    """The learning rate of training step ``step`` (from 0) under ``config``'s warmup and schedule, or
+    None where the schedule leaves it to the optimizer (``constant`` and ``plateau`` after warmup:
+    ReduceLROnPlateau may have lowered it)."""
+    warmup = int(round(config.warmup_epochs * steps_per_epoch))
+    if step < warmup:
+        return config.lr * (0.01 + 0.99 * step / warmup)
+    if config.lr_schedule != "cosine":
+        return config.lr if step == warmup else None
+    total = max(1, config.epochs * steps_per_epoch - warmup)
+    progress = min(1.0, (step - warmup) / total)
+    return config.lr * (0.01 + 0.99 * 0.5 * (1 + math.cos(math.pi * progress)))
+
+
+def lr_scheduler(config: TrainConfig, steps_per_epoch: int):
+    """Sets the optimizer's learning rate before every step (:func:`learning_rate`), from the
+    optimizer's own step count, so a resumed run continues its schedule; logs it per epoch."""
+    import keras
+
+    class StepSchedule(keras.callbacks.Callback):
+        def on_train_batch_begin(self, batch, logs=None):
+            value = learning_rate(int(self.model.optimizer.iterations.numpy()), config, steps_per_epoch)
+            if value is not None:
+                self.model.optimizer.learning_rate.assign(value)
+
+        def on_epoch_end(self, epoch, logs=None):
+            if logs is not None:
+                logs["learning_rate"] = float(self.model.optimizer.learning_rate.numpy())
+
+    return StepSchedule()
+
+
 def class_weights(shares, floor: float = 1e-4) -> np.ndarray:
     """Inverse square root of the class pixel shares, normalised to a pixel-weighted mean of 1."""
     shares = np.maximum(np.asarray(shares, np.float64), floor)
@@ -163,21 +258,31 @@ def class_weights(shares, floor: float = 1e-4) -> np.ndarray:
     return (weights / (weights * shares).sum()).astype(np.float32)
 
 
-def make_loss(name: str, num_classes: int, weights=None):
+def make_loss(name: str, num_classes: int, weights=None, ignore_index: int | None = None):
+    """The training loss; pixels labelled ``ignore_index`` add nothing to it (Keras' ``ignore_class``)."""
     import keras
     from keras import ops
 
-    ce = keras.losses.SparseCategoricalCrossentropy()
+    ce = keras.losses.SparseCategoricalCrossentropy(ignore_class=ignore_index)
+
+    def valid(y_true):
+        if ignore_index is None:
+            return ops.ones_like(ops.cast(y_true, "float32"))
+        return ops.cast(ops.not_equal(ops.cast(y_true, "int32"), ignore_index), "float32")
 
     def soft_dice(y_true, y_pred):
-        onehot = ops.one_hot(ops.cast(y_true, "int32"), num_classes)
+        keep = ops.expand_dims(valid(y_true), -1)
+        labels = ops.where(keep[..., 0] > 0, ops.cast(y_true, "int32"), 0)
+        onehot = ops.one_hot(labels, num_classes) * keep
+        y_pred = y_pred * keep
         axes = (0, 1, 2)
         inter = ops.sum(onehot * y_pred, axis=axes)
         total = ops.sum(onehot, axis=axes) + ops.sum(y_pred, axis=axes)
         return 1.0 - ops.mean((2.0 * inter + 1.0) / (total + 1.0))
 
     def weighted_ce(y_true, y_pred):
-        pixel_weights = ops.take(ops.convert_to_tensor(weights), ops.cast(y_true, "int32"))
+        labels = ops.where(valid(y_true) > 0, ops.cast(y_true, "int32"), 0)
+        pixel_weights = ops.take(ops.convert_to_tensor(weights), labels) * valid(y_true)
         return ce(y_true, y_pred, sample_weight=pixel_weights)
 
     if name == "ce":
@@ -187,6 +292,22 @@ def make_loss(name: str, num_classes: int, weights=None):
     if name == "dice":
         return soft_dice
     return lambda y_true, y_pred: ce(y_true, y_pred) + soft_dice(y_true, y_pred)
+
+
+def make_metrics(num_classes: int, ignore_index: int | None = None) -> list:
+    """Pixel accuracy and mean IoU as Keras metrics, both leaving ``ignore_index`` pixels out."""
+    import keras
+    from keras import ops
+
+    class PixelAccuracy(keras.metrics.SparseCategoricalAccuracy):
+        def update_state(self, y_true, y_pred, sample_weight=None):
+            if ignore_index is not None:
+                sample_weight = ops.cast(ops.not_equal(ops.cast(y_true, "int32"), ignore_index), "float32")
+                y_true = ops.where(sample_weight > 0, ops.cast(y_true, "int32"), 0)
+            return super().update_state(y_true, y_pred, sample_weight)
+
+    return [PixelAccuracy(name="pixel_accuracy"),
+            keras.metrics.MeanIoU(num_classes, name="mean_iou", sparse_y_pred=False, ignore_class=ignore_index)]
 
 
 def _variables_bytes(variables) -> int:
@@ -337,16 +458,17 @@ def _epoch_timer(epochs: int, log=None):
     return EpochTimer()
 
 
-def train(config: TrainConfig, verbose: int | str = "auto", log=None) -> Run:
-    """Train a U-Net on a prepared dataset into ``config.run_dir``; see the module docstring.
+def train(config: TrainConfig, verbose: int | str = "auto", log=None, callbacks=None) -> Run:
+    """Train a model on a prepared dataset into ``config.run_dir``; see the module docstring.
 
-    ``verbose`` is Keras' (progress bar, or 0); ``log`` (e.g. ``print``) gets one line per epoch."""
+    ``verbose`` is Keras' (progress bar, or 0); ``log`` (e.g. ``print``) gets one line per epoch;
+    ``callbacks``: your own Keras callbacks, called after seglib's (they see each epoch's logs)."""
     palette = validate(config)
     import keras
     import tensorflow as tf
 
     from seglib.data import make_dataset
-    from seglib.model import build_unet, detect_device
+    from seglib.model import build_model, detect_device
 
     run = RunDir(config.run_dir)
     state = run_state(run.root)
@@ -365,15 +487,16 @@ def train(config: TrainConfig, verbose: int | str = "auto", log=None) -> Run:
     train_ds = make_dataset(config.prepared_dir, "train", config.batch_size, shuffle=True, seed=config.seed,
                             augment=config.augment)
     val_ds = make_dataset(config.prepared_dir, "val", config.batch_size)
-    size = summary["parameters"]["size"]
-    n_train = summary["counts"]["train"]
+    n_train, size = check_split(config.prepared_dir, "train", palette)
+    steps_per_epoch = math.ceil(n_train / config.batch_size)
 
     config_record = {
         **asdict(config),
         "prepared_dir": str(Path(config.prepared_dir).resolve()),
         "run_dir": str(run.root.resolve()),
         "num_classes": palette.k,
-        "input_size": size,
+        "input_size": list(size),
+        "ignore_index": palette.ignore_index,
         "input": "RGB float in [0, 255]; the model's 'preprocess' layer applies the backbone's preprocessing",
         "versions": {"seglib": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
                      "python": platform.python_version()},
@@ -383,13 +506,17 @@ def train(config: TrainConfig, verbose: int | str = "auto", log=None) -> Run:
     atomic_write_json(run.config, config_record)
     palette.save(run.palette)
 
-    model = build_unet(config.backbone, palette.k, size, config.encoder_weights)
+    model = build_model(config.arch, config.backbone, palette.k, size, config.encoder_weights)
+    if config.init_from is not None and not backup:
+        copied = copy_weights(model, init_source(config, palette))
+        if log is not None:
+            log(f"started from {config.init_from}: {copied['copied']} weights copied"
+                + (f", {len(copied['kept_new'])} new (the classifier: other classes)" if copied["kept_new"] else ""))
     weights = class_weights(summary["class_shares"]["train"]) if config.loss == "weighted_ce" else None
     model.compile(
         optimizer=keras.optimizers.Adam(config.lr),
-        loss=make_loss(config.loss, palette.k, weights),
-        metrics=[keras.metrics.SparseCategoricalAccuracy(name="pixel_accuracy"),
-                 keras.metrics.MeanIoU(palette.k, name="mean_iou", sparse_y_pred=False)],
+        loss=make_loss(config.loss, palette.k, weights, palette.ignore_index),
+        metrics=make_metrics(palette.k, palette.ignore_index),
         jit_compile=config.jit_compile,
     )
     if backup:  # resume: the weights and the optimizer's state of the last backed-up epoch
@@ -404,7 +531,7 @@ def train(config: TrainConfig, verbose: int | str = "auto", log=None) -> Run:
     early = keras.callbacks.EarlyStopping(config.monitor, patience=config.patience, mode=mode,
                                           restore_best_weights=True)
     timer = _epoch_timer(config.epochs, log)
-    callbacks = [
+    user_callbacks, callbacks = callbacks, [
         timer,  # first: puts the epoch's seconds into the logs the others see (history.csv keeps them)
         keras.callbacks.TerminateOnNaN(),
         checkpoint,
@@ -412,9 +539,14 @@ def train(config: TrainConfig, verbose: int | str = "auto", log=None) -> Run:
         epoch_backup(run, checkpoint, early, backup[1] if backup else None),
         keras.callbacks.CSVLogger(str(run.history), append=True),
     ]
-    if config.reduce_lr:
-        callbacks.append(keras.callbacks.ReduceLROnPlateau(config.monitor, mode=mode, factor=0.5,
-                                                           patience=max(1, config.patience // 2)))
+    if config.lr_schedule != "constant" or config.warmup_epochs:
+        callbacks.insert(1, lr_scheduler(config, steps_per_epoch))  # before the others: they see the rate
+    if config.lr_schedule == "plateau":
+        callbacks.insert(2, keras.callbacks.ReduceLROnPlateau(config.monitor, mode=mode, factor=0.5,
+                                                              patience=max(1, config.patience // 2)))
+    if config.tensorboard:
+        callbacks.append(keras.callbacks.TensorBoard(str(run.tensorboard)))
+    callbacks += list(user_callbacks or [])
     started = time.perf_counter()
     history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=initial_epoch,
                         callbacks=callbacks, verbose=verbose, shuffle=False)  # the dataset shuffles itself

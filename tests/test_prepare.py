@@ -147,9 +147,9 @@ def test_output_folder_rules(synth_dir, tmp_path):
     assert sorted(p.name for p in tmp_path.iterdir() if p.name.startswith(".")) == []  # no temp folders left
 
 
-@pytest.mark.parametrize("size", [8, 100, 48])
+@pytest.mark.parametrize("size", [8, 100, 48, "64x100", "64 by 128", "0x64"])
 def test_sizes_the_model_cannot_take_are_refused_before_any_work(synth_dir, tmp_path, size):
-    with pytest.raises(DatasetError, match="must be a multiple of 32"):
+    with pytest.raises(DatasetError, match=r"--size.*(must be multiples of 32|expected a side \(256\) or H x W)"):
         prepare(synth_dir, tmp_path / "out", size=size, progress=False)
     assert not (tmp_path / "out").exists()
 

@@ -77,7 +77,7 @@ def png_of(response, flags=cv2.IMREAD_UNCHANGED):
 def test_health_and_metadata(service, exported_run):
     health = httpx.get(f"{service}/health").json()
     assert health["status"] == "ok" and health["model"] == "int8" and health["file"] == "model_int8.tflite"
-    assert health["classes"] == 10 and health["input_size"] == 64 and health["uptime_s"] >= 0
+    assert health["classes"] == 10 and health["input_size"] == [64, 64] and health["uptime_s"] >= 0
     assert health["runtime"].startswith(("ai-edge-litert", "tf.lite"))
     meta = httpx.get(f"{service}/metadata").json()
     assert meta["run"] == exported_run.name and len(meta["palette"]) == 10
