@@ -9,6 +9,7 @@ both get the whole budget; each keeps its best epoch by validation loss, as segl
   default: Adam at a constant 1e-3, no augmentation (TrainConfig's defaults)
   fuller:  + augmentation (flip, scale-and-crop, brightness/contrast) + 2 warmup epochs and a
            cosine decay of the learning rate
+  schedule (with --recipes): the fuller recipe without augmentation
 
     python bench/real_quality.py [--data ../shared/data/cityscapes-pairs] [--train-pairs 800] [--epochs 30]
                                  [--out /tmp/seglib-real-quality]
@@ -33,6 +34,7 @@ from seglib.train import TrainConfig, train  # noqa: E402
 RECIPES = {
     "default": {},
     "fuller": {"augment": True, "lr_schedule": "cosine", "warmup_epochs": 2},
+    "schedule": {"lr_schedule": "cosine", "warmup_epochs": 2},  # the fuller recipe without augmentation
 }
 
 
@@ -57,7 +59,7 @@ def main() -> int:
     parser.add_argument("--size", type=int, default=128)
     parser.add_argument("--batch-size", type=int, default=8)
     parser.add_argument("--out", default="/tmp/seglib-real-quality")
-    parser.add_argument("--recipes", default=",".join(RECIPES), help="comma-separated, of: " + ", ".join(RECIPES))
+    parser.add_argument("--recipes", default="default,fuller", help="comma-separated, of: " + ", ".join(RECIPES))
     args = parser.parse_args()
     data, out = Path(args.data), Path(args.out)
     if not (data / "train").is_dir() or not (data / "val").is_dir():

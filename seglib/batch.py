@@ -26,6 +26,11 @@ is marked failed with its error and the others go on; Ctrl-C or SIGTERM marks th
 interrupted (so does a batch process that died: its status file names a process that is gone);
 ``resume=True`` skips finished runs (an interrupted training continues from its last finished
 epoch).
+
+``parallel=N`` runs N runs at once on this machine, each in its own process pinned to its own GPU
+(``CUDA_VISIBLE_DEVICES``) or, without GPUs, to its share of the CPU threads; ``ray=ADDRESS`` sends
+each run to a Ray cluster as a task (one GPU each where the cluster has them). Either way every
+data setting is prepared first, here, and the index is written as runs end.
 """
 from __future__ import annotations
 
@@ -211,11 +216,13 @@ def data_setting(run: Run) -> tuple[str, dict]:
 
 
 def run_batch(config: str | os.PathLike | dict, root: str | os.PathLike = ".", only: list[str] | None = None,
-              resume: bool = False, overwrite: bool = False, echo=print) -> Path:
+              resume: bool = False, overwrite: bool = False, echo=print, parallel: int = 1,
+              ray: str | None = None) -> Path:
     """Run a batch (see the module docstring) and return the path of its ``index.html``.
 
     Runs that finished earlier are skipped with ``resume`` and run again with ``overwrite``;
-    without either the batch refuses to start. Folders seglib did not write are never touched."""
+    without either the batch refuses to start. Folders seglib did not write are never touched.
+    ``parallel``: runs at once on this machine; ``ray``: a Ray cluster's address (or ``auto``)."""
     from seglib.train import format_seconds
 
     batch = load_config(config, root)
@@ -224,10 +231,14 @@ def run_batch(config: str | os.PathLike | dict, root: str | os.PathLike = ".", o
         if name not in names:
             raise BatchError(f"{batch.source}: --only {name!r} is not a run of this batch (runs: {names})")
     selected = [r for r in batch.runs if not only or r.name in only]
+    if parallel < 1:
+        raise BatchError(f"--parallel must be at least 1, got {parallel}")
     _check_run_folders(batch, selected, resume, overwrite)
     batch.report_dir.mkdir(parents=True, exist_ok=True)
     write_marker(batch.report_dir, BatchDir.KIND)
     _save_config(batch)
+    if parallel > 1 or ray:
+        return _run_spread(batch, selected, resume, echo, parallel, ray)
     prepared: dict[str, tuple] = {}  # data setting -> (prepared dir, _StepFailed or None)
     index, took = None, []
     for i, run in enumerate(selected, 1):
@@ -250,6 +261,115 @@ def run_batch(config: str | os.PathLike | dict, root: str | os.PathLike = ".", o
     index = index or write_index(batch)  # every run was skipped: still (re)write the page
     echo(f"batch {batch.name}: {index}")
     return index
+
+
+def _run_spread(batch: Batch, selected: list[Run], resume: bool, echo, parallel: int, ray: str | None) -> Path:
+    """Run the selected runs N at a time in processes here, or as Ray tasks: data first, here."""
+    todo = []
+    for run in selected:
+        if resume and read_status(batch, run.name).get("status") == "finished":
+            echo(f"{run.name}: finished earlier, skipped (--resume)")
+        else:
+            todo.append(run)
+    prepared: dict[str, tuple] = {}
+    for run in todo:  # every data setting once, before the runs spread out
+        label, _ = data_setting(run)
+        if label not in prepared:
+            batch.folder.data(label).root.mkdir(parents=True, exist_ok=True)
+            _prepared_for(batch, run, prepared, resume, batch.folder.data(label).log,
+                          lambda line, label=label: echo(f"[data {label}] {line}"))
+    ready = {label: (str(path), None) for label, (path, failure) in prepared.items() if failure is None}
+    placements = run_placements(parallel) if not ray else [{}]
+    where = f"Ray cluster {ray}" if ray else f"{parallel} processes ({placements[0].get('pinned', '')} each)"
+    echo(f"batch {batch.name}: {len(todo)} runs on {where}")
+    spread = _ray_runs if ray else _process_runs
+    try:
+        for name, status in spread(batch, todo, ready, resume, placements, ray):
+            echo(f"{name}: {_summary_line(batch, name, status)}")
+            write_index(batch)
+    except KeyboardInterrupt:
+        write_index(batch)
+        echo(f"batch {batch.name}: interrupted; run it again with --resume to continue where it stopped")
+        raise
+    index = write_index(batch)
+    echo(f"batch {batch.name}: {index}")
+    return index
+
+
+def run_placements(parallel: int) -> list[dict]:
+    """The environment of each of ``parallel`` run processes: its own GPU where there are GPUs (runs
+    share them round-robin when there are fewer), else its share of the CPU threads."""
+    import tensorflow as tf
+
+    gpus = len(tf.config.list_physical_devices("GPU"))
+    if gpus:
+        return [{"CUDA_VISIBLE_DEVICES": str(i % gpus), "pinned": f"GPU {i % gpus}"} for i in range(parallel)]
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    return [{"TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": str(threads),
+             "pinned": f"{threads} CPU threads"} for _ in range(parallel)]
+
+
+def _claim_placement(slots, placements: list[dict]) -> None:
+    """A run process's initializer: take a free placement for the process's lifetime."""
+    placement = placements[slots.get()]
+    os.environ.update({k: v for k, v in placement.items() if k != "pinned"})
+    os.environ["SEGLIB_PLACEMENT"] = placement["pinned"]
+
+
+def run_elsewhere(batch: Batch, name: str, ready: dict, resume: bool) -> dict:
+    """One run of a batch in another process (a run process, a Ray worker): its data is prepared."""
+    run = next(r for r in batch.runs if r.name == name)
+    prepared = {label: (Path(path), None) for label, (path, _) in ready.items()}
+    where = os.environ.get("SEGLIB_PLACEMENT") or f"{socket.gethostname()}"
+    return _run_one(batch, run, prepared, resume, lambda line: print(f"{name} [{where}]: {line}", flush=True))
+
+
+def _process_runs(batch: Batch, todo: list[Run], ready: dict, resume: bool, placements: list[dict], ray=None):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    context = multiprocessing.get_context("spawn")  # a clean process: its TensorFlow sees only its placement
+    slots = context.Queue()
+    for i in range(len(placements)):
+        slots.put(i)
+    with ProcessPoolExecutor(len(placements), mp_context=context, initializer=_claim_placement,
+                             initargs=(slots, placements)) as pool:
+        futures = {pool.submit(run_elsewhere, batch, run.name, ready, resume): run.name for run in todo}
+        for future in as_completed(futures):
+            yield futures[future], _outcome(batch, futures[future], future.exception(), future)
+
+
+def _ray_runs(batch: Batch, todo: list[Run], ready: dict, resume: bool, placements=None, ray_address: str = "auto"):
+    try:
+        import ray
+    except ImportError:
+        raise BatchError("--ray needs Ray: pip install 'seglib[ray]' (make install installs it)") from None
+    if not ray.is_initialized():  # "local" starts a Ray instance on this machine
+        ray.init(address=None if ray_address == "local" else ray_address, log_to_driver=True)
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    remote = ray.remote(num_gpus=gpus, num_cpus=1, max_retries=0)(run_elsewhere)
+    refs = {remote.remote(batch, run.name, ready, resume): run.name for run in todo}
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        try:
+            yield refs[done[0]], ray.get(done[0])
+        except Exception as exc:  # noqa: BLE001 - a lost task or worker: the run is marked failed
+            yield refs[done[0]], _outcome(batch, refs[done[0]], exc)
+
+
+def _outcome(batch: Batch, name: str, error: BaseException | None, future=None) -> dict:
+    """A run's status after its process ended: what it wrote, or failed when the process died first."""
+    if error is None:
+        return future.result()
+    if isinstance(error, KeyboardInterrupt):
+        raise KeyboardInterrupt
+    status = read_status(batch, name)
+    if status.get("status") in (None, "running", "interrupted"):
+        status.update(run=name, status="failed", error=f"the run's process failed: {type(error).__name__}: {error}")
+        batch.run_report(name).root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(batch.run_report(name).status, status)
+    return status
 
 
 def _check_run_folders(batch: Batch, selected: list[Run], resume: bool, overwrite: bool) -> None:
@@ -294,7 +414,8 @@ def _run_one(batch: Batch, run: Run, prepared: dict, resume: bool, progress) -> 
     before = read_status(batch, run.name) if resume else {}
     status = {"run": run.name, "status": "running", "overrides": run.overrides, "parameters": run.parameters,
               "effective_parameters": effective_parameters(run), "run_dir": str(run_dir.root), "started": _now(),
-              "pid": os.getpid(), "host": socket.gethostname()}
+              "pid": os.getpid(), "host": socket.gethostname(),
+              **({"placement": os.environ["SEGLIB_PLACEMENT"]} if os.environ.get("SEGLIB_PLACEMENT") else {})}
     atomic_write_json(folder.status, status)
     started = time.perf_counter()
     step = notebooks.PREPARE

@@ -100,6 +100,8 @@ def _cmd_train(args) -> int:
             lr_schedule="plateau" if args.reduce_lr else args.lr_schedule,
             warmup_epochs=args.warmup_epochs,
             tensorboard=args.tensorboard,
+            strategy=args.strategy,
+            scale_lr=args.scale_lr,
             overwrite=args.overwrite,
         ),
         log=print if args.quiet else None,
@@ -187,7 +189,8 @@ def _cmd_batch(args) -> int:
 
     only = [n for item in args.only for n in item.split(",") if n] if args.only else None
     _interrupt_on_sigterm()
-    run_batch(args.config, args.root, only=only, resume=args.resume, overwrite=args.overwrite)
+    run_batch(args.config, args.root, only=only, resume=args.resume, overwrite=args.overwrite, parallel=args.parallel,
+              ray=args.ray)
     failed = unfinished_runs(load_config(args.config, args.root), only)
     if failed:
         print(f"failed runs: {', '.join(failed)} (see the index; --resume re-runs only these)", file=sys.stderr)
@@ -282,6 +285,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine", "plateau"])
     p.add_argument("--warmup-epochs", type=float, default=0, help="raise the learning rate from lr/100 over these")
     p.add_argument("--tensorboard", action="store_true", help="write RUN_DIR/tensorboard/ (tensorboard --logdir)")
+    p.add_argument("--strategy", default="auto", choices=["auto", "default", "mirrored", "multiworker", "tpu"],
+                   help="tf.distribute strategy; auto: TPU if present, mirrored over 2+ GPUs, else one device")
+    p.add_argument("--scale-lr", action="store_true",
+                   help="multiply --lr by the replicas (--batch-size is per replica)")
     p.add_argument("--augment", action="store_true")
     p.add_argument("--loss", default="ce", choices=["ce", "weighted_ce", "dice", "ce_dice"])
     p.add_argument("--reduce-lr", action="store_true", help="the same as --lr-schedule plateau")
@@ -354,6 +361,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--resume", action="store_true", help="skip runs that finished; continue interrupted training")
     p.add_argument("--overwrite", action="store_true", help="run again runs that finished earlier")
     p.add_argument("--root", default=".", help="folder that gets reports/, artifacts/ and data/prepared/")
+    p.add_argument("--parallel", type=int, default=1,
+                   help="runs at once on this machine, each on its own GPU or its share of the CPU threads")
+    p.add_argument("--ray", default=None, metavar="ADDRESS",
+                   help="run each run as a task on a Ray cluster (ADDRESS, auto, or local to start one here)")
     p.set_defaults(func=_cmd_batch)
 
     p = sub.add_parser("colab-badges", help="fill the README's Open-in-Colab badges from the GitHub remote")

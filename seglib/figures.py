@@ -170,15 +170,19 @@ def class_iou(metrics: dict, palette: Palette):
 
 def runs_curves(histories: dict):
     """Training curves beside validation curves, one line per run (``{run name: history.csv}``):
-    loss and mean IoU per epoch; runs without a history yet are left out."""
+    loss and mean IoU per epoch; runs without a history yet (or still starting to write it, in a
+    parallel batch) are left out."""
     import pandas as pd
     from matplotlib.ticker import MaxNLocator
 
     fig, axes = plt.subplots(2, 2, figsize=(12, 6.4), sharex=True, sharey="row")
     drawn = 0
     for name, path in histories.items():
-        history = pd.read_csv(path) if Path(path).exists() else None
-        if history is None or history.empty:
+        try:
+            history = pd.read_csv(path) if Path(path).exists() else None
+        except (pd.errors.EmptyDataError, pd.errors.ParserError):
+            history = None
+        if history is None or history.empty or "epoch" not in history:
             continue
         colour = f"C{drawn % 10}"
         for row, key in enumerate(("loss", "mean_iou")):

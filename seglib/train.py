@@ -16,7 +16,7 @@ import os
 import platform
 import shutil
 import time
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, replace
 from pathlib import Path
 
 import numpy as np
@@ -50,6 +50,8 @@ class TrainConfig:
     lr_schedule: str = "constant"  # constant, cosine (to 1% of lr at the last epoch) or plateau (halve on plateaus)
     warmup_epochs: float = 0  # the learning rate rises linearly from lr/100 to lr over these epochs first
     tensorboard: bool = False  # write RUN_DIR/tensorboard/ for TensorBoard
+    strategy: str = "auto"  # auto, default, mirrored, multiworker or tpu (seglib.distribute)
+    scale_lr: bool = False  # multiply lr by the replicas in sync (batch_size is per replica)
     jit_compile: bool = False
     overwrite: bool = False  # replace a finished run in RUN_DIR (its model, history, metrics, exports)
 
@@ -132,6 +134,10 @@ def validate(config: TrainConfig) -> Palette:
     prepared = PreparedDir(config.prepared_dir)
     if not prepared.palette.exists() or not prepared.split("train").labels.exists():
         raise FileNotFoundError(f"{prepared.root}: not a prepared dataset (run `python -m seglib prepare` first)")
+    from seglib.distribute import STRATEGIES
+
+    if config.strategy not in STRATEGIES:
+        raise ValueError(f"unknown strategy {config.strategy!r}; choose one of {', '.join(STRATEGIES)}")
     if config.batch_size < 1:
         raise ValueError(f"batch size must be at least 1, got {config.batch_size}")
     if config.epochs < 1:
@@ -464,31 +470,56 @@ def train(config: TrainConfig, verbose: int | str = "auto", log=None, callbacks=
     ``verbose`` is Keras' (progress bar, or 0); ``log`` (e.g. ``print``) gets one line per epoch;
     ``callbacks``: your own Keras callbacks, called after seglib's (they see each epoch's logs)."""
     palette = validate(config)
+
+    from seglib.distribute import make_strategy
+
+    placement = make_strategy(config.strategy)  # first: it may split the CPU before TensorFlow starts
+    run = RunDir(config.run_dir)
+    if placement.chief:
+        state = run_state(run.root)
+        if state in ("finished", "started") or (state == "resumable" and config.overwrite):
+            remove_owned(run.root, RunDir)  # start over: the earlier run's files go, a user's files stay
+        run.root.mkdir(parents=True, exist_ok=True)
+        write_marker(run.root, RunDir.KIND)
+        out = run
+    else:  # another worker of a multi-worker run: the chief writes; this one writes to a temp folder
+        import tempfile
+
+        out = RunDir(tempfile.mkdtemp(prefix="seglib-worker-"))
+    try:
+        return _train(config, placement, palette, run, out, verbose, log, callbacks)
+    finally:
+        if out != run:
+            shutil.rmtree(out.root, ignore_errors=True)
+
+
+def _train(config: TrainConfig, placement, palette: Palette, run: RunDir, out: RunDir, verbose, log,
+           callbacks) -> Run:
+    """:func:`train` once the strategy is made: ``run`` is the run's folder (its backup is resumed
+    from), ``out`` where this process writes (``run`` on the chief)."""
     import keras
     import tensorflow as tf
 
     from seglib.data import make_dataset
+    from seglib.distribute import build_for_multiworker
     from seglib.model import build_model, detect_device
 
-    run = RunDir(config.run_dir)
-    state = run_state(run.root)
-    if state in ("finished", "started") or (state == "resumable" and config.overwrite):
-        remove_owned(run.root, RunDir)  # start over: the earlier run's files go, a user's files stay
-    run.root.mkdir(parents=True, exist_ok=True)
-    write_marker(run.root, RunDir.KIND)
     backup = latest_backup(run.root)
     initial_epoch = backup[1]["epoch"] if backup else 0
-    _keep_history(run.history, initial_epoch)  # a new run starts a new history
+    if out == run:
+        _keep_history(run.history, initial_epoch)  # a new run starts a new history
     device = detect_device()
     if device["kind"] == "cuda":
         keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(config.seed)
     summary = json.loads(PreparedDir(config.prepared_dir).summary.read_text())
-    train_ds = make_dataset(config.prepared_dir, "train", config.batch_size, shuffle=True, seed=config.seed,
+    global_batch = config.batch_size * placement.replicas  # --batch-size is per replica
+    lr = config.lr * placement.replicas if config.scale_lr else config.lr
+    train_ds = make_dataset(config.prepared_dir, "train", global_batch, shuffle=True, seed=config.seed,
                             augment=config.augment)
-    val_ds = make_dataset(config.prepared_dir, "val", config.batch_size)
+    val_ds = make_dataset(config.prepared_dir, "val", global_batch)
     n_train, size = check_split(config.prepared_dir, "train", palette)
-    steps_per_epoch = math.ceil(n_train / config.batch_size)
+    steps_per_epoch = math.ceil(n_train / global_batch)
 
     config_record = {
         **asdict(config),
@@ -501,32 +532,38 @@ def train(config: TrainConfig, verbose: int | str = "auto", log=None, callbacks=
         "versions": {"seglib": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
                      "python": platform.python_version()},
         "device": device,
+        "distribution": placement.record(),
+        "global_batch_size": global_batch,
+        "effective_lr": lr,
         "mixed_precision": device["kind"] == "cuda",
     }
-    atomic_write_json(run.config, config_record)
-    palette.save(run.palette)
+    atomic_write_json(out.config, config_record)
+    palette.save(out.palette)
 
-    model = build_model(config.arch, config.backbone, palette.k, size, config.encoder_weights)
-    if config.init_from is not None and not backup:
-        copied = copy_weights(model, init_source(config, palette))
-        if log is not None:
-            log(f"started from {config.init_from}: {copied['copied']} weights copied"
-                + (f", {len(copied['kept_new'])} new (the classifier: other classes)" if copied["kept_new"] else ""))
-    weights = class_weights(summary["class_shares"]["train"]) if config.loss == "weighted_ce" else None
-    model.compile(
-        optimizer=keras.optimizers.Adam(config.lr),
-        loss=make_loss(config.loss, palette.k, weights, palette.ignore_index),
-        metrics=make_metrics(palette.k, palette.ignore_index),
-        jit_compile=config.jit_compile,
-    )
-    if backup:  # resume: the weights and the optimizer's state of the last backed-up epoch
-        model.optimizer.build(model.trainable_variables)
-        try:
-            model.load_weights(backup[0].weights)
-        except Exception as exc:  # noqa: BLE001 - h5py and Keras raise several kinds for a damaged file
-            raise ValueError(f"{backup[0].weights}: corrupt training backup ({type(exc).__name__}: "
-                             f"{exc}); start the run over with --overwrite (OVERWRITE = True)") from exc
-    checkpoint = atomic_checkpoint(run.model, config.monitor)
+    with placement.strategy.scope():  # the model, optimizer and metrics live on the strategy's devices
+        model = build_model(config.arch, config.backbone, palette.k, size, config.encoder_weights)
+        if config.init_from is not None and not backup:
+            copied = copy_weights(model, init_source(config, palette))
+            if log is not None:
+                log(f"started from {config.init_from}: {copied['copied']} weights copied"
+                    + (f", {len(copied['kept_new'])} new (the classifier: other classes)" if copied["kept_new"]
+                       else ""))
+        weights = class_weights(summary["class_shares"]["train"]) if config.loss == "weighted_ce" else None
+        model.compile(
+            optimizer=keras.optimizers.Adam(lr),
+            loss=make_loss(config.loss, palette.k, weights, palette.ignore_index),
+            metrics=make_metrics(palette.k, palette.ignore_index),
+            jit_compile=config.jit_compile,
+        )
+        if backup:  # resume: the weights and the optimizer's state of the last backed-up epoch
+            model.optimizer.build(model.trainable_variables)
+            try:
+                model.load_weights(backup[0].weights)
+            except Exception as exc:  # noqa: BLE001 - h5py and Keras raise several kinds for a damaged file
+                raise ValueError(f"{backup[0].weights}: corrupt training backup ({type(exc).__name__}: "
+                                 f"{exc}); start the run over with --overwrite (OVERWRITE = True)") from exc
+    build_for_multiworker(model, placement, train_ds)
+    checkpoint = atomic_checkpoint(out.model, config.monitor)
     mode = "max" if ("accuracy" in config.monitor or "iou" in config.monitor) else "min"
     early = keras.callbacks.EarlyStopping(config.monitor, patience=config.patience, mode=mode,
                                           restore_best_weights=True)
@@ -536,43 +573,54 @@ def train(config: TrainConfig, verbose: int | str = "auto", log=None, callbacks=
         keras.callbacks.TerminateOnNaN(),
         checkpoint,
         early,
-        epoch_backup(run, checkpoint, early, backup[1] if backup else None),
-        keras.callbacks.CSVLogger(str(run.history), append=True),
+        epoch_backup(out, checkpoint, early, backup[1] if backup else None),
+        keras.callbacks.CSVLogger(str(out.history), append=True),
     ]
     if config.lr_schedule != "constant" or config.warmup_epochs:
-        callbacks.insert(1, lr_scheduler(config, steps_per_epoch))  # before the others: they see the rate
+        # before the others, so they see the rate; from lr as scaled (--scale-lr)
+        callbacks.insert(1, lr_scheduler(replace(config, lr=lr), steps_per_epoch))
     if config.lr_schedule == "plateau":
         callbacks.insert(2, keras.callbacks.ReduceLROnPlateau(config.monitor, mode=mode, factor=0.5,
                                                               patience=max(1, config.patience // 2)))
     if config.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(str(run.tensorboard)))
+        callbacks.append(keras.callbacks.TensorBoard(str(out.tensorboard)))
     callbacks += list(user_callbacks or [])
     started = time.perf_counter()
-    history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=initial_epoch,
-                        callbacks=callbacks, verbose=verbose, shuffle=False)  # the dataset shuffles itself
+    try:
+        history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=initial_epoch,
+                            callbacks=callbacks, verbose=verbose, shuffle=False)  # the dataset shuffles itself
+    except (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.DeadlineExceededError) as exc:
+        if placement.name != "multiworker":
+            raise
+        done = latest_backup(run.root)
+        raise ConnectionError(f"{run.root}: a worker of this multi-worker run was lost "
+                              f"({str(exc).strip().splitlines()[0][:160]}); start every worker again with the same "
+                              f"command: training continues after epoch {done[1]['epoch'] if done else 0}") from exc
     losses = history.history.get("loss", [])
-    epochs_run = len(_read_history(run.history))
+    epochs_run = len(_read_history(out.history))
     if losses and not all(math.isfinite(v) for v in losses):
         stop = f"nan: loss became NaN at epoch {epochs_run}"
     elif early.stopped_epoch > 0:
         stop = f"early stop at epoch {early.stopped_epoch + 1}"
     else:
         stop = "finished"
-    if not run.model.exists():
+    if not out.model.exists():
         stop += " (no finite epoch: no model saved)"
-    shutil.rmtree(run.backup, ignore_errors=True)
+    shutil.rmtree(out.backup, ignore_errors=True)
     run_info = {
         "stop_reason": stop,
         "epochs_run": epochs_run,
         "best_epoch": checkpoint.best_epoch or None,
         "best_" + config.monitor: None if not math.isfinite(checkpoint.best) else float(checkpoint.best),
         "device": device["kind"],
+        "strategy": placement.name,
+        "replicas": placement.replicas,
         "seconds_total": round(time.perf_counter() - started, 2),
         "seconds_per_epoch": [round(t, 2) for t in timer.seconds],
         "train_images_per_second": round(n_train / float(np.median(timer.seconds)), 2) if timer.seconds else None,
     }
-    atomic_write_json(run.info, run_info)
-    return Run(run.root, config, _read_history(run.history), stop, epochs_run,
+    atomic_write_json(out.info, run_info)
+    return Run(run.root, config, _read_history(out.history), stop, epochs_run,
                checkpoint.best_epoch)
 
 

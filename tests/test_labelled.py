@@ -292,15 +292,13 @@ def test_training_with_an_encoder_file_and_fine_tuning_from_a_run(cityscapes_run
 
     root = cityscapes_run["root"]
     encoder("mobilenetv2").save_weights(tmp_path / "enc.weights.h5")
-    run = train(TrainConfig(str(root / "prepared"), str(tmp_path / "from-file"), backbone="mobilenetv2", epochs=1,
-                            encoder_weights=str(tmp_path / "enc.weights.h5")), verbose=0)
-    assert run.stop_reason == "finished"
-
     earlier = cityscapes_run["run"].run_dir
-    lines = []
+    lines = []  # the encoder file is loaded first, then the earlier run's weights replace all of it
     tuned = train(TrainConfig(str(root / "prepared"), str(tmp_path / "tuned"), backbone="mobilenetv2", epochs=1,
-                              encoder_weights=None, init_from=str(earlier)), verbose=0, log=lines.append)
+                              encoder_weights=str(tmp_path / "enc.weights.h5"), init_from=str(earlier)),
+                  verbose=0, log=lines.append)
     assert tuned.stop_reason == "finished" and lines[0].startswith(f"started from {earlier}: ")
+    assert json.loads(RunDir(tuned.run_dir).config.read_text())["encoder_weights"] == str(tmp_path / "enc.weights.h5")
     from seglib.model import build_model, load_keras_model
 
     fresh = build_model("unet", "mobilenetv2", 19, (64, 128), None)

@@ -1,0 +1,175 @@
+"""Training under tf.distribute without GPUs (MirroredStrategy over two logical CPU devices, a
+MultiWorkerMirroredStrategy over two local processes), and batches spread over processes and Ray."""
+from __future__ import annotations
+
+import csv
+import json
+import os
+import signal
+import socket
+import subprocess
+import sys
+import time
+
+import pytest
+
+from seglib.layout import RunDir
+
+ARGS = ["--backbone", "mobilenetv2", "--batch-size", "4", "--encoder-weights", "none", "--patience", "9", "--quiet"]
+TINY = {"SIZE": 64, "SAMPLE_PIXELS": 20_000, "EPOCHS": 1, "ENCODER_WEIGHTS": None, "BACKBONE": "mobilenetv2",
+        "FORMATS": "int8", "CALIBRATION_IMAGES": 8, "EVAL_IMAGES": 8, "N_EXAMPLES": 2}
+
+
+@pytest.fixture(scope="module")
+def prepared(tmp_path_factory):
+    from seglib.prepare import prepare
+    from seglib.synthetic import generate
+
+    root = tmp_path_factory.mktemp("distribute")
+    generate(root / "pairs", count=40, seed=4, size=64, progress=False)
+    prepare(root / "pairs", root / "prepared", size=64, sample_pixels_count=20_000, progress=False)
+    return root / "prepared"
+
+
+def train_command(prepared, run_dir, *extra, epochs=2) -> list[str]:
+    return [sys.executable, "-m", "seglib", "train", str(prepared), str(run_dir), "--epochs", str(epochs), *ARGS,
+            *extra]
+
+
+def environment(**extra) -> dict:
+    return {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "2", **extra}
+
+
+def history(run_dir) -> list[dict]:
+    with open(RunDir(run_dir).history, newline="") as f:
+        return list(csv.DictReader(f))
+
+
+def wait_for(path, *processes, seconds: float = 300) -> None:
+    deadline = time.monotonic() + seconds
+    while not path.exists():
+        assert time.monotonic() < deadline, f"{path} did not appear"
+        assert all(p.poll() is None for p in processes), "a training process ended early"
+        time.sleep(0.2)
+
+
+def free_ports(count: int) -> list[int]:
+    sockets = [socket.socket() for _ in range(count)]
+    for s in sockets:
+        s.bind(("127.0.0.1", 0))
+    ports = [s.getsockname()[1] for s in sockets]
+    for s in sockets:
+        s.close()
+    return ports
+
+
+@pytest.mark.slow
+def test_mirrored_over_two_cpu_devices_matches_the_default_strategy_and_resumes_after_sigkill(prepared, tmp_path):
+    done = subprocess.run(train_command(prepared, tmp_path / "default", "--strategy", "default", "--batch-size", "8"),
+                          env=environment(), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    mirrored = train_command(prepared, tmp_path / "mirrored", "--strategy", "mirrored", epochs=3)  # 2 x 4 = 8 a step
+    env = environment(SEGLIB_CPU_DEVICES="2")
+    first = subprocess.Popen(mirrored, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+                             start_new_session=True)
+    wait_for(RunDir(tmp_path / "mirrored").backup_epoch(1).state, first)
+    os.killpg(first.pid, signal.SIGKILL)
+    first.wait()
+    again = subprocess.run(mirrored, env=env, capture_output=True, text=True)
+    assert again.returncode == 0, again.stderr
+    assert "epoch 1/3" not in again.stdout and "epoch 2/3" in again.stdout  # continued after the backed-up epoch
+    config = json.loads(RunDir(tmp_path / "mirrored").config.read_text())
+    assert config["distribution"]["strategy"] == "mirrored" and config["distribution"]["replicas"] == 2
+    assert [d.split("/")[-1] for d in config["distribution"]["devices"]] == ["device:CPU:0", "device:CPU:1"]
+    assert config["global_batch_size"] == 8 and config["batch_size"] == 4
+    info = json.loads(RunDir(tmp_path / "mirrored").info.read_text())
+    assert info["strategy"] == "mirrored" and info["replicas"] == 2 and info["epochs_run"] == 3
+    steps, reference = history(tmp_path / "mirrored"), history(tmp_path / "default")
+    assert [row["epoch"] for row in steps] == ["0", "1", "2"]
+    for ours, theirs in zip(steps[:2], reference, strict=True):  # the same global batch, the same data order
+        assert float(ours["loss"]) == pytest.approx(float(theirs["loss"]), rel=0.03)
+    assert float(steps[2]["loss"]) < float(steps[0]["loss"])
+
+
+@pytest.mark.slow
+def test_multiworker_on_two_processes_writes_only_on_the_chief_and_resumes_after_losing_a_worker(prepared, tmp_path):
+    run = tmp_path / "run"
+
+    def start(index: int, ports: list[int], tmp: str) -> subprocess.Popen:
+        (tmp_path / tmp).mkdir(exist_ok=True)
+        cluster = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": index}}
+        return subprocess.Popen(train_command(prepared, run, "--strategy", "multiworker", epochs=3),
+                                env=environment(TF_CONFIG=json.dumps(cluster), TMPDIR=str(tmp_path / tmp)),
+                                stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True)
+
+    ports = free_ports(2)
+    chief, worker = start(0, ports, "tmp0"), start(1, ports, "tmp1")
+    wait_for(RunDir(run).backup_epoch(1).state, chief, worker)
+    os.killpg(worker.pid, signal.SIGKILL)
+    out, err = chief.communicate(timeout=180)
+    worker.communicate()
+    assert chief.returncode == 2, err
+    lost = [line for line in err.splitlines() if "a worker of this multi-worker run was lost" in line]
+    assert lost and "start every worker again with the same command: training continues after epoch" in lost[0]
+    assert RunDir(run).backup_epochs()  # resumable
+
+    ports = free_ports(2)
+    chief, worker = start(0, ports, "tmp0"), start(1, ports, "again1")
+    (out, err), (out1, err1) = chief.communicate(timeout=300), worker.communicate(timeout=300)
+    assert chief.returncode == 0 and worker.returncode == 0, err + err1
+    assert "finished; 3 epochs" in out and "epoch 3/3" in out1  # both trained to the end, in step
+    assert [row["epoch"] for row in history(run)] == ["0", "1", "2"]
+    config = json.loads(RunDir(run).config.read_text())
+    assert config["distribution"]["strategy"] == "multiworker" and config["distribution"]["replicas"] == 2
+    assert config["distribution"]["chief"] and config["global_batch_size"] == 8
+    assert sorted(p.name for p in run.iterdir()) == [".seglib", "config.json", "history.csv", "model.keras",
+                                                       "palette.json", "run.json"]
+    assert list((tmp_path / "again1").glob("seglib-worker-*")) == []  # the other worker's temp folder, removed
+
+
+def tiny_batch(tmp_path, synth_dir, runs, name) -> dict:
+    return {"name": name, "parameters": {**TINY, "DATA_DIR": str(synth_dir)}, "runs": runs}
+
+
+@pytest.mark.slow
+def test_a_parallel_batch_runs_at_once_each_pinned_and_a_failing_run_does_not_stop_the_other(synth_dir, tmp_path,
+                                                                                            capfd):
+    from seglib.batch import run_batch
+
+    lines = []
+    config = tiny_batch(tmp_path, synth_dir, [{"name": "good"}, {"name": "broken", "BACKBONE": "nosuchnet"}], "par")
+    index = run_batch(config, tmp_path, parallel=2, echo=lines.append)
+    good, broken = (json.loads((tmp_path / "reports" / "par" / name / "status.json").read_text())
+                    for name in ("good", "broken"))
+    assert good["status"] == "finished" and broken["status"] == "failed" and "nosuchnet" in broken["error"]
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    assert good["placement"] == broken["placement"] == f"{threads} CPU threads"
+    assert len({good["pid"], broken["pid"], os.getpid()}) == 3  # each run in its own process
+    assert good["started"] < broken["finished"] and broken["started"] < good["finished"]  # at the same time
+    assert any(line.startswith("batch par: 2 runs on 2 processes") for line in lines)
+    assert lines[-1] == f"batch par: {index}"
+    assert any(line.startswith("good: finished in") for line in lines)
+    assert f"good [{threads} CPU threads]: epoch 1/1" in capfd.readouterr().out
+    html = index.read_text()
+    assert ">good<" in html and ">broken<" in html and "nosuchnet" in html
+
+
+@pytest.mark.slow
+def test_a_batch_runs_as_tasks_on_a_local_ray_instance(synth_dir, tmp_path):
+    import ray
+
+    from seglib.batch import run_batch
+
+    config = tiny_batch(tmp_path, synth_dir, [{"name": "lr1", "LR": 1e-3}, {"name": "lr2", "LR": 2e-3}], "onray")
+    ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
+    try:
+        lines = []
+        index = run_batch(config, tmp_path, ray="auto", echo=lines.append)
+    finally:
+        ray.shutdown()
+    for name in ("lr1", "lr2"):
+        status = json.loads((tmp_path / "reports" / "onray" / name / "status.json").read_text())
+        assert status["status"] == "finished" and status["pid"] != os.getpid()
+        assert (tmp_path / "artifacts" / "onray" / name / "model_int8.tflite").exists()
+    assert any("2 runs on Ray cluster auto" in line for line in lines)
+    assert index.exists() and ">lr2<" in index.read_text()
