@@ -103,7 +103,9 @@ def make_strategy(name: str = "auto") -> Placement:
     if name == "mirrored":
         devices = gpus or [d.name for d in tf.config.list_logical_devices("CPU")]
         return Placement(tf.distribute.MirroredStrategy(devices), "mirrored", len(devices), devices)
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=os.environ.get("TPU_NAME", ""))
+    # a TPU VM's own chips ("local"), a named TPU, or the TPU node Colab's older runtime connects to
+    where = os.environ.get("TPU_NAME") or ("local" if os.path.exists("/dev/accel0") else "")
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=where)
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
     strategy = tf.distribute.TPUStrategy(resolver)

@@ -173,3 +173,27 @@ def test_a_batch_runs_as_tasks_on_a_local_ray_instance(synth_dir, tmp_path):
         assert (tmp_path / "artifacts" / "onray" / name / "model_int8.tflite").exists()
     assert any("2 runs on Ray cluster auto" in line for line in lines)
     assert index.exists() and ">lr2<" in index.read_text()
+
+
+def test_the_strategy_is_chosen_for_the_machine_and_tf_config_is_checked(monkeypatch):
+    from seglib.distribute import cluster, is_chief, make_strategy
+
+    monkeypatch.delenv("TF_CONFIG", raising=False)
+    for variable in ("COLAB_TPU_ADDR", "TPU_NAME", "SEGLIB_CPU_DEVICES"):
+        monkeypatch.delenv(variable, raising=False)
+    auto = make_strategy("auto")  # no GPU and no TPU here: one device
+    assert auto.name == "default" and auto.replicas == 1 and auto.chief
+    with pytest.raises(ValueError, match="unknown strategy 'horovod'"):
+        make_strategy("horovod")
+    with pytest.raises(ValueError, match="--strategy multiworker needs TF_CONFIG"):
+        cluster()
+    outside = {"cluster": {"worker": ["a:1"]}, "task": {"type": "worker", "index": 3}}
+    monkeypatch.setenv("TF_CONFIG", json.dumps(outside))
+    with pytest.raises(ValueError, match="TF_CONFIG is not a cluster with this task in it"):
+        cluster()
+    workers = {"worker": ["a:1", "b:1"]}
+    assert is_chief({"cluster": workers, "task": {"type": "worker", "index": 0}})
+    assert not is_chief({"cluster": workers, "task": {"type": "worker", "index": 1}})
+    with_chief = {"chief": ["c:1"], **workers}
+    assert is_chief({"cluster": with_chief, "task": {"type": "chief", "index": 0}})
+    assert not is_chief({"cluster": with_chief, "task": {"type": "worker", "index": 0}})
