@@ -308,3 +308,15 @@ def test_training_with_an_encoder_file_and_fine_tuning_from_a_run(cityscapes_run
     with pytest.raises(ValueError, match=r"a unet/mobilenetv2 model; this run is fpn/mobilenetv2"):
         train(TrainConfig(str(root / "prepared"), str(tmp_path / "other"), arch="fpn", backbone="mobilenetv2",
                           encoder_weights=None, init_from=str(earlier)))
+
+
+def test_fetch_weights_names_the_file_segmentation_models_downloads(tmp_path):
+    """The download itself needs internet (not here); which file, and the backbones it cannot fetch."""
+    from seglib.model import fetch_encoder_weights, imagenet_weights_source
+
+    source = imagenet_weights_source("resnet34")
+    assert source["name"] == "resnet34_imagenet_1000_no_top.h5" and len(source["md5"]) == 32
+    assert source["url"].startswith("https://github.com/qubvel/classification_models/releases/download/")
+    with pytest.raises(ValueError, match="mobilenetv2: its ImageNet weights come from keras.applications"):
+        fetch_encoder_weights("mobilenetv2", tmp_path)
+    assert list(tmp_path.iterdir()) == []
