@@ -64,31 +64,22 @@ def free_ports(count: int) -> list[int]:
 
 
 @pytest.mark.slow
-def test_mirrored_over_two_cpu_devices_matches_the_default_strategy_and_resumes_after_sigkill(prepared, tmp_path):
+def test_mirrored_over_two_cpu_devices_matches_the_default_strategy(prepared, tmp_path):
+    """(Its resume after SIGKILL: tests/test_train.py::test_killed_run_resumes_where_it_stopped.)"""
     done = subprocess.run(train_command(prepared, tmp_path / "default", "--strategy", "default", "--batch-size", "8"),
                           env=environment(), capture_output=True, text=True)
     assert done.returncode == 0, done.stderr
-    mirrored = train_command(prepared, tmp_path / "mirrored", "--strategy", "mirrored", epochs=3)  # 2 x 4 = 8 a step
-    env = environment(SEGLIB_CPU_DEVICES="2")
-    first = subprocess.Popen(mirrored, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
-                             start_new_session=True)
-    wait_for(RunDir(tmp_path / "mirrored").backup_epoch(1).state, first)
-    os.killpg(first.pid, signal.SIGKILL)
-    first.wait()
-    again = subprocess.run(mirrored, env=env, capture_output=True, text=True)
-    assert again.returncode == 0, again.stderr
-    assert "epoch 1/3" not in again.stdout and "epoch 2/3" in again.stdout  # continued after the backed-up epoch
+    mirrored = train_command(prepared, tmp_path / "mirrored", "--strategy", "mirrored")  # 2 replicas x 4 = 8 a step
+    done = subprocess.run(mirrored, env=environment(SEGLIB_CPU_DEVICES="2"), capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
     config = json.loads(RunDir(tmp_path / "mirrored").config.read_text())
     assert config["distribution"]["strategy"] == "mirrored" and config["distribution"]["replicas"] == 2
     assert [d.split("/")[-1] for d in config["distribution"]["devices"]] == ["device:CPU:0", "device:CPU:1"]
     assert config["global_batch_size"] == 8 and config["batch_size"] == 4
-    info = json.loads(RunDir(tmp_path / "mirrored").info.read_text())
-    assert info["strategy"] == "mirrored" and info["replicas"] == 2 and info["epochs_run"] == 3
     steps, reference = history(tmp_path / "mirrored"), history(tmp_path / "default")
-    assert [row["epoch"] for row in steps] == ["0", "1", "2"]
-    for ours, theirs in zip(steps[:2], reference, strict=True):  # the same global batch, the same data order
-        assert float(ours["loss"]) == pytest.approx(float(theirs["loss"]), rel=0.03)
-    assert float(steps[2]["loss"]) < float(steps[0]["loss"])
+    assert [row["epoch"] for row in steps] == ["0", "1"]
+    for ours, theirs in zip(steps, reference, strict=True):  # the same global batch, the same data order
+        assert float(ours["loss"]) == pytest.approx(float(theirs["loss"]), rel=0.03)  # measured: within 0.5%
 
 
 @pytest.mark.slow

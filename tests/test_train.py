@@ -87,14 +87,16 @@ def test_cli_train_rejects_unknown_backbone(small_prepared, tmp_path):
 
 @pytest.mark.slow
 def test_killed_run_resumes_where_it_stopped(small_prepared, tmp_path):
+    """Under a MirroredStrategy over two logical CPU devices: the strategy that spans devices is the
+    harder case (the default strategy's resume runs in many other tests)."""
     import os
     import signal
     import time
 
     run_dir = tmp_path / "run"
     cmd = [sys.executable, "-m", "seglib", "train", str(small_prepared), str(run_dir), "--epochs", "4",
-           "--batch-size", "8", "--encoder-weights", "none", "--patience", "10"]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3"}
+           "--batch-size", "4", "--encoder-weights", "none", "--patience", "10", "--strategy", "mirrored"]
+    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "SEGLIB_CPU_DEVICES": "2"}
     first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
     deadline = time.time() + 300
     history = run_dir / "history.csv"
@@ -115,6 +117,8 @@ def test_killed_run_resumes_where_it_stopped(small_prepared, tmp_path):
     assert epochs == [0, 1, 2, 3]  # continued after the killed run's last epoch; nothing repeated
     info = json.loads((run_dir / "run.json").read_text())
     assert info["stop_reason"] == "finished" and info["epochs_run"] == 4
+    assert info["strategy"] == "mirrored" and info["replicas"] == 2
+    assert json.loads((run_dir / "config.json").read_text())["global_batch_size"] == 8
     assert not (run_dir / "backup").exists()
     # the best epoch is the best of all four, before and after the kill, not of the resumed part only
     with open(history) as f:
