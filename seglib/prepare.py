@@ -304,11 +304,11 @@ def prepare_labelled(labelled: LabelledSet, data_dir, out_dir: Path, reading: Re
     classes (K is the largest id found + 1 when no classes are declared), write labels and palette."""
     from functools import partial
 
+    read = partial(read_labelled, size=reading.size, classes=labelled.classes, max_pixels=reading.max_pixels)
     with staged_dir(out_dir, PreparedDir) as tmp:
         prepared = PreparedDir(tmp)
         kept, labels, counts = {}, {}, {}
         for name in SPLITS:
-            read = partial(read_labelled, size=reading.size, classes=labelled.classes, max_pixels=reading.max_pixels)
             kept[name], labels[name] = read_split(labelled.splits[name], prepared.split(name), reading, name, read)
             if not kept[name]:
                 raise DatasetError(f"{data_dir}: every {name} image was bad ({len(labelled.splits[name])} skipped); a "
