@@ -279,6 +279,10 @@ def _run_spread(batch: Batch, selected: list[Run], resume: bool, echo, parallel:
             _prepared_for(batch, run, prepared, resume, batch.folder.data(label).log,
                           lambda line, label=label: echo(f"[data {label}] {line}"))
     ready = {label: (str(path), None) for label, (path, failure) in prepared.items() if failure is None}
+    for run in [r for r in todo if data_setting(r)[0] not in ready]:  # its data failed: marked failed here
+        todo.remove(run)
+        status = _run_one(batch, run, prepared, resume, lambda line: None)
+        echo(f"{run.name}: {_summary_line(batch, run.name, status)}")
     placements = run_placements(parallel) if not ray else [{}]
     where = f"Ray cluster {ray}" if ray else f"{parallel} processes ({placements[0].get('pinned', '')} each)"
     echo(f"batch {batch.name}: {len(todo)} runs on {where}")

@@ -189,3 +189,20 @@ def test_the_strategy_is_chosen_for_the_machine_and_tf_config_is_checked(monkeyp
     with_chief = {"chief": ["c:1"], **workers}
     assert is_chief({"cluster": with_chief, "task": {"type": "chief", "index": 0}})
     assert not is_chief({"cluster": with_chief, "task": {"type": "worker", "index": 0}})
+
+
+def test_a_parallel_batch_whose_data_cannot_be_prepared_marks_its_runs_failed_here(tmp_path):
+    from seglib.batch import run_batch
+
+    (tmp_path / "empty").mkdir()
+    (tmp_path / "empty" / "notes.txt").write_text("no pairs here")
+    config = {"name": "nodata", "parameters": {**TINY, "DATA_DIR": str(tmp_path / "empty")},
+              "runs": [{"name": "a"}, {"name": "b", "LR": 2e-3}]}
+    lines = []
+    run_batch(config, tmp_path, parallel=2, echo=lines.append)
+    for name in ("a", "b"):
+        status = json.loads((tmp_path / "reports" / "nodata" / name / "status.json").read_text())
+        assert status["status"] == "failed" and status["step"] == "01_prepare_data"
+        assert status["pid"] == os.getpid()  # never sent to a run process
+    assert any(line.startswith("a: FAILED in 01_prepare_data") for line in lines)
+    assert any(line.startswith("batch nodata: 0 runs on 2 processes") for line in lines)
