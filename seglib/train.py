@@ -518,7 +518,10 @@ def _train(config: TrainConfig, placement, palette: Palette, run: RunDir, out: R
     train_ds = make_dataset(config.prepared_dir, "train", global_batch, shuffle=True, seed=config.seed,
                             augment=config.augment)
     val_ds = make_dataset(config.prepared_dir, "val", global_batch)
-    n_train, size = check_split(config.prepared_dir, "train", palette)
+    from seglib.prepare import open_split
+
+    n_train, height, width = open_split(config.prepared_dir, "train").images.shape[:3]  # checked in validate()
+    size = (int(height), int(width))
     steps_per_epoch = math.ceil(n_train / global_batch)
 
     config_record = {
