@@ -39,8 +39,14 @@ endif
 	$(PY) -m pip install -q -e ".[dev,serve,onnx,ray]"
 	touch $(STAMP)
 
+# The suite runs on TEST_WORKERS pytest-xdist workers (one module's tests stay on one worker, so a
+# module's fixtures are made once): most of its time is process, kernel and graph start-up, which
+# two workers overlap even on 2 cores. TEST_WORKERS=0 runs it in one process.
+TEST_WORKERS ?= 2
+PYTEST := -m pytest -n $(TEST_WORKERS) --dist loadscope
+
 test: install
-	$(PY) -m pytest
+	$(PY) $(PYTEST)
 
 $(STAMP_TF218): pyproject.toml .ci/constraints-tf2.18.txt
 	$(PYTHON) -m venv $(VENV_TF218)
@@ -49,7 +55,7 @@ $(STAMP_TF218): pyproject.toml .ci/constraints-tf2.18.txt
 	touch $(STAMP_TF218)
 
 test-tf2.18: $(STAMP_TF218)
-	$(VENV_TF218)/bin/python -m pytest
+	$(VENV_TF218)/bin/python $(PYTEST)
 
 demo: install
 ifeq ($(DATA),)

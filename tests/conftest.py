@@ -40,33 +40,58 @@ def shared_sample() -> Path:
     return SHARED_SAMPLE
 
 
+def once_per_session(tmp_path_factory, worker_id: str, name: str, build) -> Path:
+    """A folder ``build(folder)`` fills, built once for the whole session: under pytest-xdist
+    (``make test`` runs two workers) the first worker to ask builds it while the others wait, then
+    all read the same folder. Tests treat it as read-only."""
+    if worker_id == "master":  # no xdist
+        folder = tmp_path_factory.mktemp(name)
+        build(folder)
+        return folder
+    from filelock import FileLock
+
+    shared = tmp_path_factory.getbasetemp().parent  # the one base folder of every worker of this session
+    folder, built = shared / name, shared / f"{name}.built"
+    with FileLock(str(shared / f"{name}.lock")):
+        if not built.exists():
+            if folder.exists():  # a worker that failed building it
+                shutil.rmtree(folder)
+            folder.mkdir()
+            build(folder)
+            built.touch()
+    return folder
+
+
 @pytest.fixture(scope="session")
-def trained(tmp_path_factory) -> Path:
+def trained(tmp_path_factory, worker_id) -> Path:
     """A small model trained on synthetic data: ROOT/pairs, ROOT/prepared (64 px), ROOT/run."""
     from seglib.prepare import prepare
     from seglib.synthetic import generate
     from seglib.train import TrainConfig, train
 
-    root = tmp_path_factory.mktemp("trained")
-    generate(root / "pairs", count=120, seed=2, size=128, progress=False)
-    prepare(root / "pairs", root / "prepared", size=64, progress=False)
-    train(TrainConfig(str(root / "prepared"), str(root / "run"), backbone="mobilenetv2", epochs=8, batch_size=8,
-                      encoder_weights=None, patience=8), verbose=0)
-    return root
+    def build(root: Path) -> None:
+        generate(root / "pairs", count=120, seed=2, size=128, progress=False)
+        prepare(root / "pairs", root / "prepared", size=64, progress=False)
+        train(TrainConfig(str(root / "prepared"), str(root / "run"), backbone="mobilenetv2", epochs=8, batch_size=8,
+                          encoder_weights=None, patience=8), verbose=0)
+
+    return once_per_session(tmp_path_factory, worker_id, "trained", build)
 
 
 @pytest.fixture(scope="session")
-def exported_run(trained, tmp_path_factory) -> Path:
+def exported_run(trained, tmp_path_factory, worker_id) -> Path:
     """A copy of the trained run, evaluated, with its int8 TFLite and ONNX models exported."""
     from seglib.evaluate import evaluate
     from seglib.export import export_run
 
-    run = tmp_path_factory.mktemp("exported") / "run"
-    shutil.copytree(trained / "run", run)
-    evaluate(run, trained / "prepared", "test")
-    export_run(run, formats=["int8", "onnx"], calibration_images=16, eval_images=8, latency_repeats=3,
-               prepared_dir=trained / "prepared")
-    return run
+    def build(folder: Path) -> None:
+        run = folder / "run"
+        shutil.copytree(trained / "run", run)
+        evaluate(run, trained / "prepared", "test")
+        export_run(run, formats=["int8", "onnx"], calibration_images=16, eval_images=8, latency_repeats=3,
+                   prepared_dir=trained / "prepared")
+
+    return once_per_session(tmp_path_factory, worker_id, "exported", build) / "run"
 
 
 @pytest.fixture
@@ -94,16 +119,19 @@ CHROMIUM_FLAGS = ["--headless", "--no-sandbox", "--disable-gpu", "--disable-quic
 
 
 @pytest.fixture(scope="session")
-def chromium():
+def chromium(tmp_path_factory):
     """Debian's chromium, installed here if missing (needs root and the package mirror; not with
-    SEGLIB_NO_BROWSER_INSTALL=1)."""
-    path = shutil.which("chromium")
+    SEGLIB_NO_BROWSER_INSTALL=1). One xdist worker installs it while the others wait (apt's lock)."""
+    from filelock import FileLock
+
     may_install = os.environ.get("SEGLIB_NO_BROWSER_INSTALL", "") in ("", "0")
-    if path is None and may_install and os.geteuid() == 0 and shutil.which("apt-get"):
-        env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
-        subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, timeout=600)
-        subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], capture_output=True, env=env, timeout=900)
+    with FileLock(str(tmp_path_factory.getbasetemp().parent / "chromium.lock")):
         path = shutil.which("chromium")
+        if path is None and may_install and os.geteuid() == 0 and shutil.which("apt-get"):
+            env = {**os.environ, "DEBIAN_FRONTEND": "noninteractive"}
+            subprocess.run(["apt-get", "update", "-qq"], capture_output=True, env=env, timeout=600)
+            subprocess.run(["apt-get", "install", "-y", "-qq", "chromium"], capture_output=True, env=env, timeout=900)
+            path = shutil.which("chromium")
     if path is None:
         reason = "it could not be installed here (needs root and apt)" if may_install else \
             "SEGLIB_NO_BROWSER_INSTALL is set"

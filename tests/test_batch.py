@@ -214,8 +214,8 @@ def test_resume_reruns_only_the_failed_run(failed_batch):
 
 @pytest.mark.slow
 def test_a_batch_interrupted_with_ctrl_c_is_marked_and_resumes(synth_dir, tmp_path):
-    config = write_config(tmp_path / "tiny.yaml", [{"name": "only"}], DATA_DIR=str(synth_dir), EPOCHS=12,
-                          PATIENCE=12, FORMATS="")
+    config = write_config(tmp_path / "tiny.yaml", [{"name": "only"}], DATA_DIR=str(synth_dir), EPOCHS=6,
+                          PATIENCE=6, FORMATS="")
     cmd = [sys.executable, "-m", "seglib", "batch", str(config), "--root", str(tmp_path)]
     # as from a terminal: SIGINT not ignored (a shell's background job, as CI may be, inherits it ignored)
     batch = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
@@ -223,7 +223,7 @@ def test_a_batch_interrupted_with_ctrl_c_is_marked_and_resumes(synth_dir, tmp_pa
     seen = []
     for line in batch.stdout:  # Ctrl-C in a terminal: SIGINT to the foreground process group
         seen.append(line)
-        if ": epoch 2/12:" in line:
+        if ": epoch 2/6:" in line:
             os.killpg(batch.pid, signal.SIGINT)
             break
     out, err = batch.communicate(timeout=300)
@@ -242,7 +242,7 @@ def test_a_batch_interrupted_with_ctrl_c_is_marked_and_resumes(synth_dir, tmp_pa
     assert 'class="finished">finished<' in (tmp_path / "reports" / "tiny" / "index.html").read_text()
     with open(run_dir / "history.csv") as f:
         epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
-    assert epochs == list(range(12))  # continued after the last finished epoch, nothing repeated
+    assert epochs == list(range(6))  # continued after the last finished epoch, nothing repeated
     resumed_epochs = [line for line in done.stdout.splitlines() if ": epoch " in line]
     assert resumed_epochs and not resumed_epochs[0].split(": epoch ")[1].startswith("1/")
 

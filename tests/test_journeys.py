@@ -197,7 +197,7 @@ def test_colab_from_a_blank_drive_to_a_report_then_a_dropped_session_resumes(col
     # a later session, whose training the session dropped (the data stays on Drive: a second prepare
     # uses the download kept there, test_datasets.py)
     vm.new_session()
-    long_run = {**SHRUNK_TRAIN, "EPOCHS": 12, "PATIENCE": 12, "RUN_DIR": "../artifacts/long"}
+    long_run = {**SHRUNK_TRAIN, "EPOCHS": 6, "PATIENCE": 6, "RUN_DIR": "../artifacts/long"}
     history = drive / "artifacts" / "long" / "history.csv"
     session = vm.run("02_train", long_run, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300
@@ -213,9 +213,9 @@ def test_colab_from_a_blank_drive_to_a_report_then_a_dropped_session_resumes(col
     vm.run("02_train", long_run)
     with open(history) as f:
         epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
-    assert epochs == list(range(12))  # continued after the last backed-up epoch, none repeated
+    assert epochs == list(range(6))  # continued after the last backed-up epoch, none repeated
     info = json.loads((drive / "artifacts" / "long" / "run.json").read_text())
-    assert info["epochs_run"] == 12 and not (drive / "artifacts" / "long" / "backup").exists()
+    assert info["epochs_run"] == 6 and not (drive / "artifacts" / "long" / "backup").exists()
     assert Path(os.environ["FAKE_KAGGLE_CALLS"]).read_text().splitlines() == ["dansbecker/cityscapes-image-pairs"]
     assert Path(os.environ["FAKE_COLAB_MOUNTS"]).read_text().splitlines() == ["/content/drive"] * 5  # each notebook run
 
