@@ -300,14 +300,19 @@ def _run_spread(batch: Batch, selected: list[Run], resume: bool, echo, parallel:
     return index
 
 
-def run_placements(parallel: int) -> list[dict]:
+def run_placements(parallel: int, gpus: int | None = None) -> list[dict]:
     """The environment of each of ``parallel`` run processes: its own GPU where there are GPUs (runs
-    share them round-robin when there are fewer), else its share of the CPU threads."""
-    import tensorflow as tf
+    share them round-robin when there are fewer, each then taking GPU memory as it needs it instead
+    of TensorFlow's all at start, which would leave the other run none), else its share of the CPU
+    threads. ``gpus``: the count of GPUs (default: those TensorFlow sees)."""
+    if gpus is None:
+        import tensorflow as tf
 
-    gpus = len(tf.config.list_physical_devices("GPU"))
+        gpus = len(tf.config.list_physical_devices("GPU"))
     if gpus:
-        return [{"CUDA_VISIBLE_DEVICES": str(i % gpus), "pinned": f"GPU {i % gpus}"} for i in range(parallel)]
+        shared = {"TF_FORCE_GPU_ALLOW_GROWTH": "true"} if parallel > gpus else {}
+        return [{"CUDA_VISIBLE_DEVICES": str(i % gpus), **shared,
+                 "pinned": f"GPU {i % gpus}" + (" (shared)" if shared else "")} for i in range(parallel)]
     threads = max(1, (os.cpu_count() or 1) // parallel)
     return [{"TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": str(threads),
              "pinned": f"{threads} CPU threads"} for _ in range(parallel)]

@@ -167,6 +167,21 @@ def test_a_batch_runs_as_tasks_on_a_local_ray_instance(synth_dir, tmp_path):
     assert index.exists() and ">lr2<" in index.read_text()
 
 
+def test_parallel_runs_get_a_gpu_each_or_share_one_taking_memory_as_needed_or_a_cpu_share():
+    from seglib.batch import run_placements
+
+    own = run_placements(2, gpus=2)
+    assert [(p["CUDA_VISIBLE_DEVICES"], p["pinned"]) for p in own] == [("0", "GPU 0"), ("1", "GPU 1")]
+    assert not any("TF_FORCE_GPU_ALLOW_GROWTH" in p for p in own)
+    shared = run_placements(3, gpus=2)
+    assert [p["CUDA_VISIBLE_DEVICES"] for p in shared] == ["0", "1", "0"]
+    assert all(p["TF_FORCE_GPU_ALLOW_GROWTH"] == "true" and p["pinned"].endswith("(shared)") for p in shared)
+    threads = max(1, (os.cpu_count() or 1) // 2)
+    cpu = run_placements(2, gpus=0)
+    assert [p["TF_NUM_INTRAOP_THREADS"] for p in cpu] == [str(threads)] * 2
+    assert not any("CUDA_VISIBLE_DEVICES" in p for p in cpu)
+
+
 def test_the_strategy_is_chosen_for_the_machine_and_tf_config_is_checked(monkeypatch):
     from seglib.distribute import cluster, is_chief, make_strategy
 
