@@ -503,6 +503,7 @@ def _train(config: TrainConfig, placement, palette: Palette, run: RunDir, out: R
     from seglib.data import make_dataset
     from seglib.distribute import build_for_multiworker
     from seglib.model import build_model, detect_device
+    from seglib.prepare import open_split
 
     backup = latest_backup(run.root)
     initial_epoch = backup[1]["epoch"] if backup else 0
@@ -518,8 +519,6 @@ def _train(config: TrainConfig, placement, palette: Palette, run: RunDir, out: R
     train_ds = make_dataset(config.prepared_dir, "train", global_batch, shuffle=True, seed=config.seed,
                             augment=config.augment)
     val_ds = make_dataset(config.prepared_dir, "val", global_batch)
-    from seglib.prepare import open_split
-
     n_train, height, width = open_split(config.prepared_dir, "train").images.shape[:3]  # checked in validate()
     size = (int(height), int(width))
     steps_per_epoch = math.ceil(n_train / global_batch)
