@@ -25,7 +25,7 @@ endif
 VENV_TF218  := .venv-tf2.18
 STAMP_TF218 := $(VENV_TF218)/.installed
 
-.PHONY: install test test-tf2.18 demo lab lint bench clean
+.PHONY: install test test-tf2.18 demo lab lint notebooks bench clean
 
 install: $(STAMP)
 
@@ -72,6 +72,10 @@ lab: install
 # Lint (ruff, configured in pyproject.toml); not part of `make test`.
 lint: install
 	$(PY) -m ruff check seglib tests bench
+
+# Notebook 02's parameters cell from the training config (seglib/training/config.py), after adding a parameter.
+notebooks: install
+	$(PY) -c "from seglib.runs.notebooks import write_train_parameters; print(write_train_parameters())"
 
 bench: install
 	$(PY) bench/prepare.py

@@ -23,12 +23,12 @@ from pathlib import Path
 os.environ.setdefault("SEGLIB_CPU_DEVICES", "2")  # before TensorFlow starts: two logical CPUs without GPUs
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from seglib.batch import run_batch  # noqa: E402
-from seglib.data import make_dataset  # noqa: E402
-from seglib.distribute import make_strategy  # noqa: E402
-from seglib.model import build_unet  # noqa: E402
-from seglib.prepare import prepare  # noqa: E402
-from seglib.synthetic import generate  # noqa: E402
+from seglib.data.prepare import prepare  # noqa: E402
+from seglib.data.synthetic import generate  # noqa: E402
+from seglib.runs.batch import run_batch  # noqa: E402
+from seglib.training.distribute import make_strategy  # noqa: E402
+from seglib.training.model import build_model  # noqa: E402
+from seglib.training.pipeline import make_dataset  # noqa: E402
 
 
 def compiled(placement, prepared: Path, size: int):
@@ -36,7 +36,7 @@ def compiled(placement, prepared: Path, size: int):
     import keras
 
     with placement.strategy.scope():
-        model = build_unet("mobilenetv2", 10, size, None)
+        model = build_model("unet", "mobilenetv2", 10, size, None)
         model.compile(optimizer=keras.optimizers.Adam(1e-3), loss=keras.losses.SparseCategoricalCrossentropy())
     return model
 

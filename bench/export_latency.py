@@ -16,9 +16,9 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from seglib.export import FORMATS, TFLiteModel, convert  # noqa: E402
-from seglib.model import build_unet  # noqa: E402
-from seglib.synthetic import render_scene  # noqa: E402
+from seglib.data.synthetic import render_scene  # noqa: E402
+from seglib.inference.export import FORMATS, TFLiteModel, convert  # noqa: E402
+from seglib.training.model import build_model  # noqa: E402
 
 
 def main() -> None:
@@ -32,7 +32,7 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="seglib-export-bench-"))
     rng = np.random.default_rng(0)
     images = np.stack([render_scene(rng, args.size)[0] for _ in range(17)]).astype(np.float32)
-    model = build_unet(args.backbone, 10, args.size, encoder_weights=None)
+    model = build_model("unet", args.backbone, 10, args.size, encoder_weights=None)
     model.export(str(work / "saved"), format="tf_saved_model", verbose=False)
     runners = {"keras": lambda x: model.predict(x[None], verbose=0)}
     for fmt in FORMATS:

@@ -31,17 +31,18 @@ from threadpoolctl import threadpool_limits
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from seglib.labels import Labeller, label_chunks  # noqa: E402
-from seglib.pairs import iter_pairs, split_files  # noqa: E402
-from seglib.prepare import load_palette, open_split, prepare  # noqa: E402
-from seglib.synthetic import generate  # noqa: E402
+from seglib.data.labels import Labeller, label_chunks  # noqa: E402
+from seglib.data.pairs import iter_pairs, split_files  # noqa: E402
+from seglib.data.prepare import prepare  # noqa: E402
+from seglib.data.splits import load_palette, open_split  # noqa: E402
+from seglib.data.synthetic import generate  # noqa: E402
 
 SHARED = ROOT.parent / "shared" / "data" / "cityscapes-pairs-sample"
 # run in a fresh process with the code at argv[1] first on sys.path: one untimed prepare, one timed
 TIME_PREPARE = """
 import sys, time
 sys.path.insert(0, sys.argv[1])
-from seglib.prepare import prepare
+from seglib.data.prepare import prepare
 prepare(sys.argv[2], sys.argv[3], progress=False)
 start = time.perf_counter()
 prepare(sys.argv[2], sys.argv[3], progress=False)

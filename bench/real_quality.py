@@ -26,10 +26,11 @@ import time
 from pathlib import Path
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from seglib.evaluate import evaluate  # noqa: E402
-from seglib.pairs import scan_folder  # noqa: E402
-from seglib.prepare import prepare  # noqa: E402
-from seglib.train import TrainConfig, train  # noqa: E402
+from seglib.data.pairs import scan_folder  # noqa: E402
+from seglib.data.prepare import prepare  # noqa: E402
+from seglib.inference.evaluate import evaluate  # noqa: E402
+from seglib.training.config import TrainConfig  # noqa: E402
+from seglib.training.train import train  # noqa: E402
 
 RECIPES = {
     "default": {},

@@ -30,17 +30,18 @@ import numpy as np
 import psutil
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from seglib.serve import ModelPool, predict_bytes  # noqa: E402
+from seglib.inference.serve import ModelPool, predict_bytes  # noqa: E402
 
 MAX_SECONDS = 600  # every client stops after this, whatever is left
 
 
 def small_run(work: Path) -> Path:
     """A small trained run with its int8 export (synthetic data, 256 px, one epoch)."""
-    from seglib.export import export_run
-    from seglib.prepare import prepare
-    from seglib.synthetic import generate
-    from seglib.train import TrainConfig, train
+    from seglib.data.prepare import prepare
+    from seglib.data.synthetic import generate
+    from seglib.inference.export import export_run
+    from seglib.training.config import TrainConfig
+    from seglib.training.train import train
 
     generate(work / "pairs", count=60, seed=0, size=256, progress=False)
     prepare(work / "pairs", work / "prepared", size=256, progress=False)
@@ -52,7 +53,7 @@ def small_run(work: Path) -> Path:
 
 def photos(count: int = 16) -> list[bytes]:
     """Street photos as 256x256 JPEGs (the left halves of synthetic pairs)."""
-    from seglib.synthetic import render_scene
+    from seglib.data.synthetic import render_scene
 
     rng = np.random.default_rng(1)
     return [cv2.imencode(".jpg", cv2.cvtColor(render_scene(rng, 256)[0], cv2.COLOR_RGB2BGR))[1].tobytes()

@@ -22,10 +22,10 @@ from pathlib import Path
 import numpy as np
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
-from seglib.data import make_dataset  # noqa: E402
-from seglib.model import build_unet  # noqa: E402
-from seglib.prepare import prepare  # noqa: E402
-from seglib.synthetic import generate  # noqa: E402
+from seglib.data.prepare import prepare  # noqa: E402
+from seglib.data.synthetic import generate  # noqa: E402
+from seglib.training.model import build_model  # noqa: E402
+from seglib.training.pipeline import make_dataset  # noqa: E402
 
 
 def epoch_seconds(model, fit_args: dict, rounds: int) -> list[float]:
@@ -84,7 +84,7 @@ def main() -> None:
         times: dict[str, list[float]] = {}
         models = {}
         for jit in (False, True):
-            models[jit] = build_unet(args.backbone, 10, size, encoder_weights=None)
+            models[jit] = build_model("unet", args.backbone, 10, size, encoder_weights=None)
             models[jit].compile(keras.optimizers.Adam(1e-3), "sparse_categorical_crossentropy", jit_compile=jit)
         for _repeat in range(args.repeats):  # interleaved: A B C A+XLA, A B C A+XLA, ...
             for jit in (False, True):

@@ -1,12 +1,16 @@
 """seglib: semantic segmentation of street scenes, notebook first.
 
-One module per pipeline stage: ``datasets`` (where pairs come from), ``pairs`` (read side-by-side
-pairs, split them into train/val/test), ``palette`` (the K-Means palette), ``labels`` (mask colours
-to class ids and back), ``quality`` (label purity), ``prepare`` (the prepared dataset), ``layout``
-and ``fsutil`` (file names, safe writes), ``synthetic`` (generated street scenes), ``model``,
-``data`` and ``train`` (U-Net training), ``evaluate`` and ``metrics``, ``export`` (TFLite),
-``predict``, ``figures``, ``tables`` and ``report`` (what notebooks and reports show),
-``notebooks`` and ``batch`` (papermill runs), ``colab`` (the notebooks' Colab set-up).
-Heavy dependencies (TensorFlow) are imported only by the stages that need them.
+The subpackages are the pipeline's stages, in the order data flows; each imports only from the
+stages before it (``tests/test_layers.py`` holds it, ``docs/development.md`` draws it):
+
+- ``layout``, ``fsutil``: every file name seglib reads or writes; safe, staged writes.
+- ``data``: pairs and id masks in, the K-Means palette, class ids, a prepared dataset out.
+- ``training``: the model, its losses, metrics and callbacks, the training loop, tf.distribute.
+- ``inference``: a trained run used: evaluated, exported (TFLite, ONNX), predicted, served.
+- ``reporting``: what people look at: figures, tables, the run's HTML report.
+- ``runs``: many runs: the notebooks through papermill, batches (sweeps), Colab, the demo.
+- ``cli``: ``python -m seglib COMMAND``, on top of all of them.
+
+Heavy dependencies (TensorFlow) are imported only by the functions that need them.
 """
 __version__ = "0.1.0"

@@ -5,29 +5,22 @@ import argparse
 import json
 import os
 import sys
+from dataclasses import MISSING, fields
 from pathlib import Path
 
-from seglib.pairs import MAX_PIXELS
+from seglib.data.pairs import MAX_PIXELS
+from seglib.training.config import TYPES, TrainConfig
 
 
 def _cmd_prepare(args) -> int:
-    from seglib.datasets import resolve_data_dir
-    from seglib.prepare import prepare
+    from seglib.data.datasets import resolve_data_dir
+    from seglib.data.prepare import prepare
 
-    summary = prepare(
-        resolve_data_dir(args.data_dir, kaggle_cache=args.kaggle_cache),
-        args.out_dir,
-        clusters=args.clusters,
-        seed=args.seed,
-        size=args.size,
-        val_fraction=args.val_fraction,
-        sample_pixels_count=args.sample_pixels,
-        skip_bad=args.skip_bad,
-        resolve_edges=not args.no_edge_resolution,
-        workers=args.workers,
-        progress=not args.quiet,
-        max_pixels=args.max_pixels,
-    )
+    summary = prepare(resolve_data_dir(args.data_dir, kaggle_cache=args.kaggle_cache), args.out_dir,
+                      clusters=args.clusters, seed=args.seed, size=args.size, val_fraction=args.val_fraction,
+                      sample_pixels_count=args.sample_pixels, skip_bad=args.skip_bad,
+                      resolve_edges=not args.no_edge_resolution, workers=args.workers, progress=not args.quiet,
+                      max_pixels=args.max_pixels)
     counts, params = summary["counts"], summary["parameters"]
     k = params.get("clusters", params.get("classes"))
     print(f"prepared {args.out_dir}: train {counts['train']}, val {counts['val']}, test {counts['test']} "
@@ -53,8 +46,8 @@ def _cmd_prepare(args) -> int:
 
 
 def _cmd_synth(args) -> int:
-    from seglib.pairs import parse_size
-    from seglib.synthetic import generate, generate_labelled
+    from seglib.data.pairs import parse_size
+    from seglib.data.synthetic import generate, generate_labelled
 
     if args.layout == "pairs":
         height, width = parse_size(args.size)
@@ -71,7 +64,7 @@ def _cmd_synth(args) -> int:
 
 
 def _cmd_fetch_weights(args) -> int:
-    from seglib.model import fetch_encoder_weights
+    from seglib.training.model import fetch_encoder_weights
 
     path = fetch_encoder_weights(args.backbone, args.out)
     print(f"wrote {path}; on a machine without internet train with --encoder-weights {path}")
@@ -79,40 +72,34 @@ def _cmd_fetch_weights(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from seglib.train import TrainConfig, train
+    from seglib.runs.colab import local_copy
+    from seglib.training.train import train
 
-    run = train(
-        TrainConfig(
-            prepared_dir=args.prepared_dir,
-            run_dir=args.run_dir,
-            backbone=args.backbone,
-            arch=args.arch,
-            epochs=args.epochs,
-            batch_size=args.batch_size,
-            lr=args.lr,
-            patience=args.patience,
-            monitor=args.monitor,
-            encoder_weights=args.encoder_weights,
-            init_from=args.init_from,
-            augment=args.augment,
-            loss=args.loss,
-            seed=args.seed,
-            lr_schedule="plateau" if args.reduce_lr else args.lr_schedule,
-            warmup_epochs=args.warmup_epochs,
-            tensorboard=args.tensorboard,
-            strategy=args.strategy,
-            scale_lr=args.scale_lr,
-            overwrite=args.overwrite,
-        ),
-        log=print if args.quiet else None,
-        verbose=0 if args.quiet else "auto",
-    )
+    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
+    if args.reduce_lr:
+        values["lr_schedule"] = "plateau"
+    run = train(TrainConfig(**values), log=print if args.quiet else None, verbose=0 if args.quiet else "auto",
+                local_copy=local_copy)
     print(f"{run.run_dir}: {run.stop_reason}; {run.epochs_run} epochs, best epoch {run.best_epoch}")
     return 0
 
 
+def _config_arguments(parser: argparse.ArgumentParser, config) -> None:
+    """A flag per field of ``config`` (a dataclass), from its default, type, choices and help; fields
+    without a default are positional."""
+    for f in fields(config):
+        help = f.metadata["help"].replace("%", "%%")
+        if f.default is MISSING:
+            parser.add_argument(f.name, help=help)
+        elif f.type == "bool":
+            parser.add_argument("--" + f.name.replace("_", "-"), action="store_true", help=help)
+        else:
+            parser.add_argument("--" + f.name.replace("_", "-"), type=TYPES[f.type], default=f.default,
+                                choices=f.metadata["choices"], help=help)
+
+
 def _cmd_evaluate(args) -> int:
-    from seglib.evaluate import evaluate
+    from seglib.inference.evaluate import evaluate
 
     m = evaluate(args.run_dir, args.prepared_dir, args.split)
     print(f"{args.run_dir} on {args.split}: pixel accuracy {m['pixel_accuracy']:.4f}, mean IoU {m['mean_iou']:.4f}, "
@@ -121,8 +108,9 @@ def _cmd_evaluate(args) -> int:
 
 
 def _cmd_demo(args) -> int:
-    from seglib.batch import best_run, load_config, run_results, unfinished_runs
-    from seglib.demo import demo_config, run_demo
+    from seglib.runs.demo import demo_config, run_demo
+    from seglib.runs.index import best_run, run_results
+    from seglib.runs.sweep import load_config, unfinished_runs
 
     weights = None if args.encoder_weights.lower() == "none" else args.encoder_weights
     _interrupt_on_sigterm()
@@ -139,7 +127,7 @@ def _cmd_demo(args) -> int:
 
 
 def _cmd_export(args) -> int:
-    from seglib.export import export_run
+    from seglib.inference.export import export_run
 
     result = export_run(args.run_dir, formats=args.formats.split(","), calibration_images=args.calibration_images)
     print(f"latency: median (p10-p90) of one image; TFLite models run with {result['runtime']}")
@@ -151,7 +139,7 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_predict(args) -> int:
-    from seglib.predict import VIDEO_SUFFIXES, predict_paths, predict_video
+    from seglib.inference.predict import VIDEO_SUFFIXES, predict_paths, predict_video
 
     if Path(args.input).suffix.lower() in VIDEO_SUFFIXES:
         video = predict_video(args.model, args.input, args.out_dir, every=args.every)
@@ -169,7 +157,7 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_serve(args) -> int:
-    from seglib.serve import serve
+    from seglib.inference.serve import serve
 
     serve(args.run_dir, model=args.model, host=args.host, port=args.port, threads=args.threads,
           queue_size=args.queue, max_pixels=args.max_pixels, max_bytes=args.max_bytes)
@@ -177,7 +165,7 @@ def _cmd_serve(args) -> int:
 
 
 def _cmd_report(args) -> int:
-    from seglib.report import write_run_report
+    from seglib.reporting.report import write_run_report
 
     html = write_run_report(args.run_dir, args.out, prepared_dir=args.prepared_dir, n_examples=args.examples)
     print(f"report: {html}")
@@ -185,7 +173,8 @@ def _cmd_report(args) -> int:
 
 
 def _cmd_batch(args) -> int:
-    from seglib.batch import load_config, run_batch, unfinished_runs
+    from seglib.runs.batch import run_batch
+    from seglib.runs.sweep import load_config, unfinished_runs
 
     only = [n for item in args.only for n in item.split(",") if n] if args.only else None
     _interrupt_on_sigterm()
@@ -211,7 +200,7 @@ def _interrupt_on_sigterm() -> None:
 def _cmd_colab_badges(args) -> int:
     import subprocess
 
-    from seglib.colab import write_badges
+    from seglib.runs.colab import write_badges
 
     url = args.repo
     if not url:
@@ -225,7 +214,7 @@ def _cmd_colab_badges(args) -> int:
 
 
 def _cmd_purity(args) -> int:
-    from seglib.quality import split_purity
+    from seglib.data.quality import split_purity
 
     print(json.dumps({"split": args.split, "purity": round(split_purity(args.prepared_dir, args.split), 5)}))
     return 0
@@ -270,32 +259,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_synth)
 
     p = sub.add_parser("train", help="train a model on a prepared dataset into RUN_DIR (resumes if unfinished)")
-    p.add_argument("prepared_dir")
-    p.add_argument("run_dir")
-    p.add_argument("--arch", default="unet", choices=["unet", "fpn", "linknet", "pspnet"])
-    p.add_argument("--backbone", default="resnet34")
-    p.add_argument("--epochs", type=int, default=50)
-    p.add_argument("--batch-size", type=int, default=8)
-    p.add_argument("--lr", type=float, default=1e-3)
-    p.add_argument("--patience", type=int, default=5)
-    p.add_argument("--monitor", default="val_loss", choices=["val_loss", "val_pixel_accuracy", "val_mean_iou"])
-    p.add_argument("--encoder-weights", default="imagenet",
-                   help="imagenet (downloads once), none, or the path of an encoder weights file (see fetch-weights)")
-    p.add_argument("--init-from", default=None, help="an earlier run's folder: start from its model (fine-tune)")
-    p.add_argument("--lr-schedule", default="constant", choices=["constant", "cosine", "plateau"])
-    p.add_argument("--warmup-epochs", type=float, default=0, help="raise the learning rate from lr/100 over these")
-    p.add_argument("--tensorboard", action="store_true", help="write RUN_DIR/tensorboard/ (tensorboard --logdir)")
-    p.add_argument("--strategy", default="auto", choices=["auto", "default", "mirrored", "multiworker", "tpu"],
-                   help="tf.distribute strategy; auto: TPU if present, mirrored over 2+ GPUs, else one device")
-    p.add_argument("--scale-lr", action="store_true",
-                   help="multiply --lr by the replicas (--batch-size is per replica)")
-    p.add_argument("--augment", action="store_true")
-    p.add_argument("--loss", default="ce", choices=["ce", "weighted_ce", "dice", "ce_dice"])
+    _config_arguments(p, TrainConfig)
     p.add_argument("--reduce-lr", action="store_true", help="the same as --lr-schedule plateau")
     p.add_argument("--quiet", action="store_true", help="one line per epoch instead of Keras' progress bar")
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--overwrite", action="store_true",
-                   help="replace a finished run in RUN_DIR (an unfinished one is resumed without this)")
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("fetch-weights", help="download a backbone's ImageNet encoder file once (needs internet), "

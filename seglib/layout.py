@@ -104,7 +104,7 @@ class RunDir(Folder):
 
 
 class BackupEpochDir(Folder):
-    """``backup/epoch-NNNN/``: what resuming after epoch NNNN needs (see ``seglib.train``)."""
+    """``backup/epoch-NNNN/``: what resuming after epoch NNNN needs (see ``seglib.training.train``)."""
 
     KIND = "backup"
     OWNED = (MARKER, "state.json", "model.weights.h5", *TEMP_PATTERNS)

@@ -17,7 +17,7 @@ SHARED_SAMPLE = REPO.parent / "shared" / "data" / "cityscapes-pairs-sample"
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     """60 synthetic 256-px pairs in the Kaggle layout (48 train/, 12 val/), with ids/."""
-    from seglib.synthetic import generate
+    from seglib.data.synthetic import generate
 
     out = tmp_path_factory.mktemp("synth") / "data"
     generate(out, count=60, seed=1, size=256, progress=False)
@@ -26,7 +26,7 @@ def synth_dir(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def prepared_dir(synth_dir, tmp_path_factory) -> Path:
-    from seglib.prepare import prepare
+    from seglib.data.prepare import prepare
 
     out = tmp_path_factory.mktemp("prepared") / "prepared"
     prepare(synth_dir, out, seed=0, size=128, progress=False)
@@ -65,9 +65,10 @@ def once_per_session(tmp_path_factory, worker_id: str, name: str, build) -> Path
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, worker_id) -> Path:
     """A small model trained on synthetic data: ROOT/pairs, ROOT/prepared (64 px), ROOT/run."""
-    from seglib.prepare import prepare
-    from seglib.synthetic import generate
-    from seglib.train import TrainConfig, train
+    from seglib.data.prepare import prepare
+    from seglib.data.synthetic import generate
+    from seglib.training.config import TrainConfig
+    from seglib.training.train import train
 
     def build(root: Path) -> None:
         generate(root / "pairs", count=120, seed=2, size=128, progress=False)
@@ -81,8 +82,8 @@ def trained(tmp_path_factory, worker_id) -> Path:
 @pytest.fixture(scope="session")
 def exported_run(trained, tmp_path_factory, worker_id) -> Path:
     """A copy of the trained run, evaluated, with its int8 TFLite and ONNX models exported."""
-    from seglib.evaluate import evaluate
-    from seglib.export import export_run
+    from seglib.inference.evaluate import evaluate
+    from seglib.inference.export import export_run
 
     def build(folder: Path) -> None:
         run = folder / "run"

@@ -13,8 +13,9 @@ import sys
 import pytest
 import yaml
 
-from seglib.batch import BatchError, load_config, run_batch
 from seglib.cli import main
+from seglib.runs.batch import run_batch
+from seglib.runs.sweep import BatchError, load_config
 
 TINY = {"SIZE": 64, "SAMPLE_PIXELS": 20_000, "EPOCHS": 2, "ENCODER_WEIGHTS": None, "BACKBONE": "mobilenetv2",
         "FORMATS": "int8", "CALIBRATION_IMAGES": 8, "EVAL_IMAGES": 8, "N_EXAMPLES": 2}
@@ -72,7 +73,7 @@ def test_cli_reports_config_errors_and_unknown_only(tmp_path, capsys):
 
 
 def test_runs_with_the_same_data_setting_share_one_prepared_dataset(tmp_path):
-    from seglib.batch import data_setting
+    from seglib.runs.sweep import data_setting
 
     batch = load_config(
         {
@@ -248,7 +249,8 @@ def test_a_batch_interrupted_with_ctrl_c_is_marked_and_resumes(synth_dir, tmp_pa
 
 
 def test_a_run_left_running_by_a_dead_batch_process_reads_as_interrupted(tmp_path):
-    from seglib.batch import read_status, write_index
+    from seglib.runs.index import write_index
+    from seglib.runs.sweep import read_status
 
     batch = load_config({"parameters": {"DATA_DIR": str(tmp_path)}, "runs": [{"name": "a"}]}, tmp_path)
     gone = subprocess.Popen([sys.executable, "-c", "pass"])

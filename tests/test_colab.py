@@ -10,8 +10,8 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from seglib.colab import CELL, CELL_TAG, LOCAL_CACHE_ENV, cell_with
-from seglib.notebooks import NOTEBOOKS
+from seglib.runs.colab import CELL, CELL_TAG, LOCAL_CACHE_ENV, cell_with
+from seglib.runs.notebooks import NOTEBOOKS
 
 
 def test_every_notebook_starts_with_the_colab_cell():
@@ -140,7 +140,7 @@ def test_elsewhere_the_cell_does_nothing(monkeypatch, tmp_path):
 
 def test_training_reads_a_local_copy_of_prepared_data_when_the_cell_asked_for_one(prepared_dir, tmp_path,
                                                                                   monkeypatch):
-    from seglib.colab import local_copy
+    from seglib.runs.colab import local_copy
 
     monkeypatch.delenv(LOCAL_CACHE_ENV, raising=False)
     assert local_copy(prepared_dir) == prepared_dir  # not on Colab: read in place
@@ -155,7 +155,7 @@ def test_training_reads_a_local_copy_of_prepared_data_when_the_cell_asked_for_on
 
 def test_colab_badges_for_a_github_remote_fill_the_readme_block(tmp_path):
     from seglib.cli import main
-    from seglib.colab import BADGES_END, BADGES_START, badges_markdown, github_path
+    from seglib.runs.colab import BADGES_END, BADGES_START, badges_markdown, github_path
 
     assert github_path("git@github.com:someone/seglib.git") == "someone/seglib"
     assert github_path("https://github.com/someone/seglib") == "someone/seglib"
@@ -176,7 +176,7 @@ def test_colab_badges_for_a_github_remote_fill_the_readme_block(tmp_path):
 
 
 def test_the_readme_has_the_badge_block():
-    from seglib.colab import BADGES_END, BADGES_START
+    from seglib.runs.colab import BADGES_END, BADGES_START
 
     text = (NOTEBOOKS.parent / "README.md").read_text()
     assert text.index(BADGES_START) < text.index(BADGES_END)

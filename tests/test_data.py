@@ -1,7 +1,7 @@
 import cv2
 import numpy as np
 
-from seglib.data import augment_pair, make_dataset
+from seglib.training.pipeline import augment_pair, make_dataset
 
 
 def test_batches_stream_every_row_once(prepared_dir):

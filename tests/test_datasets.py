@@ -6,7 +6,7 @@ import types
 
 import pytest
 
-from seglib.datasets import DataSourceError, resolve_data_dir
+from seglib.data.datasets import DataSourceError, resolve_data_dir
 
 
 @pytest.fixture

@@ -22,8 +22,8 @@ TINY = {"SIZE": 64, "SAMPLE_PIXELS": 20_000, "EPOCHS": 1, "ENCODER_WEIGHTS": Non
 
 @pytest.fixture(scope="module")
 def prepared(tmp_path_factory):
-    from seglib.prepare import prepare
-    from seglib.synthetic import generate
+    from seglib.data.prepare import prepare
+    from seglib.data.synthetic import generate
 
     root = tmp_path_factory.mktemp("distribute")
     generate(root / "pairs", count=40, seed=4, size=64, progress=False)
@@ -74,7 +74,7 @@ def test_mirrored_over_two_cpu_devices_matches_the_default_strategy(prepared, tm
     assert done.returncode == 0, done.stderr
     config = json.loads(RunDir(tmp_path / "mirrored").config.read_text())
     assert config["distribution"]["strategy"] == "mirrored" and config["distribution"]["replicas"] == 2
-    assert [d.split("/")[-1] for d in config["distribution"]["devices"]] == ["device:CPU:0", "device:CPU:1"]
+    assert [d.split("/")[-1] for d in config["device"]["devices"]] == ["device:CPU:0", "device:CPU:1"]
     assert config["global_batch_size"] == 8 and config["batch_size"] == 4
     steps, reference = history(tmp_path / "mirrored"), history(tmp_path / "default")
     assert [row["epoch"] for row in steps] == ["0", "1"]
@@ -126,7 +126,7 @@ def tiny_batch(tmp_path, synth_dir, runs, name) -> dict:
 @pytest.mark.slow
 def test_a_parallel_batch_runs_at_once_each_pinned_and_a_failing_run_does_not_stop_the_other(synth_dir, tmp_path,
                                                                                             capfd):
-    from seglib.batch import run_batch
+    from seglib.runs.batch import run_batch
 
     lines = []
     config = tiny_batch(tmp_path, synth_dir, [{"name": "good"}, {"name": "broken", "BACKBONE": "nosuchnet"}], "par")
@@ -150,7 +150,7 @@ def test_a_parallel_batch_runs_at_once_each_pinned_and_a_failing_run_does_not_st
 def test_a_batch_runs_as_tasks_on_a_local_ray_instance(synth_dir, tmp_path):
     import ray
 
-    from seglib.batch import run_batch
+    from seglib.runs.batch import run_batch
 
     config = tiny_batch(tmp_path, synth_dir, [{"name": "lr1", "LR": 1e-3}, {"name": "lr2", "LR": 2e-3}], "onray")
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
@@ -168,7 +168,7 @@ def test_a_batch_runs_as_tasks_on_a_local_ray_instance(synth_dir, tmp_path):
 
 
 def test_parallel_runs_get_a_gpu_each_or_share_one_taking_memory_as_needed_or_a_cpu_share():
-    from seglib.batch import run_placements
+    from seglib.runs.batch import run_placements
 
     own = run_placements(2, gpus=2)
     assert [(p["CUDA_VISIBLE_DEVICES"], p["pinned"]) for p in own] == [("0", "GPU 0"), ("1", "GPU 1")]
@@ -183,7 +183,7 @@ def test_parallel_runs_get_a_gpu_each_or_share_one_taking_memory_as_needed_or_a_
 
 
 def test_the_strategy_is_chosen_for_the_machine_and_tf_config_is_checked(monkeypatch):
-    from seglib.distribute import cluster, is_chief, make_strategy
+    from seglib.training.distribute import cluster, is_chief, make_strategy
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
     for variable in ("COLAB_TPU_ADDR", "TPU_NAME", "SEGLIB_CPU_DEVICES"):
@@ -207,7 +207,7 @@ def test_the_strategy_is_chosen_for_the_machine_and_tf_config_is_checked(monkeyp
 
 
 def test_a_parallel_batch_whose_data_cannot_be_prepared_marks_its_runs_failed_here(tmp_path):
-    from seglib.batch import run_batch
+    from seglib.runs.batch import run_batch
 
     (tmp_path / "empty").mkdir()
     (tmp_path / "empty" / "notes.txt").write_text("no pairs here")

@@ -7,11 +7,11 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix
 
-from seglib.evaluate import evaluate
-from seglib.export import TFLiteModel, export_run
-from seglib.predict import predict_paths
-from seglib.prepare import open_split
-from seglib.train import load_model
+from seglib.data.splits import open_split
+from seglib.inference.evaluate import evaluate
+from seglib.inference.export import TFLiteModel, export_run
+from seglib.inference.predict import predict_paths
+from seglib.training.train import load_model
 
 
 @pytest.mark.slow
@@ -146,7 +146,7 @@ def test_a_truncated_model_is_called_corrupt_not_missing(trained, tmp_path):
 
 def test_onnx_export_is_measured_and_predicts(exported_run, trained, tmp_path):
     """Keras' own ONNX exporter, run with onnxruntime: measured like the TFLite models."""
-    from seglib.tables import export as export_table
+    from seglib.reporting.tables import export as export_table
 
     info = json.loads((exported_run / "export.json").read_text())
     onnx = info["formats"]["onnx"]

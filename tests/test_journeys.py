@@ -25,8 +25,8 @@ import nbformat
 import pytest
 import yaml
 
-from seglib import notebooks
-from seglib.notebooks import NOTEBOOKS
+from seglib.runs import notebooks
+from seglib.runs.notebooks import NOTEBOOKS
 
 REPO = NOTEBOOKS.parent
 SHRUNK_PREPARE = {"SIZE": 64, "SYNTH_COUNT": 40, "SAMPLE_PIXELS": 20_000, "N_EXAMPLES": 2}
@@ -129,7 +129,7 @@ def dataset_download(handle, path=None, **kwargs):
 def colab(tmp_path, monkeypatch, synth_dir):
     """A Colab VM: /content (local disk), a Drive folder, the notebooks with their set-up cell
     pointed there, a git repository to clone, google.colab in the kernel, a stand-in kagglehub."""
-    from seglib.colab import CELL, cell_with
+    from seglib.runs.colab import CELL, cell_with
 
     vm = tmp_path / "content"
     drive = tmp_path / "drive" / "MyDrive" / "seglib"

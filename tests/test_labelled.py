@@ -12,11 +12,12 @@ import cv2
 import numpy as np
 import pytest
 
-from seglib.cityscapes import TRAIN_NAMES, train_id_table
+from seglib.data.cityscapes import TRAIN_NAMES, train_id_table
+from seglib.data.pairs import DatasetError, PairError
+from seglib.data.prepare import prepare
+from seglib.data.splits import open_split
+from seglib.data.synthetic import generate_labelled
 from seglib.layout import RunDir
-from seglib.pairs import DatasetError, PairError
-from seglib.prepare import open_split, prepare
-from seglib.synthetic import generate_labelled
 
 SIZE = (64, 128)  # H x W: non-square throughout
 
@@ -57,7 +58,7 @@ def test_a_folder_dataset_prepares_with_labels_equal_to_its_mask_ids(labelled, t
         assert summary["ignored_pixels"][split] == int((np.asarray(data.labels) == 255).sum()) > 0
     test_files = open_split(tmp_path / "prepared", "test").files
     assert all("/val/images/" in f for f in test_files)
-    from seglib.prepare import source_masks
+    from seglib.data.splits import source_masks
 
     assert source_masks(tmp_path / "prepared", "train", [0, 1]) is None  # the labels are the masks (notebook 01)
 
@@ -124,8 +125,8 @@ def test_a_colour_mask_is_a_bad_file_naming_it(tmp_path):
 
 def test_ignored_pixels_add_nothing_to_loss_metrics_or_confusion():
     """A hand-made case: truth [0, 1, 255], prediction [0, 0, 1]."""
-    from seglib.metrics import scores, update_confusion
-    from seglib.train import make_loss, make_metrics
+    from seglib.training.losses import make_loss
+    from seglib.training.metrics import make_metrics, scores, update_confusion
 
     truth = np.array([[[0, 1, 255]]], np.uint8)
     probs = np.array([[[[0.9, 0.1], [0.6, 0.4], [0.2, 0.8]]]], np.float32)
@@ -169,7 +170,8 @@ class Recorder:
 @pytest.fixture(scope="module")
 def cityscapes_run(labelled, tmp_path_factory) -> dict:
     """A 64x128 run on the Cityscapes-shaped tree: cosine schedule with warmup, TensorBoard, a user callback."""
-    from seglib.train import TrainConfig, train
+    from seglib.training.config import TrainConfig
+    from seglib.training.train import train
 
     root = tmp_path_factory.mktemp("cs-run")
     prepare(labelled / "cityscapes", root / "prepared", size="64x128", progress=False)
@@ -195,7 +197,8 @@ def test_a_labelled_non_square_run_trains_with_schedule_tensorboard_and_callback
 
 
 def test_the_learning_rate_warms_up_linearly_then_follows_the_schedule():
-    from seglib.train import TrainConfig, learning_rate
+    from seglib.training.callbacks import learning_rate
+    from seglib.training.config import TrainConfig
 
     cosine = TrainConfig("p", "r", epochs=10, lr=1e-3, lr_schedule="cosine", warmup_epochs=2)
     rates = [learning_rate(step, cosine, 10) for step in range(101)]
@@ -208,8 +211,8 @@ def test_the_learning_rate_warms_up_linearly_then_follows_the_schedule():
 
 def test_evaluate_export_predict_and_serve_keep_the_shape_and_leave_ignored_pixels_out(cityscapes_run, labelled,
                                                                                       tmp_path):
-    from seglib.evaluate import evaluate
-    from seglib.export import export_run
+    from seglib.inference.evaluate import evaluate
+    from seglib.inference.export import export_run
 
     root, run_dir = cityscapes_run["root"], cityscapes_run["run"].run_dir
     metrics = evaluate(run_dir, root / "prepared", "test")
@@ -228,7 +231,7 @@ def test_evaluate_export_predict_and_serve_keep_the_shape_and_leave_ignored_pixe
 
     from fastapi.testclient import TestClient
 
-    from seglib.serve import create_app
+    from seglib.inference.serve import create_app
 
     with TestClient(create_app(run_dir, model="int8", threads=1)) as client:
         assert client.get("/health").json()["input_size"] == [64, 128]
@@ -239,15 +242,16 @@ def test_evaluate_export_predict_and_serve_keep_the_shape_and_leave_ignored_pixe
 @pytest.mark.parametrize("arch,size", [("fpn", "64x128"), ("linknet", "64x128"), ("pspnet", "96x192")])
 def test_each_architecture_trains(labelled, tmp_path, arch, size):
     """(The U-Net, the default, is trained by the other tests.)"""
-    from seglib.train import TrainConfig, train
+    from seglib.training.config import TrainConfig
+    from seglib.training.train import train
 
     prepare(labelled / "folders", tmp_path / "prepared", size=size, progress=False)
     run = train(TrainConfig(str(tmp_path / "prepared"), str(tmp_path / "run"), arch=arch, backbone="mobilenetv2",
                             epochs=1, batch_size=8, encoder_weights=None), verbose=0)
     assert run.model_path.exists() and json.loads(RunDir(run.run_dir).config.read_text())["arch"] == arch
-    from seglib.evaluate import evaluate
-    from seglib.model import input_hw, load_keras_model
-    from seglib.predict import predict_paths
+    from seglib.inference.evaluate import evaluate
+    from seglib.inference.predict import predict_paths
+    from seglib.training.model import input_hw, load_keras_model
 
     height, width = (int(v) for v in size.split("x"))
     assert input_hw(load_keras_model(run.model_path)) == (height, width)
@@ -259,7 +263,8 @@ def test_each_architecture_trains(labelled, tmp_path, arch, size):
 
 
 def test_an_input_size_an_architecture_cannot_take_is_refused_before_work(labelled, tmp_path):
-    from seglib.train import TrainConfig, train
+    from seglib.training.config import TrainConfig
+    from seglib.training.train import train
 
     prepare(labelled / "folders", tmp_path / "prepared", size="64x128", progress=False)
     with pytest.raises(ValueError, match=r"pspnet cannot take 64x128 images: H and W must be multiples of 48"):
@@ -268,7 +273,7 @@ def test_an_input_size_an_architecture_cannot_take_is_refused_before_work(labell
 
 
 def test_encoder_weights_load_from_a_local_file(tmp_path):
-    from seglib.model import build_model, encoder
+    from seglib.training.model import build_model, encoder
 
     source = encoder("mobilenetv2")  # random weights: what a downloaded ImageNet file would hold instead
     source.save_weights(tmp_path / "mobilenetv2_encoder.weights.h5")
@@ -287,8 +292,9 @@ def test_encoder_weights_load_from_a_local_file(tmp_path):
 
 
 def test_training_with_an_encoder_file_and_fine_tuning_from_a_run(cityscapes_run, tmp_path):
-    from seglib.model import encoder
-    from seglib.train import TrainConfig, copy_weights, train
+    from seglib.training.config import TrainConfig
+    from seglib.training.model import encoder
+    from seglib.training.train import copy_weights, train
 
     root = cityscapes_run["root"]
     encoder("mobilenetv2").save_weights(tmp_path / "enc.weights.h5")
@@ -299,7 +305,7 @@ def test_training_with_an_encoder_file_and_fine_tuning_from_a_run(cityscapes_run
                   verbose=0, log=lines.append)
     assert tuned.stop_reason == "finished" and lines[0].startswith(f"started from {earlier}: ")
     assert json.loads(RunDir(tuned.run_dir).config.read_text())["encoder_weights"] == str(tmp_path / "enc.weights.h5")
-    from seglib.model import build_model, load_keras_model
+    from seglib.training.model import build_model, load_keras_model
 
     fresh = build_model("unet", "mobilenetv2", 19, (64, 128), None)
     assert copy_weights(fresh, RunDir(earlier).model)["kept_new"] == []
@@ -312,7 +318,7 @@ def test_training_with_an_encoder_file_and_fine_tuning_from_a_run(cityscapes_run
 
 def test_fetch_weights_names_the_file_segmentation_models_downloads(tmp_path):
     """The download itself needs internet (not here); which file, and the backbones it cannot fetch."""
-    from seglib.model import fetch_encoder_weights, imagenet_weights_source
+    from seglib.training.model import fetch_encoder_weights, imagenet_weights_source
 
     source = imagenet_weights_source("resnet34")
     assert source["name"] == "resnet34_imagenet_1000_no_top.h5" and len(source["md5"]) == 32

@@ -1,8 +1,17 @@
 import numpy as np
 import pytest
 
-from seglib.labels import EDGE_TAU, LUT_BITS, YCC_WEIGHTED, Labeller, assign, colourize, label_chunks, nearest_centroid
-from seglib.palette import Palette
+from seglib.data.labels import (
+    EDGE_TAU,
+    LUT_BITS,
+    YCC_WEIGHTED,
+    Labeller,
+    assign,
+    colourize,
+    label_chunks,
+    nearest_centroid,
+)
+from seglib.data.palette import Palette
 
 ROAD, BLACK, BUILDING = (128, 64, 128), (0, 0, 0), (70, 70, 70)
 
@@ -48,7 +57,7 @@ def test_colourize_and_range_check():
 
 
 def _reference_labels(mask: np.ndarray, pal: Palette) -> np.ndarray:
-    """The edge rule as seglib.labels states it, pixel by pixel in plain numpy (slow, clear)."""
+    """The edge rule as seglib.data.labels states it, pixel by pixel in plain numpy (slow, clear)."""
     step = 1 << (8 - LUT_BITS)
     cell = (mask >> (8 - LUT_BITS)).astype(np.float32) * step + (step - 1) / 2  # the table cell's centre colour
     dist = ((cell[..., None, :] - pal.centroids) ** 2).sum(-1)

@@ -4,7 +4,7 @@ import numpy as np
 import pytest
 from sklearn.metrics import confusion_matrix, f1_score, jaccard_score
 
-from seglib.metrics import scores, update_confusion
+from seglib.training.metrics import scores, update_confusion
 
 
 def test_hand_made_matrix():

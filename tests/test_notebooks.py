@@ -6,8 +6,8 @@ import sys
 
 import nbformat
 
-from seglib import notebooks
-from seglib.notebooks import NOTEBOOKS
+from seglib.runs import notebooks
+from seglib.runs.notebooks import NOTEBOOKS
 
 
 def test_notebooks_are_stripped_and_parameterised():
@@ -31,6 +31,25 @@ def test_parameters_are_colab_form_fields_that_papermill_reads():
         values = notebooks.parameters(name)
         assert set(values) == {line.split(" = ")[0] for line in assignments}
         assert all(not str(v).startswith("#") for v in values.values()), values
+
+
+def test_the_training_parameters_are_the_training_configs_fields():
+    """Notebook 02's parameters cell is written from TrainConfig (``make notebooks``), so the notebook,
+    the ``train`` flags and batch configs take the same parameters with the same defaults."""
+    from dataclasses import fields
+
+    from seglib.cli import build_parser
+    from seglib.training.config import TrainConfig
+
+    nb = nbformat.read(NOTEBOOKS / f"{notebooks.TRAIN}.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assert cell.source == notebooks.train_parameters_cell(), "run `make notebooks` after changing TrainConfig"
+    values = notebooks.parameters(notebooks.TRAIN)
+    assert list(values) == [f.name.upper() for f in fields(TrainConfig)]
+    from_notebook = TrainConfig.from_parameters(values)
+    flags = vars(build_parser().parse_args(["train", values["PREPARED_DIR"], values["RUN_DIR"]]))
+    from_cli = TrainConfig(**{f.name: flags[f.name] for f in fields(TrainConfig)})
+    assert from_notebook == from_cli == TrainConfig(values["PREPARED_DIR"], values["RUN_DIR"])
 
 
 def test_defaults_chain_01_to_02_to_03():

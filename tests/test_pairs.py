@@ -2,7 +2,7 @@ import cv2
 import numpy as np
 import pytest
 
-from seglib.pairs import PairError, iter_pairs, read_pair, scan_folder
+from seglib.data.pairs import PairError, iter_pairs, read_pair, scan_folder
 
 
 def write_pair(path, left=(255, 0, 0), right=(0, 0, 255), size=(256, 512), channels=3, dtype=np.uint8):
@@ -88,12 +88,12 @@ def test_an_oversized_image_is_refused_from_its_header_before_decoding(tmp_path,
 
 
 def test_a_decoder_error_is_that_files_error(tmp_path, monkeypatch):
-    import seglib.pairs
+    import seglib.data.pairs
 
     def broken(*args, **kwargs):
         raise cv2.error("OpenCV(5.0) error: (-215:Assertion failed) size.width>0 in function 'imdecode_'")
 
-    monkeypatch.setattr(seglib.pairs.cv2, "imdecode", broken)
+    monkeypatch.setattr(seglib.data.pairs.cv2, "imdecode", broken)
     with pytest.raises(PairError, match="not a readable image .*Assertion failed"):
         read_pair(write_pair(tmp_path / "p.png"))
 

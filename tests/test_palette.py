@@ -3,8 +3,8 @@ import json
 import numpy as np
 import pytest
 
-from seglib.cityscapes import nearest_label_names
-from seglib.palette import FIT_RANGE, Palette, close_classes, draw_pixels, fit_palette, flat_pixels, sample_pixels
+from seglib.data.cityscapes import nearest_label_names
+from seglib.data.palette import FIT_RANGE, Palette, close_classes, draw_pixels, fit_palette, flat_pixels, sample_pixels
 
 ROAD, BLACK, BUILDING = (128, 64, 128), (0, 0, 0), (70, 70, 70)
 

@@ -8,9 +8,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from seglib.pairs import DatasetError, PairError, split_files
-from seglib.prepare import open_split, prepare
-from seglib.quality import split_purity
+from seglib.data.pairs import DatasetError, PairError, split_files
+from seglib.data.prepare import prepare
+from seglib.data.quality import split_purity
+from seglib.data.splits import open_split
 
 
 def test_prepared_layout_and_contents(prepared_dir, synth_dir):
@@ -164,8 +165,8 @@ def test_a_killed_prepare_leaves_no_temp_folder_behind_on_the_next_run(synth_dir
     """A temp folder with seglib's marker whose process is gone is removed by the next prepare."""
     import signal
 
-    script = (f"from seglib.prepare import prepare; prepare({str(synth_dir)!r}, {str(tmp_path / 'out')!r}, size=32, "
-              "sample_pixels_count=20000, progress=False, workers=1)")
+    script = (f"from seglib.data.prepare import prepare; prepare({str(synth_dir)!r}, {str(tmp_path / 'out')!r}, "
+              "size=32, sample_pixels_count=20000, progress=False, workers=1)")
     killed = subprocess.Popen([sys.executable, "-c", script])
     deadline = time.time() + 120
     while not list(tmp_path.glob(".out.tmp-*/train")):
@@ -200,9 +201,9 @@ def test_real_sample_label_purity(shared_sample, tmp_path):
 
 def test_skipped_training_file_palette_uses_kept_masks(messy_dir, tmp_path):
     """With a bad training file skipped, the palette is fitted on the kept training masks alone."""
-    from seglib.pairs import read_pair
-    from seglib.palette import fit_palette, sample_pixels
-    from seglib.prepare import load_palette
+    from seglib.data.pairs import read_pair
+    from seglib.data.palette import fit_palette, sample_pixels
+    from seglib.data.splits import load_palette
 
     splits, _, _ = split_files(messy_dir)
     assert {"corrupt.jpg", "square.png"} & {p.name for p in splits["train"]}  # a bad file is in train

@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from seglib.quality import purity, truth_path
+from seglib.data.quality import purity, truth_path
 
 
 def test_purity_known_values():

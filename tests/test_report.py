@@ -6,7 +6,7 @@ import sys
 
 import pytest
 
-from seglib import tables
+from seglib.reporting import tables
 
 
 def test_report_of_an_untrained_folder_is_a_clear_error(tmp_path):
@@ -35,7 +35,7 @@ def test_export_table_shows_latency_spread():
 
 def test_a_report_html_seglib_did_not_write_is_not_replaced(tmp_path):
     from seglib.fsutil import write_marker
-    from seglib.report import write_run_report
+    from seglib.reporting.report import write_run_report
 
     run = tmp_path / "run"  # enough of a run to get past the first check
     run.mkdir()

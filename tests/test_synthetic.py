@@ -2,8 +2,8 @@ import cv2
 import numpy as np
 from sklearn.tree import DecisionTreeClassifier
 
-from seglib.cityscapes import NAME_TO_ID
-from seglib.synthetic import CLASSES, generate, render_scene
+from seglib.data.cityscapes import NAME_TO_ID
+from seglib.data.synthetic import CLASSES, generate, render_scene
 
 
 def test_layout_and_truth(synth_dir):

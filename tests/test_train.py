@@ -8,8 +8,12 @@ import sys
 import numpy as np
 import pytest
 
-from seglib.prepare import open_split, prepare
-from seglib.train import TrainConfig, class_weights, load_model, train, validate
+from seglib.data.prepare import prepare
+from seglib.data.splits import open_split
+from seglib.training.checks import validate
+from seglib.training.config import TrainConfig
+from seglib.training.losses import class_weights
+from seglib.training.train import load_model, train
 
 
 @pytest.fixture(scope="module")
@@ -135,7 +139,8 @@ def test_backup_keeps_the_callbacks_state_and_survives_a_failed_write(tmp_path):
     import keras
 
     from seglib.layout import RunDir
-    from seglib.train import atomic_checkpoint, epoch_backup, latest_backup
+    from seglib.training.callbacks import atomic_checkpoint, epoch_backup
+    from seglib.training.checks import latest_backup
 
     model = keras.Sequential([keras.Input((2,)), keras.layers.Dense(1)])
     model.compile(optimizer="adam", loss="mse")
@@ -246,9 +251,9 @@ def test_bad_prepared_arrays_are_refused_before_run_dir_is_made(small_prepared, 
 @pytest.mark.slow
 def test_default_demo_reaches_90_percent_pixel_accuracy(tmp_path):
     """The demo's first run (ResNet-34, CPU, 128 px, 6 epochs, random encoder) on its synthetic data."""
-    from seglib.demo import DEMO, DEMO_RUNS
-    from seglib.evaluate import evaluate
-    from seglib.synthetic import CLASSES, generate
+    from seglib.data.synthetic import CLASSES, generate
+    from seglib.inference.evaluate import evaluate
+    from seglib.runs.demo import DEMO, DEMO_RUNS
 
     generate(tmp_path / "pairs", count=DEMO["SYNTH_COUNT"], seed=DEMO["SEED"], progress=False)
     summary = prepare(tmp_path / "pairs", tmp_path / "prepared", size=DEMO["SIZE"], seed=DEMO["SEED"], progress=False)
@@ -279,7 +284,7 @@ def test_default_demo_reaches_90_percent_pixel_accuracy(tmp_path):
 def test_losses_are_finite_differentiable_and_prefer_the_truth(name):
     import tensorflow as tf
 
-    from seglib.train import make_loss
+    from seglib.training.losses import make_loss
 
     rng = np.random.default_rng(0)
     y_true = tf.constant(rng.integers(0, 4, (2, 8, 8)), tf.uint8)

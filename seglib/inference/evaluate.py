@@ -1,0 +1,79 @@
+"""Evaluate a run's best model on a prepared split: ``metrics.json`` (with every image's mean IoU,
+so reports can show the best and worst images without another pass) and ``confusion.npy``.
+Pixels labelled with the palette's ignore index are left out of every score and counted."""
+from __future__ import annotations
+
+import io
+import os
+
+import numpy as np
+
+from seglib.data.palette import Palette
+from seglib.fsutil import atomic_write_bytes, atomic_write_json
+from seglib.layout import PreparedDir, RunDir
+from seglib.training.metrics import image_ious, scores, update_confusion
+
+
+def evaluate(run_dir: str | os.PathLike, prepared_dir: str | os.PathLike, split: str = "test",
+             batch_size: int = 8) -> dict:
+    """Stream ``split`` through the run's best model; writes and returns the metrics."""
+    from seglib.training.train import load_model
+
+    run = RunDir(run_dir)
+    if not run.model.exists():
+        raise FileNotFoundError(f"{run.model}: no model (train first)")
+    palette = Palette.load(run.palette)
+    data_palette = Palette.load(PreparedDir(prepared_dir).palette)
+    if data_palette.k != palette.k:
+        raise ValueError(f"{prepared_dir} has K={data_palette.k} classes, the run has K={palette.k}")
+    model = load_model(run_dir)
+    confusion = np.zeros((palette.k, palette.k), np.int64)
+    per_image: list[float] = []
+    ignored = 0
+    for _rows, _images, labels, pred in predict_split(model, prepared_dir, split, batch_size):
+        update_confusion(confusion, labels, pred, palette.ignore_index)
+        per_image.extend(image_ious(labels, pred, palette.k, palette.ignore_index))
+        if palette.ignore_index is not None:
+            ignored += int(np.count_nonzero(labels == palette.ignore_index))
+    result = {"split": split, "prepared_dir": str(prepared_dir), "num_pixels": int(confusion.sum()),
+              "ignored_pixels": ignored, "ignore_index": palette.ignore_index,
+              "class_names": palette.names, **scores(confusion),
+              "image_mean_iou": [round(float(v), 5) for v in per_image]}
+    atomic_write_json(run.metrics, result)
+    buffer = io.BytesIO()
+    np.save(buffer, confusion)
+    atomic_write_bytes(run.confusion, buffer.getvalue())
+    return result
+
+
+def predict_split(model, prepared_dir: str | os.PathLike, split: str = "test", batch_size: int = 8):
+    """Yield ``(row_index, images, labels, predicted labels)`` batch by batch over a split."""
+    from seglib.training.pipeline import make_dataset
+
+    start = 0
+    for images, labels in make_dataset(prepared_dir, split, batch_size):
+        pred = np.asarray(model(images, training=False)).argmax(-1).astype(np.uint8)
+        yield np.arange(start, start + len(pred)), np.asarray(images), np.asarray(labels), pred
+        start += len(pred)
+
+
+def predict_rows(model, prepared_dir: str | os.PathLike, split: str, rows) -> tuple[np.ndarray, ...]:
+    """``(images, labels, predicted labels)`` of the given rows of a split."""
+    from seglib.data.splits import open_split
+
+    data = open_split(prepared_dir, split)
+    rows = [int(r) for r in rows]
+    images = np.stack([np.asarray(data.images[r]) for r in rows])
+    labels = np.stack([np.asarray(data.labels[r]) for r in rows])
+    pred = model.predict(images.astype(np.float32), verbose=0).argmax(-1).astype(np.uint8)
+    return images, labels, pred
+
+
+def best_and_worst(metrics: dict, n: int = 2) -> list[tuple[int, str]]:
+    """``(row, title)`` of the ``n`` best and ``n`` worst images of the evaluated split by mean IoU."""
+    ious = np.array(metrics["image_mean_iou"], np.float64)
+    order = [int(i) for i in np.argsort(np.nan_to_num(ious, nan=-1.0), kind="stable")]
+    best = order[::-1][: min(n, len(order))]
+    worst = [r for r in order[:n] if r not in best]
+    return ([(r, f"best #{r} IoU {ious[r]:.2f}") for r in best]
+            + [(r, f"worst #{r} IoU {ious[r]:.2f}") for r in worst])

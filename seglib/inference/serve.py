@@ -1,0 +1,253 @@
+"""Serve a trained run over HTTP: a FastAPI app with a browser page, on a bounded model pool.
+
+``python -m seglib serve RUN_DIR`` runs it with uvicorn. The model is one of the run's exports
+(``int8`` by default, the fastest on a CPU) or its ``.keras`` file. Requests run on a fixed pool
+of model runners, one per thread (a TFLite interpreter is not thread-safe); a request that
+finds every runner busy and the waiting line full gets 503 with ``Retry-After`` at once.
+
+Endpoints: ``GET /`` (the page), ``GET /health``, ``GET /metadata``, ``POST /predict`` (a
+multipart form with the image in ``file``; ``?pair=true`` for a side-by-side pair, ``?output=``
+``mask`` | ``overlay`` | ``ids`` | ``json``). Bad input is 400 (not an image), 413 (over the byte
+or pixel limit), 405 or 415; no response carries a traceback.
+"""
+import functools
+import json
+import logging
+import os
+import queue
+import threading
+import time
+from base64 import b64encode
+from importlib import resources
+from pathlib import Path
+
+import numpy as np
+
+from seglib.data.labels import colourize
+from seglib.data.pairs import MAX_PIXELS, PairError, TooLarge, decode_image_bytes
+from seglib.data.palette import Palette
+from seglib.inference.predict import overlay, photo_of, png, segment
+from seglib.layout import RunDir
+
+MODELS = ("int8", "fp16", "fp32", "onnx", "keras")
+OUTPUTS = ("mask", "overlay", "ids", "json")
+MAX_BYTES = 20_000_000  # an upload; a 12 MP JPEG is about 5 MB
+log = logging.getLogger("seglib.inference.serve")
+
+
+class Busy(Exception):
+    """Every runner is busy and the waiting line is full."""
+
+
+class ModelPool:
+    """``threads`` runners of one model, each used by one request at a time; at most ``queue``
+    more requests wait for one, the rest are refused with :class:`Busy`."""
+
+    def __init__(self, run_dir: str | os.PathLike, model: str = "int8", threads: int = 2, queue_size: int = 8):
+        run = RunDir(run_dir)
+        if model not in MODELS:
+            raise ValueError(f"--model must be one of {', '.join(MODELS)}, got {model!r}")
+        path = run.model if model == "keras" else run.exported(model)
+        if not path.exists():
+            how = "train first" if model == "keras" else f"export it first: python -m seglib export {run.root} " \
+                                                        f"--formats {model}"
+            raise FileNotFoundError(f"{path}: no such model ({how})")
+        self.model, self.path, self.palette = model, path, Palette.load(run.palette)
+        self.threads = max(1, threads)
+        self.runners: queue.Queue = queue.Queue()
+        for _ in range(self.threads):
+            self.runners.put(self._runner(path, model))
+        _, self.size, self.runtime = self.runners.queue[0]
+        self.slots = threading.BoundedSemaphore(self.threads + max(0, queue_size))
+
+    @functools.cached_property
+    def _keras(self):
+        """The .keras model, loaded once: every runner calls it (a direct call is thread-safe)."""
+        from seglib.training.model import load_keras_model
+
+        return load_keras_model(self.path)
+
+    def _runner(self, path: Path, model: str):
+        """``(predict(batch) -> probabilities, input size, runtime)`` for one thread."""
+        if model == "keras":
+            import keras
+
+            from seglib.training.model import input_hw, keras_predictor
+
+            return keras_predictor(self._keras), input_hw(self._keras), f"keras {keras.__version__}"
+        if model == "onnx":
+            from seglib.inference.export import OnnxModel
+
+            onnx = OnnxModel(path, threads=1)
+            return onnx.predict, onnx.size, onnx.runtime
+        from seglib.inference.export import TFLiteModel
+
+        lite = TFLiteModel(path, threads=1)
+        return lite.predict, lite.size, lite.runtime
+
+    def segment(self, photo: np.ndarray) -> np.ndarray:
+        """Class ids (H, W) of ``photo``; raises :class:`Busy` when the pool and its line are full."""
+        if not self.slots.acquire(blocking=False):
+            raise Busy
+        try:
+            runner = self.runners.get()
+            try:
+                return segment(runner[0], runner[1], photo)
+            finally:
+                self.runners.put(runner)
+        finally:
+            self.slots.release()
+
+
+def create_app(run_dir: str | os.PathLike, model: str = "int8", threads: int = 2, queue_size: int = 8,
+               max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES):
+    """The FastAPI app serving ``run_dir`` (see the module docstring)."""
+    from fastapi import FastAPI, HTTPException, Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import HTMLResponse, JSONResponse, Response
+    from starlette.exceptions import HTTPException as StarletteHTTPException
+
+    run = RunDir(run_dir)
+    pool = ModelPool(run.root, model, threads, queue_size)
+    started = time.time()
+    app = FastAPI(title="seglib", docs_url=None, redoc_url=None, openapi_url=None)
+
+    def read_json(path: Path) -> dict | None:
+        return json.loads(path.read_text()) if path.exists() else None
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, exc: StarletteHTTPException):
+        return JSONResponse({"error": exc.detail}, status_code=exc.status_code, headers=exc.headers)
+
+    @app.exception_handler(RequestValidationError)
+    async def bad_parameters(request: Request, exc: RequestValidationError):
+        problems = "; ".join(f"{'.'.join(str(part) for part in e['loc'][1:])}: {e['msg']}" for e in exc.errors())
+        return JSONResponse({"error": f"bad parameters ({problems})"}, status_code=400)
+
+    @app.exception_handler(Exception)
+    async def internal_error(request: Request, exc: Exception):
+        log.exception("%s %s failed", request.method, request.url.path)
+        return JSONResponse({"error": "internal error (see the service's log)"}, status_code=500)
+
+    @app.get("/", response_class=HTMLResponse)
+    def page() -> str:
+        return resources.files("seglib.inference").joinpath("static/serve.html").read_text(encoding="utf-8")
+
+    @app.get("/health")
+    def health() -> dict:
+        return {"status": "ok", "model": pool.model, "file": pool.path.name, "runtime": pool.runtime,
+                "classes": pool.palette.k, "input_size": list(pool.size), "threads": pool.threads,
+                "uptime_s": round(time.time() - started, 1)}
+
+    @app.get("/metadata")
+    def metadata() -> dict:
+        palette = pool.palette
+        metrics = read_json(run.metrics)
+        return {
+            "run": run.root.name, "model": pool.model,
+            "palette": [{"id": i, "name": palette.names[i] if palette.names else str(i),
+                         "rgb": [int(c) for c in palette.colours[i]]} for i in range(palette.k)],
+            "parameters": read_json(run.config),
+            "metrics": {k: metrics[k] for k in ("split", "pixel_accuracy", "mean_accuracy", "mean_iou", "mean_dice")
+                        if k in metrics} if metrics else None,
+        }
+
+    @app.post("/predict")
+    async def predict(request: Request, pair: bool = False, output: str = "mask", alpha: float = 0.5,
+                      mask: bool = False):
+        if output not in OUTPUTS:
+            raise HTTPException(400, f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+        if not 0 <= alpha <= 1:
+            raise HTTPException(400, f"alpha must be between 0 and 1, got {alpha}")
+        if not request.headers.get("content-type", "").startswith("multipart/form-data"):
+            raise HTTPException(415, "send the image as multipart/form-data in the field 'file'")
+        declared = request.headers.get("content-length")
+        if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
+            raise HTTPException(413, f"upload of {int(declared)} bytes is over the limit of {max_bytes} (--max-bytes)")
+        data, name = await _read_upload(request, max_bytes)
+        from starlette.concurrency import run_in_threadpool
+
+        try:  # decoding, the model and encoding run on a worker thread, not on the event loop
+            return await run_in_threadpool(answer, data, name, pair, output, alpha, mask)
+        except TooLarge as exc:
+            raise HTTPException(413, f"{name}: {exc.reason}") from None
+        except PairError as exc:
+            raise HTTPException(400, f"{name}: {exc.reason}") from None
+        except Busy:
+            raise HTTPException(503, "busy: every model runner is in use and the queue is full; retry shortly",
+                                headers={"Retry-After": "1"}) from None
+
+    def answer(data: bytes, name: str, pair: bool, output: str, alpha: float, mask: bool) -> Response:
+        body, latency = predict_bytes(pool, data, name, pair, output, alpha, mask, max_pixels)
+        headers = {"X-Latency-Ms": str(latency)}
+        if isinstance(body, dict):
+            return JSONResponse(body, headers=headers)
+        return Response(body, media_type="image/png", headers=headers)
+
+    app.state.pool = pool
+    return app
+
+
+def predict_bytes(pool: ModelPool, data: bytes, name: str = "upload", pair: bool = False, output: str = "mask",
+                  alpha: float = 0.5, mask: bool = False, max_pixels: int = MAX_PIXELS) -> tuple[bytes | dict, float]:
+    """What ``POST /predict`` answers for an image file's bytes, without the HTTP: PNG bytes (or the
+    JSON body for ``output="json"``) and the model's milliseconds."""
+    image = decode_image_bytes(data, name, max_pixels)
+    photo = photo_of(image, pool.size) if pair else image
+    begun = time.perf_counter()
+    ids = pool.segment(photo)
+    latency = round((time.perf_counter() - begun) * 1000, 2)
+    if output == "ids":
+        return png(ids), latency
+    colour = colourize(pool.palette, ids)
+    if output == "mask":
+        return png(colour), latency
+    if output == "overlay":
+        return png(overlay(photo, colour, alpha)), latency
+    counts = np.bincount(ids.ravel(), minlength=pool.palette.k)
+    names = pool.palette.names or [str(i) for i in range(pool.palette.k)]
+    body = {"width": int(photo.shape[1]), "height": int(photo.shape[0]), "latency_ms": latency,
+            "classes": [{"id": i, "name": names[i], "rgb": [int(c) for c in pool.palette.colours[i]],
+                         "share": round(float(counts[i] / ids.size), 6)} for i in range(pool.palette.k)]}
+    if mask:
+        body["mask_png"] = b64encode(png(colour)).decode("ascii")
+    return body, latency
+
+
+async def _read_upload(request, max_bytes: int) -> tuple[bytes, str]:
+    """The bytes and file name of the form's ``file`` field; 400 without one, 413 over ``max_bytes``."""
+    from fastapi import HTTPException
+    from starlette.datastructures import UploadFile
+
+    try:
+        form = await request.form(max_files=1, max_fields=10, max_part_size=1024 * 1024)
+    except Exception as exc:  # noqa: BLE001 - starlette's parser errors: a malformed form
+        status = 413 if "too large" in str(exc).lower() or "exceed" in str(exc).lower() else 400
+        raise HTTPException(status, f"malformed multipart form ({exc})") from None
+    upload = form.get("file")
+    if not isinstance(upload, UploadFile):
+        raise HTTPException(400, "no file: send the image in the multipart form field 'file'")
+    data = await upload.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise HTTPException(413, f"{upload.filename}: over the limit of {max_bytes} bytes (--max-bytes)")
+    return data, upload.filename or "upload"
+
+
+def serve(run_dir: str | os.PathLike, model: str = "int8", host: str = "127.0.0.1", port: int = 8000,
+          threads: int = 2, queue_size: int = 8, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES,
+          log_level: str = "info") -> None:
+    """Run the service until interrupted (uvicorn)."""
+    import socket
+
+    import uvicorn
+
+    with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:  # a clear error first
+        try:
+            probe.bind((host, port))
+        except OSError as exc:
+            raise OSError(f"{host}:{port}: cannot listen there ({exc.strerror}); choose another --port") from None
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    app = create_app(run_dir, model, threads, queue_size, max_pixels, max_bytes)
+    pool = app.state.pool
+    print(f"serving {pool.path} ({pool.runtime}, {pool.threads} thread(s)) on http://{host}:{port}/", flush=True)
+    uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug")

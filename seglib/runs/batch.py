@@ -1,0 +1,231 @@
+"""A batch: the notebooks run with papermill for each named parameter set of a sweep file
+(:mod:`.sweep`, docs/batches.md), one after the other here, in N run processes (each pinned to a
+GPU or its share of the CPU threads) or as tasks on a Ray cluster, and compared on
+``reports/<batch>/index.html`` (:mod:`.index`).
+
+Each run executes ``01_prepare_data`` (once per distinct data setting, then reused), ``02_train``
+and ``03_evaluate_export`` (:mod:`.runner`). A failing run is marked failed and the others go on;
+Ctrl-C or SIGTERM marks the running run interrupted; ``resume=True`` skips finished runs (an
+interrupted training continues from its last finished epoch).
+"""
+from __future__ import annotations
+
+import os
+import socket
+import sys
+from pathlib import Path
+
+from seglib.fsutil import atomic_write_json, read_marker, strangers, write_marker
+from seglib.layout import BatchDir, RunReportDir
+from seglib.runs.index import write_index
+from seglib.runs.runner import prepared_for, run_one, summary_line
+from seglib.runs.sweep import Batch, BatchError, Run, data_setting, load_config, read_status, save_config
+from seglib.training.callbacks import format_seconds
+from seglib.training.checks import run_state
+
+
+def run_batch(config: str | os.PathLike | dict, root: str | os.PathLike = ".", only: list[str] | None = None,
+              resume: bool = False, overwrite: bool = False, echo=print, parallel: int = 1,
+              ray: str | None = None) -> Path:
+    """Run a batch (see the module docstring) and return the path of its ``index.html``.
+
+    Runs that finished earlier are skipped with ``resume`` and run again with ``overwrite``;
+    without either the batch refuses to start. Folders seglib did not write are never touched.
+    ``parallel``: runs at once on this machine; ``ray``: a Ray cluster's address (or ``auto``)."""
+    batch = load_config(config, root)
+    names = [r.name for r in batch.runs]
+    for name in only or []:
+        if name not in names:
+            raise BatchError(f"{batch.source}: --only {name!r} is not a run of this batch (runs: {names})")
+    selected = [r for r in batch.runs if not only or r.name in only]
+    if parallel < 1:
+        raise BatchError(f"--parallel must be at least 1, got {parallel}")
+    _check_run_folders(batch, selected, resume, overwrite)
+    batch.report_dir.mkdir(parents=True, exist_ok=True)
+    write_marker(batch.report_dir, BatchDir.KIND)
+    save_config(batch)
+    if parallel > 1 or ray:
+        return run_spread(batch, selected, resume, echo, parallel, ray)
+    prepared: dict[str, tuple] = {}  # data setting -> (prepared dir, StepFailed or None)
+    index, took = None, []
+    for i, run in enumerate(selected, 1):
+        tag = f"[{i}/{len(selected)}] {run.name}"
+        if resume and read_status(batch, run.name).get("status") == "finished":
+            echo(f"{tag}: finished earlier, skipped (--resume)")
+            continue
+        left = len(selected) - i + 1
+        eta = f" · batch ETA about {format_seconds(sum(took) / len(took) * left)}" if took else ""
+        echo(f"{tag}: running ({_describe(run.overrides)}){eta} · log {batch.run_report(run.name).log}")
+        try:
+            status = run_one(batch, run, prepared, resume, lambda line, tag=tag: echo(f"{tag}: {line}"))
+        except KeyboardInterrupt:
+            write_index(batch)
+            echo(f"{tag}: interrupted; run the batch again with --resume to continue where it stopped")
+            raise
+        took.append(status.get("seconds", 0))
+        echo(f"{tag}: {summary_line(batch, run.name, status)}")
+        index = write_index(batch)  # after every run, so the page shows progress
+    index = index or write_index(batch)  # every run was skipped: still (re)write the page
+    echo(f"batch {batch.name}: {index}")
+    return index
+
+
+def _check_run_folders(batch: Batch, selected: list[Run], resume: bool, overwrite: bool) -> None:
+    """Before anything runs: every run's folders are new or seglib's own, and no finished run is
+    run again unless asked to (``resume`` skips them, ``overwrite`` replaces them)."""
+    finished = []
+    for run in selected:
+        folder = batch.run_report(run.name)
+        if folder.root.exists() and any(folder.root.iterdir()):
+            marker = read_marker(folder.root)
+            if marker is None or marker.get("kind") != RunReportDir.KIND:
+                raise BatchError(f"{batch.source}: run {run.name!r}: {folder.root} holds files seglib did not write; "
+                                 "choose another reports_dir or batch name")
+            found = strangers(folder.root, RunReportDir.OWNED)
+            if found:
+                raise BatchError(f"{batch.source}: run {run.name!r}: {folder.root} holds files seglib did not write "
+                                 f"({', '.join(found[:5])}); move them away first")
+        state = run_state(batch.run_dir(run.name).root)
+        if state == "foreign":
+            raise BatchError(f"{batch.source}: run {run.name!r}: {batch.run_dir(run.name).root} holds files and is not "
+                             "a seglib run; choose another artifacts_dir or batch name")
+        if not resume and not overwrite and read_status(batch, run.name).get("status") == "finished":
+            finished.append(run.name)
+    if finished:
+        raise BatchError(f"{batch.source}: runs {', '.join(finished)} finished earlier: --resume keeps them (and runs "
+                         "the others), --overwrite runs them again")
+
+
+def _describe(overrides: dict) -> str:
+    return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "shared parameters"
+
+
+def run_spread(batch: Batch, selected: list[Run], resume: bool, echo, parallel: int, ray: str | None) -> Path:
+    """Run the selected runs N at a time in processes here, or as Ray tasks: data first, here."""
+    todo = []
+    for run in selected:
+        if resume and read_status(batch, run.name).get("status") == "finished":
+            echo(f"{run.name}: finished earlier, skipped (--resume)")
+        else:
+            todo.append(run)
+    prepared: dict[str, tuple] = {}
+    for run in todo:  # every data setting once, before the runs spread out
+        label, _ = data_setting(run)
+        if label not in prepared:
+            batch.folder.data(label).root.mkdir(parents=True, exist_ok=True)
+            prepared_for(batch, run, prepared, resume, batch.folder.data(label).log,
+                          lambda line, label=label: echo(f"[data {label}] {line}"))
+    ready = {label: (str(path), None) for label, (path, failure) in prepared.items() if failure is None}
+    for run in [r for r in todo if data_setting(r)[0] not in ready]:  # its data failed: marked failed here
+        todo.remove(run)
+        status = run_one(batch, run, prepared, resume, lambda line: None)
+        echo(f"{run.name}: {summary_line(batch, run.name, status)}")
+    placements = run_placements(parallel) if not ray else [{}]
+    where = f"Ray cluster {ray}" if ray else f"{parallel} processes ({placements[0].get('pinned', '')} each)"
+    echo(f"batch {batch.name}: {len(todo)} runs on {where}")
+    spread = _ray_runs if ray else _process_runs
+    try:
+        for name, status in spread(batch, todo, ready, resume, placements, ray):
+            echo(f"{name}: {summary_line(batch, name, status)}")
+            write_index(batch)
+    except KeyboardInterrupt:
+        write_index(batch)
+        echo(f"batch {batch.name}: interrupted; run it again with --resume to continue where it stopped")
+        raise
+    index = write_index(batch)
+    echo(f"batch {batch.name}: {index}")
+    return index
+
+
+def run_placements(parallel: int, gpus: int | None = None) -> list[dict]:
+    """The environment of each of ``parallel`` run processes: its own GPU where there are GPUs (runs
+    share them round-robin when there are fewer, each then taking GPU memory as it needs it instead
+    of TensorFlow's all at start, which would leave the other run none), else its share of the CPU
+    threads. ``gpus``: the count of GPUs (default: :func:`gpu_count`)."""
+    gpus = gpu_count() if gpus is None else gpus
+    if gpus:
+        shared = {"TF_FORCE_GPU_ALLOW_GROWTH": "true"} if parallel > gpus else {}
+        return [{"CUDA_VISIBLE_DEVICES": str(i % gpus), **shared,
+                 "pinned": f"GPU {i % gpus}" + (" (shared)" if shared else "")} for i in range(parallel)]
+    threads = max(1, (os.cpu_count() or 1) // parallel)
+    return [{"TF_NUM_INTRAOP_THREADS": str(threads), "TF_NUM_INTEROP_THREADS": "1", "OMP_NUM_THREADS": str(threads),
+             "pinned": f"{threads} CPU threads"} for _ in range(parallel)]
+
+
+def gpu_count() -> int:
+    """The GPUs a run process will see, counted without starting TensorFlow in the batch process:
+    ``CUDA_VISIBLE_DEVICES`` when set, else the NVIDIA driver's list; a Mac's Metal GPU is one."""
+    import subprocess
+    from importlib.metadata import distributions
+
+    visible = os.environ.get("CUDA_VISIBLE_DEVICES")
+    if visible is not None:
+        return len([d for d in visible.split(",") if d.strip() and not d.strip().startswith("-")])
+    try:
+        listed = subprocess.run(["nvidia-smi", "-L"], capture_output=True, text=True, timeout=30).stdout
+        return sum(line.startswith("GPU ") for line in listed.splitlines())
+    except (OSError, subprocess.TimeoutExpired):
+        return int(sys.platform == "darwin" and any(d.metadata["Name"] == "tensorflow-metal" for d in distributions()))
+
+
+def _claim_placement(slots, placements: list[dict]) -> None:
+    """A run process's initializer: take a free placement for the process's lifetime."""
+    placement = placements[slots.get()]
+    os.environ.update({k: v for k, v in placement.items() if k != "pinned"})
+    os.environ["SEGLIB_PLACEMENT"] = placement["pinned"]
+
+
+def run_elsewhere(batch: Batch, name: str, ready: dict, resume: bool) -> dict:
+    """One run of a batch in another process (a run process, a Ray worker): its data is prepared."""
+    run = next(r for r in batch.runs if r.name == name)
+    prepared = {label: (Path(path), None) for label, (path, _) in ready.items()}
+    where = os.environ.get("SEGLIB_PLACEMENT") or f"{socket.gethostname()}"
+    return run_one(batch, run, prepared, resume, lambda line: print(f"{name} [{where}]: {line}", flush=True))
+
+
+def _process_runs(batch: Batch, todo: list[Run], ready: dict, resume: bool, placements: list[dict], ray=None):
+    import multiprocessing
+    from concurrent.futures import ProcessPoolExecutor, as_completed
+
+    context = multiprocessing.get_context("spawn")  # a clean process: its TensorFlow sees only its placement
+    slots = context.Queue()
+    for i in range(len(placements)):
+        slots.put(i)
+    with ProcessPoolExecutor(len(placements), mp_context=context, initializer=_claim_placement,
+                             initargs=(slots, placements)) as pool:
+        futures = {pool.submit(run_elsewhere, batch, run.name, ready, resume): run.name for run in todo}
+        for future in as_completed(futures):
+            yield futures[future], _outcome(batch, futures[future], future.exception(), future)
+
+
+def _ray_runs(batch: Batch, todo: list[Run], ready: dict, resume: bool, placements=None, ray_address: str = "auto"):
+    try:
+        import ray
+    except ImportError:
+        raise BatchError("--ray needs Ray: pip install 'seglib[ray]' (make install installs it)") from None
+    if not ray.is_initialized():  # "local" starts a Ray instance on this machine
+        ray.init(address=None if ray_address == "local" else ray_address, log_to_driver=True)
+    gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
+    remote = ray.remote(num_gpus=gpus, num_cpus=1, max_retries=0)(run_elsewhere)
+    refs = {remote.remote(batch, run.name, ready, resume): run.name for run in todo}
+    pending = list(refs)
+    while pending:
+        done, pending = ray.wait(pending, num_returns=1)
+        try:
+            yield refs[done[0]], ray.get(done[0])
+        except Exception as exc:  # noqa: BLE001 - a lost task or worker: the run is marked failed
+            yield refs[done[0]], _outcome(batch, refs[done[0]], exc)
+
+
+def _outcome(batch: Batch, name: str, error: BaseException | None, future=None) -> dict:
+    """A run's status after its process ended: what it wrote, or failed when the process died first."""
+    if error is None:
+        return future.result()
+    if isinstance(error, KeyboardInterrupt):
+        raise KeyboardInterrupt
+    status = read_status(batch, name)
+    if status.get("status") in (None, "running", "interrupted"):
+        status.update(run=name, status="failed", error=f"the run's process failed: {type(error).__name__}: {error}")
+        batch.run_report(name).root.mkdir(parents=True, exist_ok=True)
+        atomic_write_json(batch.run_report(name).status, status)
+    return status

@@ -1,0 +1,212 @@
+"""The sweep file: a batch config (YAML) read and checked before anything runs, the runs it names,
+the prepared-data setting each needs, and each run's ``status.json`` as the batch left it."""
+from __future__ import annotations
+
+import hashlib
+import html
+import json
+import os
+import re
+import socket
+from dataclasses import dataclass
+from datetime import datetime, timezone
+from pathlib import Path
+
+from seglib.data.datasets import is_kaggle
+from seglib.fsutil import atomic_write_text, pid_alive
+from seglib.layout import BatchDir, RunDir, RunReportDir
+from seglib.runs import notebooks
+
+SET_BY_BATCH = {"OUT_DIR", "PREPARED_DIR", "RUN_DIR", "REPORT_DIR", "OVERWRITE"}  # the batch chooses these per run
+# Relative paths in a config are relative to the current directory; these words are not paths.
+PATH_PARAMETERS = {"DATA_DIR", "ENCODER_WEIGHTS", "INIT_FROM"}
+NOT_PATHS = {None, "", "none", "null", "imagenet"}
+DISPLAY_ONLY = {"N_EXAMPLES"}  # do not make a data setting distinct
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+class BatchError(ValueError):
+    """A batch config that cannot run (names the file and the problem)."""
+
+
+MAX_CONFIG_BYTES = 1 << 20
+
+
+def _no_alias_loader():
+    """A safe YAML loader that refuses aliases (``*name``): a few hundred bytes of nested aliases
+    expand to gigabytes ("billion laughs"), and a batch config has no use for them."""
+    import yaml
+
+    class NoAliasLoader(yaml.SafeLoader):
+        def compose_node(self, parent, index):
+            if self.check_event(yaml.AliasEvent):
+                event = self.peek_event()
+                raise yaml.YAMLError(f"aliases (*{event.anchor}) are not allowed in a batch config, "
+                                     f"line {event.start_mark.line + 1}")
+            return super().compose_node(parent, index)
+
+    return NoAliasLoader
+
+
+@dataclass
+class Run:
+    name: str
+    overrides: dict  # what this run sets itself
+    parameters: dict  # shared + overrides
+
+
+@dataclass
+class Batch:
+    name: str
+    runs: list[Run]
+    shared: dict
+    reports_dir: Path
+    artifacts_dir: Path
+    prepared_root: Path
+    source: str = "<dict>"
+
+    @property
+    def report_dir(self) -> Path:
+        return self.reports_dir / self.name
+
+    @property
+    def folder(self) -> BatchDir:
+        return BatchDir(self.report_dir)
+
+    def run_dir(self, run_name: str) -> RunDir:
+        return RunDir(self.artifacts_dir / self.name / run_name)
+
+    def run_report(self, run_name: str) -> RunReportDir:
+        return self.folder.run(run_name)
+
+    def link(self, path: Path) -> str:
+        """``path`` relative to the batch's page, for its links."""
+        return html.escape(Path(path).relative_to(self.report_dir).as_posix())
+
+
+def load_config(config: str | os.PathLike | dict, root: str | os.PathLike = ".") -> Batch:
+    """Read and check a batch config (a YAML path or a dict) before anything runs.
+
+    ``root`` is where ``reports/``, ``artifacts/`` and ``data/prepared/`` go unless the config
+    names them; relative ``DATA_DIR`` values are taken relative to the current directory.
+    """
+    import yaml
+
+    if isinstance(config, dict):
+        source, raw = "<dict>", config
+    else:
+        source = str(config)
+        try:
+            if Path(config).stat().st_size > MAX_CONFIG_BYTES:
+                raise BatchError(f"{source}: {Path(config).stat().st_size} bytes; a batch config may have at most "
+                                 f"{MAX_CONFIG_BYTES}")
+            raw = yaml.load(Path(config).read_text(encoding="utf-8"), Loader=_no_alias_loader())
+        except FileNotFoundError:
+            raise BatchError(f"{source}: batch config not found") from None
+        except (yaml.YAMLError, UnicodeDecodeError) as e:
+            raise BatchError(f"{source}: not valid YAML: {' '.join(str(e).split())}") from None
+    if not isinstance(raw, dict):
+        raise BatchError(f"{source}: expected a mapping with 'parameters' and 'runs'")
+    unknown_keys = set(raw) - {"name", "parameters", "runs", "reports_dir", "artifacts_dir", "prepared_dir"}
+    if unknown_keys:
+        raise BatchError(f"{source}: unknown top-level keys {sorted(unknown_keys)} "
+                         "(expected name, parameters, runs, reports_dir, artifacts_dir, prepared_dir)")
+    name = str(raw.get("name") or (Path(source).stem if source != "<dict>" else "batch"))
+    if not _NAME.match(name):
+        raise BatchError(f"{source}: batch name {name!r} must be letters, digits, '.', '_' or '-'")
+
+    known = set().union(*(notebooks.parameters(nb) for nb in (notebooks.PREPARE, notebooks.TRAIN, notebooks.EVALUATE)))
+    shared = dict(raw.get("parameters") or {})
+    _check_keys(shared, known, f"{source}: parameters")
+    runs_raw = raw.get("runs")
+    if not isinstance(runs_raw, list) or not runs_raw:
+        raise BatchError(f"{source}: 'runs' must be a non-empty list of runs, each with a 'name'")
+    runs, seen = [], set()
+    for i, entry in enumerate(runs_raw):
+        if not isinstance(entry, dict) or "name" not in entry:
+            raise BatchError(f"{source}: run #{i + 1} needs a 'name'")
+        run_name = str(entry["name"])
+        if not _NAME.match(run_name):
+            raise BatchError(f"{source}: run name {run_name!r} must be letters, digits, '.', '_' or '-'")
+        if run_name in seen:
+            raise BatchError(f"{source}: run name {run_name!r} appears twice")
+        seen.add(run_name)
+        overrides = {k: v for k, v in entry.items() if k != "name"}
+        _check_keys(overrides, known, f"{source}: run {run_name!r}")
+        parameters = {**shared, **overrides}
+        for key in PATH_PARAMETERS & parameters.keys():
+            value = parameters[key]
+            if not (is_kaggle(value) or (value.lower() if isinstance(value, str) else value) in NOT_PATHS):
+                parameters[key] = str(Path(value).resolve())
+        if ("DATA_DIR" in parameters and not is_kaggle(parameters["DATA_DIR"])
+                and not Path(parameters["DATA_DIR"]).exists() and "SYNTH_COUNT" not in parameters):
+            raise BatchError(f"{source}: run {run_name!r}: DATA_DIR {parameters['DATA_DIR']} does not exist "
+                             "(set SYNTH_COUNT to generate synthetic pairs there instead)")
+        runs.append(Run(run_name, overrides, parameters))
+    root = Path(root)
+    return Batch(name, runs, shared,
+                 reports_dir=Path(raw.get("reports_dir") or root / "reports").resolve(),
+                 artifacts_dir=Path(raw.get("artifacts_dir") or root / "artifacts").resolve(),
+                 prepared_root=Path(raw.get("prepared_dir") or root / "data" / "prepared").resolve(),
+                 source=source)
+
+
+def _check_keys(values: dict, known: set, where: str) -> None:
+    reserved = SET_BY_BATCH & values.keys()
+    if reserved:
+        raise BatchError(f"{where}: {sorted(reserved)} are chosen by the batch for each run; remove them")
+    unknown = set(values) - known
+    if unknown:
+        raise BatchError(
+            f"{where}: unknown parameters {sorted(unknown)}; the notebooks take {sorted(known - SET_BY_BATCH)}"
+        )
+
+
+def data_setting(run: Run) -> tuple[str, dict]:
+    """(folder name, parameters) of the prepared dataset a run needs: runs with the same data
+    parameters share one."""
+    defaults = notebooks.parameters(notebooks.PREPARE)
+    values = {k: run.parameters.get(k, v) for k, v in defaults.items() if k not in SET_BY_BATCH | DISPLAY_ONLY}
+    if "DATA_DIR" not in run.parameters and not is_kaggle(values["DATA_DIR"]):  # relative to notebooks/
+        values["DATA_DIR"] = str((notebooks.NOTEBOOKS / values["DATA_DIR"]).resolve())
+    digest = hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]
+    label = f"{Path(values['DATA_DIR']).name}-k{values.get('CLUSTERS')}-{values.get('SIZE')}px-{digest}"
+    return label, {k: v for k, v in run.parameters.items() if k in defaults} | values
+
+
+def effective_parameters(run: Run) -> dict:
+    """Every notebook parameter this run uses: the notebooks' defaults with the run's values over
+    them (the paths the batch chooses left out)."""
+    merged = {}
+    for name in (notebooks.PREPARE, notebooks.TRAIN, notebooks.EVALUATE):
+        merged |= {k: v for k, v in notebooks.parameters(name).items() if k not in SET_BY_BATCH}
+    return json.loads(json.dumps({**merged, **run.parameters}, default=str))
+
+
+def read_status(batch: Batch, run_name: str) -> dict:
+    """The run's ``status.json``; a run still marked running whose batch process is gone (killed,
+    or the machine restarted) reads as interrupted."""
+    path = batch.run_report(run_name).status
+    status = json.loads(path.read_text()) if path.exists() else {}
+    if status.get("status") == "running" and status.get("host") == socket.gethostname() \
+            and not pid_alive(status.get("pid")):
+        status.update(status="interrupted", error="the batch process stopped while this run was running")
+    return status
+
+
+def unfinished_runs(batch: Batch, only: list[str] | None = None) -> list[str]:
+    """Names of the (selected) runs whose last status is not finished."""
+    return [r.name for r in batch.runs if (not only or r.name in only)
+            and read_status(batch, r.name).get("status") != "finished"]
+
+
+def save_config(batch: Batch) -> None:
+    import yaml
+
+    config = {"name": batch.name, "parameters": batch.shared,
+              "runs": [{"name": r.name, **r.overrides} for r in batch.runs]}
+    atomic_write_text(batch.folder.config, yaml.safe_dump(config, sort_keys=False))
+
+
+def now() -> str:
+    return datetime.now(timezone.utc).isoformat(timespec="seconds")

@@ -1,0 +1,153 @@
+"""Everything checked before training starts (and before RUN_DIR is made): the parameters, the
+prepared arrays, the run folder's state, the model to start from."""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, fields
+from pathlib import Path
+
+import numpy as np
+
+from seglib.data.palette import Palette
+from seglib.data.splits import open_split
+from seglib.fsutil import read_marker
+from seglib.layout import BackupEpochDir, PreparedDir, RunDir
+from seglib.training.config import TrainConfig
+
+
+@dataclass
+class Checked:
+    """What :func:`validate` found, so that training reads none of it again."""
+
+    palette: Palette
+    train_rows: int
+    size: tuple[int, int]  # (H, W)
+    init_model: Path | None  # the model file of ``init_from``
+
+
+def check_split(prepared_dir: str | os.PathLike, split: str, palette: Palette) -> tuple[int, tuple[int, int]]:
+    """Check a prepared split's arrays before any training: uint8 images (N, H, W, 3) and labels
+    (N, H, W) of one size, H and W multiples of 32, a source for each row, and every label (all rows)
+    a class of the palette or its ignore index. Returns (rows, (H, W))."""
+    where = PreparedDir(prepared_dir).split(split).images.parent
+    try:
+        data = open_split(prepared_dir, split)
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{where}: unreadable prepared split ({exc}); prepare the data again") from exc
+    images, labels = data.images, data.labels
+    if images.dtype != np.uint8 or images.ndim != 4 or images.shape[3] != 3:
+        raise ValueError(f"{where}/images.npy: expected uint8 images (N, H, W, 3), got {images.dtype} {images.shape}")
+    if labels.dtype != np.uint8 or labels.shape != images.shape[:3]:
+        raise ValueError(f"{where}/labels.npy: expected uint8 labels {images.shape[:3]}, got {labels.dtype} "
+                         f"{labels.shape}")
+    if len(data.files) != len(images) or len(images) == 0:
+        raise ValueError(f"{where}: {len(images)} rows but {len(data.files)} source files; prepare the data again")
+    height, width = images.shape[1:3]
+    if height % 32 or width % 32:
+        raise ValueError(f"{where}: images are {height}x{width}; the models need H and W multiples of 32 "
+                         "(prepare with --size 128 or --size 256x512)")
+    for start in range(0, len(labels), 256):  # every row once, through the memory map, a block at a time
+        block = np.asarray(labels[start:start + 256])
+        bad = (block >= palette.k) & (block != (palette.ignore_index if palette.ignore_index is not None else -1))
+        if bad.any():
+            row = start + int(np.argmax(bad.reshape(len(block), -1).any(1)))
+            value = int(np.asarray(labels[row])[bad[row - start]][0])
+            raise ValueError(f"{where}/labels.npy: row {row} ({data.files[row]}) has class id {value}, the palette "
+                             f"has K={palette.k}; prepare the data again")
+    return len(images), (int(height), int(width))
+
+
+def run_state(run_dir: str | os.PathLike) -> str:
+    """``new`` (missing or empty), ``foreign`` (files but no seglib run marker), ``resumable``
+    (an unfinished run with a backup), ``finished`` (run.json written) or ``started`` (a run that
+    stopped before its first backup)."""
+    run = RunDir(run_dir)
+    if not run.root.exists() or (run.root.is_dir() and not any(run.root.iterdir())):
+        return "new"
+    marker = read_marker(run.root)
+    if not run.root.is_dir() or marker is None or marker.get("kind") != RunDir.KIND:
+        return "foreign"
+    if run.info.exists():
+        return "finished"
+    return "resumable" if latest_backup(run.root) else "started"
+
+
+def validate(config: TrainConfig) -> Checked:
+    """Check everything that can be checked before any training (and before RUN_DIR is made)."""
+    from seglib.training.model import available_backbones, check_input_size
+
+    prepared = PreparedDir(config.prepared_dir)
+    if not prepared.palette.exists() or not prepared.split("train").labels.exists():
+        raise FileNotFoundError(f"{prepared.root}: not a prepared dataset (run `python -m seglib prepare` first)")
+    for f in fields(config):
+        choices = f.metadata.get("choices")
+        if choices and getattr(config, f.name) not in choices:
+            raise ValueError(f"unknown {f.name.replace('_', ' ')} {getattr(config, f.name)!r}; choose one of "
+                             f"{', '.join(choices)}")
+    if config.batch_size < 1:
+        raise ValueError(f"batch size must be at least 1, got {config.batch_size}")
+    if config.epochs < 1:
+        raise ValueError(f"epochs must be at least 1, got {config.epochs}")
+    if not config.lr > 0:
+        raise ValueError(f"learning rate must be positive, got {config.lr}")
+    if config.backbone not in available_backbones():
+        raise ValueError(f"unknown backbone {config.backbone!r}; choose one of: {', '.join(available_backbones())}")
+    if not 0 <= config.warmup_epochs < config.epochs:
+        raise ValueError(f"warmup epochs must be at least 0 and fewer than the epochs ({config.epochs}), "
+                         f"got {config.warmup_epochs}")
+    weights = config.encoder_weights
+    if weights not in (None, "imagenet") and not Path(weights).is_file():
+        raise FileNotFoundError(f"{weights}: no such encoder weights file (--encoder-weights takes imagenet, none or "
+                                "the path of a weights file)")
+    palette = Palette.load(prepared.palette)
+    (rows, size), (_, val_size) = (check_split(prepared.root, split, palette) for split in ("train", "val"))
+    if size != val_size:
+        raise ValueError(f"{prepared.root}: train and val images differ in size ({sorted({size, val_size})})")
+    check_input_size(config.arch, size)
+    init_model = init_source(config) if config.init_from is not None else None
+    run = RunDir(config.run_dir)
+    state = run_state(run.root)
+    if state == "foreign":
+        raise FileExistsError(f"{run.root}: exists, is not empty and is not a seglib run; choose a new or empty "
+                              "RUN_DIR")
+    if state == "finished" and not config.overwrite:
+        info = json.loads(run.info.read_text())
+        raise FileExistsError(f"{run.root}: holds a finished run ({info.get('stop_reason')}, {info.get('epochs_run')} "
+                              "epochs); use a new RUN_DIR, or overwrite it (--overwrite, OVERWRITE = True)")
+    if state == "resumable" and not config.overwrite and run.palette.exists():
+        previous = Palette.load(run.palette)
+        if previous.k != palette.k:
+            raise ValueError(f"{run.root} holds a run with K={previous.k}, the data has K={palette.k}: "
+                             "use a new RUN_DIR")
+    return Checked(palette, rows, size, init_model)
+
+
+def init_source(config: TrainConfig) -> Path:
+    """The model file ``config.init_from`` names (a finished run's folder or a ``.keras`` file), checked:
+    same architecture and backbone."""
+    source = Path(config.init_from)
+    model_file = RunDir(source).model if source.is_dir() else source
+    if not model_file.is_file():
+        raise FileNotFoundError(f"{config.init_from}: no trained model to start from (expected a run folder with "
+                                "model.keras, or a .keras file)")
+    record = RunDir(model_file.parent).config
+    if record.exists():
+        earlier = json.loads(record.read_text())
+        arch, backbone = earlier.get("arch", "unet"), earlier.get("backbone")
+        if (arch, backbone) != (config.arch, config.backbone):
+            raise ValueError(f"{config.init_from}: a {arch}/{backbone} model; this run is {config.arch}/"
+                             f"{config.backbone} (set the same --arch and --backbone)")
+    return model_file
+
+
+def latest_backup(run_dir: str | os.PathLike) -> tuple[BackupEpochDir, dict] | None:
+    """The newest complete backup of an unfinished run, ``(folder, state)``, or None."""
+    done = RunDir(run_dir).backup_epochs()
+    if not done:
+        return None
+    try:
+        return done[-1], json.loads(done[-1].state.read_text())
+    except (OSError, ValueError) as exc:
+        raise ValueError(f"{done[-1].state}: corrupt training backup ({exc}); start the run over with --overwrite "
+                         "(OVERWRITE = True)") from exc

@@ -1,0 +1,148 @@
+"""Where training runs: one device, the GPUs of one machine, several machines or a TPU, through
+TensorFlow's own ``tf.distribute`` strategies.
+
+``auto`` (the default) takes a TPU when a TPU runtime is present (Colab's TPU runtime), a
+``MirroredStrategy`` when more than one GPU is visible, and TensorFlow's default strategy (one
+device) otherwise. ``multiworker`` is a ``MultiWorkerMirroredStrategy`` over the cluster that
+``TF_CONFIG`` describes (every worker runs the same ``train`` command; only the chief writes).
+
+``SEGLIB_CPU_DEVICES=N`` splits the CPU into N logical devices before TensorFlow starts, so the
+mirrored path runs on a machine without GPUs (tests, ``bench/distribute.py``); it shows the
+overhead, not a speed-up.
+"""
+from __future__ import annotations
+
+import json
+import os
+from dataclasses import dataclass, field
+
+STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
+CPU_DEVICES_ENV = "SEGLIB_CPU_DEVICES"
+
+
+@dataclass
+class Placement:
+    """A strategy and what it spans: ``replicas`` in sync, their ``devices``, and whether this
+    process is the ``chief`` (the one that writes the run's files)."""
+
+    strategy: object
+    name: str
+    replicas: int
+    devices: list[str]
+    chief: bool = True
+    task: dict = field(default_factory=dict)
+
+    def record(self) -> dict:
+        return {"strategy": self.name, "replicas": self.replicas, "chief": self.chief,  # devices: in "device"
+                **({"task": self.task} if self.task else {})}
+
+
+def split_cpu(count: int) -> None:
+    """Make ``count`` logical CPU devices (must happen before TensorFlow initialises its devices)."""
+    import tensorflow as tf
+
+    cpu = tf.config.list_physical_devices("CPU")[0]
+    if len(tf.config.get_logical_device_configuration(cpu) or []) == count:
+        return
+    try:
+        tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
+    except RuntimeError as exc:
+        raise RuntimeError(f"{CPU_DEVICES_ENV}={count}: TensorFlow's devices were already initialised in this "
+                           "process; set it before anything runs TensorFlow") from exc
+
+
+def tpu_present() -> bool:
+    """A TPU runtime: Colab's (COLAB_TPU_ADDR), a named TPU (TPU_NAME) or a TPU VM's accelerators."""
+    return bool(os.environ.get("COLAB_TPU_ADDR") or os.environ.get("TPU_NAME")) or os.path.exists("/dev/accel0")
+
+
+def cluster() -> dict:
+    """``TF_CONFIG`` read and checked: ``{"cluster": {...}, "task": {"type": ..., "index": ...}}``."""
+    raw = os.environ.get("TF_CONFIG")
+    if not raw:
+        raise ValueError("--strategy multiworker needs TF_CONFIG: the cluster's workers and this process's task, e.g. "
+                         '{"cluster": {"worker": ["host1:12345", "host2:12345"]}, "task": {"type": "worker", '
+                         '"index": 0}} (see the README)')
+    try:
+        config = json.loads(raw)
+        workers = config["cluster"]
+        task = config["task"]
+        if task["type"] not in workers or not 0 <= int(task["index"]) < len(workers[task["type"]]):
+            raise KeyError("task")
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ValueError(f"TF_CONFIG is not a cluster with this task in it ({exc}): {raw[:200]}") from None
+    return config
+
+
+def is_chief(config: dict) -> bool:
+    """The chief: the ``chief`` task, or worker 0 when the cluster has no chief."""
+    task = config["task"]
+    return task["type"] == "chief" or (task["type"] == "worker" and int(task["index"]) == 0
+                                       and "chief" not in config["cluster"])
+
+
+def make_strategy(name: str = "auto") -> Placement:
+    """The strategy ``name`` asks for on this machine (see the module docstring)."""
+    import tensorflow as tf
+
+    if name not in STRATEGIES:
+        raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
+    if os.environ.get(CPU_DEVICES_ENV):
+        split_cpu(int(os.environ[CPU_DEVICES_ENV]))
+    if name == "multiworker":  # before anything starts TensorFlow's runtime: it sets up collective ops
+        config = cluster()
+        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        patch_keras_for_multiworker()
+        return Placement(strategy, "multiworker", strategy.num_replicas_in_sync,
+                         list(strategy.extended.worker_devices), is_chief(config), config["task"])
+    gpus = [d.name for d in tf.config.list_logical_devices("GPU")]
+    if name == "auto":
+        name = "tpu" if tpu_present() else "mirrored" if len(gpus) > 1 else "default"
+    if name == "default":
+        return Placement(tf.distribute.get_strategy(), "default", 1, gpus[:1] or ["/device:CPU:0"])
+    if name == "mirrored":
+        devices = gpus or [d.name for d in tf.config.list_logical_devices("CPU")]
+        return Placement(tf.distribute.MirroredStrategy(devices), "mirrored", len(devices), devices)
+    # a TPU VM's own chips ("local"), a named TPU, or the TPU node Colab's older runtime connects to
+    where = os.environ.get("TPU_NAME") or ("local" if os.path.exists("/dev/accel0") else "")
+    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=where)
+    tf.config.experimental_connect_to_cluster(resolver)
+    tf.tpu.experimental.initialize_tpu_system(resolver)
+    strategy = tf.distribute.TPUStrategy(resolver)
+    return Placement(strategy, "tpu", strategy.num_replicas_in_sync,
+                     [d.name for d in tf.config.list_logical_devices("TPU")])
+
+
+def patch_keras_for_multiworker() -> None:
+    """Keras 3 (3.8 to 3.15 at least; keras-team/keras#20585) cannot ``fit`` under a
+    MultiWorkerMirroredStrategy: it averages each replica's scalar logs with
+    ``strategy.reduce("MEAN", v, axis=0)``, which fails on scalars. Averaging them with ``axis=None``
+    (what the single-machine strategies do) is the fix; applied only in a multi-worker process."""
+    import keras
+    from keras.src.backend.tensorflow import trainer
+
+    if getattr(trainer.reduce_per_replica, "seglib_patched", False):
+        return
+    original = trainer.reduce_per_replica
+
+    def reduce_per_replica(values, strategy, reduction):
+        if trainer._collective_all_reduce_multi_worker(strategy) and reduction in ("auto", "mean"):
+            return keras.tree.map_structure(
+                lambda v: strategy.reduce("MEAN", v, axis=None) if trainer._is_per_replica_instance(v) else v, values)
+        return original(values, strategy, reduction)
+
+    reduce_per_replica.seglib_patched = True
+    trainer.reduce_per_replica = reduce_per_replica
+
+
+def build_for_multiworker(model, placement: Placement, dataset) -> None:
+    """Keras 3 builds a compiled model's metrics and optimizer on the first batch at ``fit``,
+    averaging that batch over the workers first, which fails under MultiWorkerMirroredStrategy
+    (keras-team/keras#20585). Build them here on one local batch instead, inside the scope, and
+    let ``fit`` skip its own build."""
+    if placement.name != "multiworker":
+        return
+    images, labels = next(iter(dataset))
+    with placement.strategy.scope():
+        model._symbolic_build(data_batch=(images, labels, None))
+    model._maybe_symbolic_build = lambda iterator=None, data_batch=None: None

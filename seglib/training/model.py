@@ -1,0 +1,242 @@
+"""The segmentation model: a U-Net (or FPN, Linknet, PSPNet) from segmentation-models, with the backbone's own input
+preprocessing built in as the model's first layer.
+
+The model takes RGB images with values in [0, 255] (float or uint8 cast to float). The
+backbone's ``preprocess_input`` (identity for ResNets, [-1, 1] for MobileNet, ImageNet
+mean/std for EfficientNet, BGR mean subtraction for VGG) is an affine map per pixel, so it is
+baked into a frozen 1x1 convolution named ``preprocess``: training, evaluation, TFLite export
+and prediction all see exactly the same preprocessing, with no extra code path.
+"""
+from __future__ import annotations
+
+import os
+
+os.environ.setdefault("SM_FRAMEWORK", "tf.keras")  # segmentation-models on Keras 3 needs tf.keras mode
+os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
+
+from pathlib import Path  # noqa: E402
+
+import numpy as np  # noqa: E402
+
+
+def _sm():
+    """segmentation_models, imported without its start-up print (it would land in every report)."""
+    import contextlib
+    import io
+
+    with contextlib.redirect_stdout(io.StringIO()):
+        import segmentation_models as sm
+    return sm
+
+
+def available_backbones() -> list[str]:
+    return sorted(_sm().Backbones.models_names())
+
+
+def preprocessing_affine(backbone: str) -> tuple[np.ndarray, np.ndarray]:
+    """``(matrix, bias)`` with ``preprocess_input(x) == x @ matrix + bias`` for RGB pixels ``x``.
+
+    Read off segmentation-models' own preprocessing by probing it, so every backbone it knows
+    is covered, including channel swaps (VGG's BGR).
+    """
+    preprocess = _sm().get_preprocessing(backbone)
+    probes = np.array([[0, 0, 0], [100, 0, 0], [0, 100, 0], [0, 0, 100]], np.float32).reshape(4, 1, 1, 3)
+    out = np.asarray(preprocess(probes.copy()), np.float64).reshape(4, 3)
+    bias = out[0]
+    matrix = (out[1:] - bias) / 100.0
+    check = np.array([[10, 200, 55]], np.float32).reshape(1, 1, 1, 3)
+    expected = np.asarray(preprocess(check.copy()), np.float64).reshape(3)
+    if not np.allclose(check.reshape(3) @ matrix + bias, expected, atol=1e-3):
+        raise ValueError(f"preprocessing of backbone {backbone!r} is not an affine map per pixel")
+    return matrix.astype(np.float32), bias.astype(np.float32)
+
+
+ARCHITECTURES = ("unet", "fpn", "linknet", "pspnet")
+PSPNET_STEP = 48  # segmentation-models' PSPNet (downsample factor 8) needs H and W divisible by 6 * 8
+
+
+def size_rule(arch: str) -> int:
+    """What H and W must be multiples of: 32 for the encoder-decoder nets (five halvings), 48 for
+    PSPNet; seglib's prepared data is always a multiple of 32, so PSPNet in practice takes 96, 192,
+    288, ... (multiples of both)."""
+    return PSPNET_STEP if arch == "pspnet" else 32
+
+
+def check_input_size(arch: str, size) -> tuple[int, int]:
+    """``(H, W)`` of ``size`` (an int for square) when ``arch`` accepts it; a one-line error otherwise."""
+    if arch not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
+    step = size_rule(arch)
+    if height < step or width < step or height % step or width % step or height % 32 or width % 32:
+        rule = "multiples of 32" if step == 32 else "multiples of 48 (PSPNet) and of 32 (prepared data): 96, 192, 288"
+        raise ValueError(f"{arch} cannot take {height}x{width} images: H and W must be {rule}")
+    return height, width
+
+
+def build_model(arch: str = "unet", backbone: str = "resnet34", num_classes: int = 10, input_size=256,
+                encoder_weights: str | None = "imagenet", activation: str = "softmax", bn_momentum: float = 0.9):
+    """A segmentation-models ``arch`` (unet, fpn, linknet, pspnet) with a ``backbone`` encoder; input
+    (H, W, 3) RGB in [0, 255], ``input_size`` an int (square) or ``(H, W)``.
+
+    ``encoder_weights``: ``"imagenet"`` (segmentation-models downloads the file once), ``None``
+    (random init: what tests use, no downloads here) or the path of a local weights file of the
+    encoder (:func:`load_encoder_weights`; for machines without internet).
+    Batch-norm layers use ``bn_momentum`` 0.9 rather than Keras' 0.99: with small datasets
+    (hundreds of steps) the moving statistics used at validation time would otherwise still be
+    far from the batch statistics, and validation loss meaningless for the first epochs.
+    The output layer is float32 even under a mixed-precision policy.
+    """
+    import keras
+
+    sm = _sm()
+    if backbone not in sm.Backbones.models_names():
+        raise ValueError(f"unknown backbone {backbone!r}; choose one of: {', '.join(available_backbones())}")
+    if num_classes < 2:
+        raise ValueError(f"num_classes must be at least 2, got {num_classes}")
+    height, width = check_input_size(arch, input_size)
+    weights_file = encoder_weights not in (None, "imagenet")
+    if weights_file and not Path(encoder_weights).is_file():
+        raise FileNotFoundError(f"{encoder_weights}: no such encoder weights file (--encoder-weights takes "
+                                "imagenet, none or the path of a weights file)")
+    matrix, bias = preprocessing_affine(backbone)
+    inputs = keras.Input((height, width, 3), name="image")
+    preprocess = keras.layers.Conv2D(3, 1, name="preprocess", trainable=False, dtype="float32")
+    x = preprocess(inputs)
+    preprocess.set_weights([matrix.reshape(1, 1, 3, 3), bias])
+    factory = {"unet": sm.Unet, "fpn": sm.FPN, "linknet": sm.Linknet, "pspnet": sm.PSPNet}[arch]
+    net = factory(backbone, classes=num_classes, activation=activation,
+                  encoder_weights=None if weights_file else encoder_weights, input_shape=(height, width, 3))
+    if weights_file:
+        load_encoder_weights(net, backbone, encoder_weights)
+    for layer in net.layers:
+        if isinstance(layer, keras.layers.BatchNormalization):
+            layer.momentum = bn_momentum
+    outputs = keras.layers.Activation("linear", dtype="float32", name="probabilities")(net(x))
+    return keras.Model(inputs, outputs, name=f"{arch}_{backbone}")
+
+
+def encoder(backbone: str, weights_path: str | os.PathLike | None = None, input_shape=(None, None, 3)):
+    """The bare encoder segmentation-models builds for ``backbone`` (no classifier), with random
+    weights or those of ``weights_path``: what an encoder weights file holds."""
+    sm = _sm()
+    keras_modules = {"backend": sm._KERAS_BACKEND, "layers": sm._KERAS_LAYERS, "models": sm._KERAS_MODELS,
+                     "utils": sm._KERAS_UTILS}  # what segmentation-models passes its own backbone factories
+    model = sm.Backbones.get_backbone(backbone, input_shape=input_shape, weights=None, include_top=False,
+                                      **keras_modules)
+    if weights_path is not None:
+        import warnings
+
+        try:
+            with warnings.catch_warnings():  # Keras only warns when parts of the file do not fit the model
+                warnings.simplefilter("error", UserWarning)
+                model.load_weights(str(weights_path))
+        except Exception as exc:  # noqa: BLE001 - h5py and Keras raise several kinds for a wrong file
+            raise ValueError(f"{weights_path}: not weights of a {backbone} encoder ({type(exc).__name__}: "
+                             f"{str(exc).splitlines()[0][:200] if str(exc) else ''})") from exc
+    return model
+
+
+def load_encoder_weights(net, backbone: str, weights_path: str | os.PathLike) -> int:
+    """Load a local encoder weights file into the encoder layers of a segmentation-models ``net``;
+    returns the number of layers loaded.
+
+    The file is what segmentation-models would download for ``encoder_weights="imagenet"`` (for
+    ResNets the ``*_imagenet_1000_no_top.h5`` of qubvel/classification_models, see
+    :func:`imagenet_weights_source`), or an encoder saved with ``save_weights``. It is loaded into a
+    bare encoder, then copied layer by layer (same names) into ``net``.
+    """
+    source = encoder(backbone, weights_path)
+    loaded = 0
+    for layer in source.layers:
+        values = layer.get_weights()
+        if not values:
+            continue
+        try:
+            target = net.get_layer(layer.name)
+        except ValueError:
+            raise ValueError(f"{weights_path}: layer {layer.name!r} of the {backbone} encoder is not in the "
+                             f"model") from None
+        target.set_weights(values)
+        loaded += 1
+    if not loaded:
+        raise ValueError(f"{weights_path}: holds no weights for the {backbone} encoder")
+    return loaded
+
+
+def imagenet_weights_source(backbone: str) -> dict | None:
+    """``{"url", "name", "md5"}`` of the ImageNet encoder file segmentation-models downloads for
+    ``backbone`` (the classification_models backbones: ResNets, SE-ResNe(X)ts, ...), or None for the
+    backbones Keras' own applications provide (their files come with ``keras.applications``)."""
+    from classification_models.weights import WEIGHTS_COLLECTION
+
+    for item in WEIGHTS_COLLECTION:
+        if item["model"] == backbone and item["dataset"] == "imagenet" and not item["include_top"]:
+            return {"url": item["url"], "name": item["name"], "md5": item["md5"]}
+    return None
+
+
+def fetch_encoder_weights(backbone: str, out: str | os.PathLike) -> Path:
+    """Download ``backbone``'s ImageNet encoder file once (on a machine with internet) to ``out``, for
+    ``--encoder-weights PATH`` on machines without. Checked against its md5 by Keras."""
+    import shutil
+
+    import keras
+
+    source = imagenet_weights_source(backbone)
+    if source is None:
+        raise ValueError(f"{backbone}: its ImageNet weights come from keras.applications, not from a "
+                         "classification_models file; build it once with encoder_weights='imagenet' and "
+                         "save the encoder with save_weights")
+    cached = keras.utils.get_file(source["name"], source["url"], cache_subdir="models", md5_hash=source["md5"])
+    out = Path(out)
+    if out.is_dir():
+        out = out / source["name"]
+    shutil.copyfile(cached, out)
+    return out
+
+
+def load_keras_model(path: str | os.PathLike):
+    """A saved seglib model (.keras), uncompiled: for inference, export and evaluation."""
+    import keras
+
+    if not Path(path).is_file():
+        raise FileNotFoundError(f"{path}: no such model file (train first)")
+    _sm()  # registers the segmentation-models layers the U-Net uses
+    try:
+        return keras.models.load_model(path, compile=False)
+    except Exception as exc:  # noqa: BLE001 - zipfile, h5py and Keras each raise their own kind
+        raise ValueError(f"{path}: corrupt or not a Keras model file ({type(exc).__name__}: {exc}); "
+                         "train the run again (--overwrite)") from exc
+
+
+def detect_device() -> dict:
+    """Which accelerator TensorFlow will use: Apple Metal GPU, CUDA GPU, or CPU."""
+    import platform
+    import sys
+
+    import tensorflow as tf
+
+    gpus = tf.config.list_physical_devices("GPU")
+    if gpus and sys.platform == "darwin":
+        kind = "metal"
+    elif gpus and tf.test.is_built_with_cuda():
+        kind = "cuda"
+    elif gpus:
+        kind = "gpu"
+    else:
+        kind = "cpu"
+    return {"kind": kind, "devices": [d.name for d in gpus] or ["CPU"], "machine": platform.machine()}
+
+
+def input_hw(model) -> tuple[int, int]:
+    """``(H, W)`` of a model's input."""
+    shape = model.input_shape[0] if isinstance(model.input_shape, list) else model.input_shape
+    return int(shape[1]), int(shape[2])
+
+
+def keras_predictor(model):
+    """``predict(images (N, H, W, 3) float32) -> probabilities`` as a direct call of ``model``: safe
+    from several threads at once, and without ``model.predict``'s per-call set-up."""
+    structured = isinstance(model.input, list)  # segmentation-models' U-Net takes a list of one input
+    return lambda x: model([x] if structured else x, training=False).numpy()
