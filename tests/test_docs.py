@@ -1,0 +1,57 @@
+"""The README and docs/: every guide linked from the README, every link between them resolving,
+and every ``python -m seglib`` command in them one the command line takes."""
+import re
+import shlex
+from pathlib import Path
+
+import pytest
+
+from seglib.cli import build_parser
+
+REPO = Path(__file__).resolve().parents[1]
+PAGES = [REPO / "README.md", *sorted((REPO / "docs").glob("*.md"))]
+# "python -m seglib COMMAND --help", "python -m seglib --debug ...": checked up to the placeholder
+PLACEHOLDERS = {"COMMAND", "..."}
+
+
+def commands(text: str) -> list[str]:
+    """The ``python -m seglib`` commands of a page: in code blocks a line each, elsewhere in backticks."""
+    found = []
+    for i, part in enumerate(re.split(r"^```.*$", text, flags=re.M)):
+        if i % 2:  # a code block
+            found += [line.split(" #")[0] for line in part.splitlines() if "python -m seglib " in line]
+        else:
+            found += [span for span in re.findall(r"`([^`]+)`", part.replace("\n", " ")) if "python -m seglib " in span]
+    return [c.split("python -m seglib ", 1)[1].strip() for c in found]
+
+
+def test_the_readme_is_the_short_guide_and_links_every_topic_guide():
+    readme = (REPO / "README.md").read_text()
+    assert len(readme.splitlines()) <= 200
+    for page in PAGES[1:]:
+        assert f"(docs/{page.name})" in readme, page.name
+
+
+def test_links_between_the_pages_resolve():
+    for page in PAGES:
+        for target in re.findall(r"\]\(([^)#]+)\)", page.read_text()):
+            if not target.startswith("http"):
+                assert (page.parent / target).exists(), f"{page.name}: {target}"
+
+
+@pytest.mark.parametrize("page", PAGES, ids=lambda p: p.name)
+def test_every_command_in_the_docs_is_one_the_cli_takes(page):
+    parser = build_parser()
+    for command in commands(page.read_text()):
+        args = shlex.split(command)
+        if PLACEHOLDERS & set(args):  # what comes before the placeholder, with --help
+            args = [*args[: min(args.index(p) for p in PLACEHOLDERS & set(args))], "--help"]
+        try:
+            parser.parse_args(args)
+        except SystemExit as exit:
+            assert exit.code == 0 and args[-1] == "--help", f"{page.name}: python -m seglib {command}: not a command"
+
+
+def test_the_docs_hold_the_commands_users_run():
+    every = [c.split()[0] for page in PAGES for c in commands(page.read_text())]
+    assert {"prepare", "synth", "batch", "serve", "train", "fetch-weights", "colab-badges"} <= set(every)
