@@ -20,7 +20,7 @@ def _cmd_prepare(args) -> int:
                       clusters=args.clusters, seed=args.seed, size=args.size, val_fraction=args.val_fraction,
                       sample_pixels_count=args.sample_pixels, skip_bad=args.skip_bad,
                       resolve_edges=not args.no_edge_resolution, workers=args.workers, progress=not args.quiet,
-                      max_pixels=args.max_pixels)
+                      max_pixels=args.max_pixels, merge=args.merge, drop=args.drop)
     counts, params = summary["counts"], summary["parameters"]
     k = params.get("clusters", params.get("classes"))
     print(f"prepared {args.out_dir}: train {counts['train']}, val {counts['val']}, test {counts['test']} "
@@ -244,6 +244,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--kaggle-cache", default="data/kaggle", help="where kaggle: datasets are downloaded once")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
                    help="image files over this many pixels are bad files (checked in the header, before decoding)")
+    p.add_argument("--merge", action="append", metavar="NEW=A,B", help="join classes A, B, ... (names or ids) into "
+                   "class NEW, e.g. \"vehicle=car,truck,bus\" (repeat for more)")
+    p.add_argument("--drop", action="append", metavar="A", help="turn class A into the ignore label 255 (repeat, or "
+                   "comma-separate)")
     p.add_argument("--quiet", action="store_true", help="no progress bar")
     p.set_defaults(func=_cmd_prepare)
 

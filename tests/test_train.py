@@ -280,7 +280,7 @@ def test_default_demo_reaches_90_percent_pixel_accuracy(tmp_path):
     assert np.load(run_dir / "confusion.npy").sum() == saved["num_pixels"]
 
 
-@pytest.mark.parametrize("name", ["ce", "weighted_ce", "dice", "ce_dice"])
+@pytest.mark.parametrize("name", ["ce", "weighted_ce", "dice", "ce_dice", "ohem"])
 def test_losses_are_finite_differentiable_and_prefer_the_truth(name):
     import tensorflow as tf
 
@@ -296,6 +296,28 @@ def test_losses_are_finite_differentiable_and_prefer_the_truth(name):
     assert np.isfinite(float(value)) and np.isfinite(grad.numpy()).all() and np.abs(grad.numpy()).sum() > 0
     perfect = tf.one_hot(tf.cast(y_true, tf.int32), 4) * 0.97 + 0.01
     assert float(loss(y_true, perfect)) < float(value)
+
+
+def test_ohem_keeps_the_hard_pixels_and_at_least_its_share_and_averages_their_cross_entropy():
+    from seglib.training.losses import make_loss, ohem_mask
+
+    # one image of 2x4 pixels, 2 classes; the last pixel is ignored (255)
+    p_true = np.array([0.9, 0.8, 0.6, 0.3, 0.95, 0.75, 0.5, 0.1], np.float32)
+    truth = np.array([[0, 1, 0, 1], [0, 1, 0, 255]], np.uint8)[None]
+    probs = np.where(truth[..., None] == np.arange(2), p_true.reshape(1, 2, 4, 1), 1 - p_true.reshape(1, 2, 4, 1))
+    probs[0, 1, 3] = [0.5, 0.5]  # whatever is predicted where the label is ignored
+    valid = (truth != 255).astype(np.float32)
+    p = np.take_along_axis(probs, np.where(truth == 255, 0, truth)[..., None].astype(int), -1)[..., 0]
+    cases = [  # threshold, min share of the 7 valid pixels -> the pixels kept, by hand
+        (0.7, 1 / 16, [0.6, 0.3, 0.5]),  # below 0.7; 1/16 of 7 rounds down to the one hardest, already in
+        (0.7, 5 / 7, [0.8, 0.6, 0.3, 0.75, 0.5]),  # at least 5: the two next-hardest join
+        (0.2, 1 / 16, [0.3]),  # nothing below 0.2: the hardest one still trains
+    ]
+    for threshold, share, kept in cases:
+        mask = np.asarray(ohem_mask(p, valid, threshold, share))
+        assert sorted(p[mask > 0].tolist()) == pytest.approx(sorted(kept))
+        loss = make_loss("ohem", 2, ignore_index=255, ohem_threshold=threshold, ohem_min_kept=share)
+        assert float(loss(truth, probs)) == pytest.approx(float(np.mean(-np.log(kept))), rel=1e-5)
 
 
 @pytest.mark.slow

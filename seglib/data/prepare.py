@@ -21,6 +21,7 @@ from pathlib import Path
 import numpy as np
 
 from seglib.data.cityscapes import nearest_label_names
+from seglib.data.classmap import ClassMap, merged_counts, parse_class_map, remapped, resolve
 from seglib.data.idmasks import LabelledSet, find_labelled, read_labelled, settle_classes
 from seglib.data.labels import Labeller
 from seglib.data.pairs import MAX_PIXELS, DatasetError, parse_size, size_text, split_files
@@ -94,14 +95,18 @@ def prepare(
     workers: int | None = None,
     progress: bool = True,
     max_pixels: int = MAX_PIXELS,
+    merge=None,
+    drop=None,
 ) -> dict:
     """Prepare ``data_dir`` into ``out_dir``; returns the summary (also written as summary.json).
 
     ``resolve_edges=False`` labels by nearest colour only: about 10x faster labelling, lower
     label quality at class borders (see ``seglib.data.labels``). Image files over ``max_pixels`` are
-    bad files (refused from their header, before decoding).
+    bad files (refused from their header, before decoding). ``merge`` (``"NEW=A,B"`` items) and
+    ``drop`` (class names or ids) map the classes (:mod:`seglib.data.classmap`).
     """
     started = time.perf_counter()
+    class_map = parse_class_map(merge, drop)
     if not 2 <= clusters <= 255:
         raise DatasetError(f"--clusters must be between 2 and 255, got {clusters}")
     size = checked_size(size)
@@ -117,7 +122,9 @@ def prepare(
     if labelled is not None:
         _check_splits(data_dir, labelled.splits, val_fraction)
         _sample_size(0, len(labelled.splits["train"]), size)
-        return prepare_labelled(labelled, data_dir, out_dir, reading, seed, val_fraction, started)
+        if class_map and labelled.classes.declared:  # known now: refuse a bad mapping before reading
+            resolve(class_map, list(labelled.classes.names))
+        return prepare_labelled(labelled, data_dir, out_dir, reading, seed, val_fraction, started, class_map)
     splits, layout, ignored = split_files(data_dir, val_fraction, seed)
     sample_pixels_count = _sample_size(sample_pixels_count, len(splits["train"]), size)
     _check_splits(data_dir, splits, val_fraction)
@@ -133,6 +140,7 @@ def prepare(
         palette = fit_palette(sample_pixels(masks, sample_pixels_count, seed, workers=workers), clusters, seed)
         palette.names = nearest_label_names(palette.centroids)
         labeller = Labeller(palette, resolve_edges)
+        palette, lut, members = remapped(palette, class_map) if class_map else (palette, None, None)
         fitted = time.perf_counter()
         # 3. label every split (val and test read now) and write the labels
         for name in SPLITS:
@@ -141,16 +149,18 @@ def prepare(
                 if not kept[name]:
                     raise DatasetError(f"{data_dir}: every {name} pair was bad ({len(splits[name])} skipped); a run "
                                        "needs pairs in train, val and test")
-            counts[name] = label_split(labeller, masks, prepared.split(name).labels, reading, name)
+            counts[name] = label_split(labeller, masks, prepared.split(name).labels, reading, name, lut)
             write_file_list(prepared.split(name).files, kept[name])
         del masks
-        shares = {name: pixel_shares(counts[name]) for name in SPLITS}
+        classes = {name: merged_counts(c, members) if members else c for name, c in counts.items()}
+        shares = {name: pixel_shares(classes[name]) for name in SPLITS}
         labelled = time.perf_counter()
 
         palette.save(prepared.palette)
         summary = summary_record(data_dir, layout, {
             "clusters": clusters, "seed": seed, "size": size_text(size), "val_fraction": val_fraction,
             "sample_pixels": sample_pixels_count, "skip_bad": skip_bad, "resolve_edges": resolve_edges,
+            **(class_map.record() if class_map else {}),
         }, kept, reading, ignored, shares, {
             "read_train": round(read - started, 3),
             "fit": round(fitted - read, 3),
@@ -158,6 +168,7 @@ def prepare(
             "total": round(time.perf_counter() - started, 3),
         })
         summary["palette_warnings"] = close_classes(palette)
+        summary["ignored_pixels"] = {name: int(counts[name].sum() - classes[name].sum()) for name in SPLITS}
         atomic_write_json(prepared.summary, summary)
     return summary
 
@@ -171,7 +182,7 @@ def _check_splits(data_dir, splits: dict, val_fraction: float) -> None:
 
 
 def prepare_labelled(labelled: LabelledSet, data_dir, out_dir: Path, reading: Reading, seed: int,
-                     val_fraction: float, started: float) -> dict:
+                     val_fraction: float, started: float, class_map: ClassMap) -> dict:
     """Prepare a dataset of photos and id masks (``seglib.data.idmasks``): read every split, settle the
     classes (K is the largest id found + 1 when no classes are declared), write labels and palette."""
     from functools import partial
@@ -190,18 +201,22 @@ def prepare_labelled(labelled: LabelledSet, data_dir, out_dir: Path, reading: Re
         total = sum(counts.values())
         found = [i for i in np.flatnonzero(total) if i != ignore]
         classes = settle_classes(labelled.classes, int(max(found)) if found else 1)
+        palette = Palette(np.array(classes.colours, np.float32), np.array(pixel_shares(counts["train"][: classes.k])),
+                          seed, 0, list(classes.names), ignore)
+        palette, lut, members = remapped(palette, class_map) if class_map else (palette, None, None)
+        kept_counts = {n: merged_counts(c, members) if members else c[: classes.k] for n, c in counts.items()}
         for name in SPLITS:
-            save_concatenated(prepared.split(name).labels, [m[None] for m in labels[name]])
+            save_concatenated(prepared.split(name).labels, [(m if lut is None else lut[m])[None] for m in labels[name]])
             write_file_list(prepared.split(name).files, [photo for photo, _ in kept[name]])
-        shares = {name: pixel_shares(counts[name][: classes.k]) for name in SPLITS}
-        palette = Palette(np.array(classes.colours, np.float32), np.array(shares["train"], np.float64), seed, 0,
-                          list(classes.names), ignore)
+        shares = {name: pixel_shares(kept_counts[name]) for name in SPLITS}
         palette.save(prepared.palette)
         summary = summary_record(data_dir, labelled.layout, {
             "classes": classes.k, "class_source": classes.source, "ignore_index": ignore, "seed": seed,
             "size": size_text(reading.size), "val_fraction": val_fraction, "skip_bad": reading.skip_bad,
+            **(class_map.record() if class_map else {}),
         }, kept, reading, labelled.ignored_files, shares, {"total": round(time.perf_counter() - started, 3)})
-        summary["ignored_pixels"] = {name: int(counts[name][ignore]) if ignore is not None else 0 for name in SPLITS}
+        summary["parameters"].update(classes=palette.k, ignore_index=palette.ignore_index)
+        summary["ignored_pixels"] = {n: int(counts[n].sum() - kept_counts[n].sum()) for n in SPLITS}
         summary["unmatched"] = labelled.unmatched
         atomic_write_json(prepared.summary, summary)
     return summary

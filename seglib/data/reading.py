@@ -54,13 +54,14 @@ def read_split(files: list, out: SplitFiles, reading: Reading, name: str, read=N
     return kept, masks
 
 
-def label_split(labeller: Labeller, masks: list[np.ndarray], path: Path, reading: Reading, name: str) -> np.ndarray:
-    """Label ``masks`` in chunks on the worker threads and write them to ``path`` (labels.npy);
-    returns the pixels per class."""
+def label_split(labeller: Labeller, masks: list[np.ndarray], path: Path, reading: Reading, name: str,
+                lut: np.ndarray | None = None) -> np.ndarray:
+    """Label ``masks`` in chunks on the worker threads and write them to ``path`` (labels.npy), through
+    ``lut`` (merged and dropped classes) if given; returns the pixels per class before ``lut``."""
     parts, counts = [], np.zeros(labeller.k, np.int64)
     with tqdm(total=len(masks), desc=f"label {name}", unit="mask", disable=not reading.progress, leave=False) as bar:
         for labels, chunk_counts in label_chunks(labeller, masks, reading.workers, CHUNK):
-            parts.append(labels)
+            parts.append(labels if lut is None else lut[labels])
             counts += chunk_counts
             bar.update(len(labels))
     save_concatenated(path, parts)

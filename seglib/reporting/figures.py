@@ -168,6 +168,21 @@ def class_iou(metrics: dict, palette: Palette):
     return fig
 
 
+def runs_scores(scores):
+    """The test scores of a batch's runs as grouped bars, a group per run (``scores``: a DataFrame,
+    a row per run, a column per score; runs without scores are left out)."""
+    scores = scores.dropna(how="all").astype(float)
+    fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(scores) + 2), 3.6))
+    if not scores.empty:
+        scores.plot.bar(ax=ax, rot=20 if len(scores) > 3 else 0, width=0.8)
+        ax.legend(loc="lower right", fontsize=9)
+    ax.set_ylim(0, 1)
+    ax.set_xlabel("")
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    return fig
+
+
 def runs_curves(histories: dict):
     """Training curves beside validation curves, one line per run (``{run name: history.csv}``):
     loss and mean IoU per epoch; runs without a history yet (or still starting to write it, in a

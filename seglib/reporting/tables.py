@@ -136,7 +136,7 @@ def training(run_info: dict) -> pd.DataFrame:
         "best epoch": run_info.get("best_epoch"), **{k.replace("_", " "): v for k, v in best.items()},
         "device": run_info.get("device"), "training time (s)": run_info.get("seconds_total"),
         "median epoch (s)": sorted(per_epoch)[len(per_epoch) // 2] if per_epoch else None,
-        "training images/s": run_info.get("train_images_per_second"),
+        "training images/s": run_info.get("train_images_per_second"), "model parameters": run_info.get("parameters"),
     }, "value")
 
 

@@ -30,6 +30,9 @@ def run_results(batch: Batch) -> list[dict]:
     return rows
 
 
+SCORES = {"pixel_accuracy": "pixel acc", "mean_accuracy": "mean acc", "mean_iou": "mean IoU", "mean_dice": "mean Dice"}
+
+
 def results_table(rows: list[dict]):
     """The comparison as a DataFrame, one row per run: the parameters that differ between runs,
     test scores, training and int8 export figures, status."""
@@ -43,12 +46,12 @@ def results_table(rows: list[dict]):
         records.append({
             "run": r["run"],
             **{k: r["parameters"].get(k) for k in differing},
-            "pixel acc": r["metrics"].get("pixel_accuracy"),
-            "mean IoU": r["metrics"].get("mean_iou"),
-            "mean Dice": r["metrics"].get("mean_dice"),
+            **{label: r["metrics"].get(key) for key, label in SCORES.items()},
+            "model params": r["training"].get("parameters"),
             "epochs": r["training"].get("epochs_run"),
             "stop reason": r["training"].get("stop_reason"),
             "train time s": r["training"].get("seconds_total"),
+            "train img/s": r["training"].get("train_images_per_second"),
             "int8 MB": int8["file_bytes"] / 1e6 if int8 else None,
             "int8 ms": int8.get("latency_ms"),
             "status": r["status"],
@@ -102,7 +105,7 @@ def write_index(batch: Batch) -> Path:
     """``reports/<batch>/index.html``: the sortable comparison table with the best run marked,
     the training and validation curves, every run's full parameters, failures and links;
     self-contained (figure embedded, script inline), so it opens offline."""
-    from seglib.reporting.figures import runs_curves
+    from seglib.reporting.figures import runs_curves, runs_scores
     from seglib.reporting.report import figure_png
 
     rows = run_results(batch)
@@ -153,6 +156,7 @@ def write_index(batch: Batch) -> Path:
     page = resources.files(__package__).joinpath("index.html").read_text(encoding="utf-8").format(
         name=html.escape(batch.name), updated=now(), table=runs_html, params=params_html,
         curves=figure_png(runs_curves({r["run"]: r["history"] for r in rows})),
+        scores=figure_png(runs_scores(table.set_index("run")[list(SCORES.values())])),
         counts=", ".join(f"{n} {s}" for s, n in counts.items() if n),
         best=f"Best test mean IoU: <b>{html.escape(best)}</b>. " if best else "",
         runtime=f" (TFLite runtime: {html.escape(', '.join(runtimes))})" if runtimes else "",

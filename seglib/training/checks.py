@@ -91,6 +91,9 @@ def validate(config: TrainConfig) -> Checked:
         raise ValueError(f"epochs must be at least 1, got {config.epochs}")
     if not config.lr > 0:
         raise ValueError(f"learning rate must be positive, got {config.lr}")
+    if not (0 < config.ohem_threshold <= 1 and 0 < config.ohem_min_kept <= 1):
+        raise ValueError(f"ohem threshold and min kept must be in (0, 1], got {config.ohem_threshold} and "
+                         f"{config.ohem_min_kept}")
     if config.backbone not in available_backbones():
         raise ValueError(f"unknown backbone {config.backbone!r}; choose one of: {', '.join(available_backbones())}")
     if not 0 <= config.warmup_epochs < config.epochs:

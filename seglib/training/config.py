@@ -8,7 +8,7 @@ from dataclasses import dataclass, field, fields
 from seglib.training.distribute import STRATEGIES
 from seglib.training.model import ARCHITECTURES
 
-LOSSES = ("ce", "weighted_ce", "dice", "ce_dice")
+LOSSES = ("ce", "weighted_ce", "dice", "ce_dice", "ohem")
 MONITORS = ("val_loss", "val_pixel_accuracy", "val_mean_iou")
 LR_SCHEDULES = ("constant", "cosine", "plateau")
 TYPES = {"str": str, "str | None": str, "int": int, "float": float, "bool": bool}
@@ -37,7 +37,10 @@ class TrainConfig:
     init_from: str | None = _p(None, "none, or an earlier run's folder: start from its model (fine-tune)",
                                notebook="none")
     augment: bool = _p(False, "random flips, scale-crops, brightness and contrast")
-    loss: str = _p("ce", "cross-entropy, class-weighted CE, soft Dice or CE + Dice", LOSSES)
+    loss: str = _p("ce", "cross-entropy, class-weighted CE, soft Dice, CE + Dice, or OHEM CE (hard pixels only)",
+                   LOSSES)
+    ohem_threshold: float = _p(0.7, "ohem: train on the pixels whose true-class probability is below this")
+    ohem_min_kept: float = _p(1 / 16, "ohem: and on at least this share of a batch's pixels, the hardest")
     lr_schedule: str = _p("constant", "cosine: to 1% of lr at the last epoch; plateau: halve on plateaus",
                           LR_SCHEDULES)
     warmup_epochs: float = _p(0, "raise the learning rate from lr/100 to lr over these epochs first")

@@ -51,15 +51,14 @@ def preprocessing_affine(backbone: str) -> tuple[np.ndarray, np.ndarray]:
     return matrix.astype(np.float32), bias.astype(np.float32)
 
 
-ARCHITECTURES = ("unet", "fpn", "linknet", "pspnet")
-PSPNET_STEP = 48  # segmentation-models' PSPNet (downsample factor 8) needs H and W divisible by 6 * 8
+ARCHITECTURES = ("unet", "fpn", "linknet", "pspnet", "deeplabv3plus")
+# What H and W must be multiples of beyond the 32 of prepared data (the U-Net's five halvings), and why.
+SIZE_RULES = {"pspnet": (48, "multiples of 48 (PSPNet's pooling) and of 32 (prepared data): 96, 192, 288"),
+              "deeplabv3plus": (16, "multiples of 16 (its ASPP runs at 1/16 of the input) and of 32 (prepared data)")}
 
 
 def size_rule(arch: str) -> int:
-    """What H and W must be multiples of: 32 for the encoder-decoder nets (five halvings), 48 for
-    PSPNet; seglib's prepared data is always a multiple of 32, so PSPNet in practice takes 96, 192,
-    288, ... (multiples of both)."""
-    return PSPNET_STEP if arch == "pspnet" else 32
+    return SIZE_RULES.get(arch, (32,))[0]
 
 
 def check_input_size(arch: str, size) -> tuple[int, int]:
@@ -67,16 +66,16 @@ def check_input_size(arch: str, size) -> tuple[int, int]:
     if arch not in ARCHITECTURES:
         raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
     height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    step = size_rule(arch)
+    step, rule = SIZE_RULES.get(arch, (32, "multiples of 32"))
     if height < step or width < step or height % step or width % step or height % 32 or width % 32:
-        rule = "multiples of 32" if step == 32 else "multiples of 48 (PSPNet) and of 32 (prepared data): 96, 192, 288"
         raise ValueError(f"{arch} cannot take {height}x{width} images: H and W must be {rule}")
     return height, width
 
 
 def build_model(arch: str = "unet", backbone: str = "resnet34", num_classes: int = 10, input_size=256,
                 encoder_weights: str | None = "imagenet", activation: str = "softmax", bn_momentum: float = 0.9):
-    """A segmentation-models ``arch`` (unet, fpn, linknet, pspnet) with a ``backbone`` encoder; input
+    """A segmentation-models ``arch`` (unet, fpn, linknet, pspnet) or DeepLabV3+ (:mod:`.deeplab`) on a
+    ``backbone`` encoder; input
     (H, W, 3) RGB in [0, 255], ``input_size`` an int (square) or ``(H, W)``.
 
     ``encoder_weights``: ``"imagenet"`` (segmentation-models downloads the file once), ``None``
@@ -104,11 +103,14 @@ def build_model(arch: str = "unet", backbone: str = "resnet34", num_classes: int
     preprocess = keras.layers.Conv2D(3, 1, name="preprocess", trainable=False, dtype="float32")
     x = preprocess(inputs)
     preprocess.set_weights([matrix.reshape(1, 1, 3, 3), bias])
-    factory = {"unet": sm.Unet, "fpn": sm.FPN, "linknet": sm.Linknet, "pspnet": sm.PSPNet}[arch]
-    net = factory(backbone, classes=num_classes, activation=activation,
-                  encoder_weights=None if weights_file else encoder_weights, input_shape=(height, width, 3))
-    if weights_file:
-        load_encoder_weights(net, backbone, encoder_weights)
+    if arch == "deeplabv3plus":
+        net = _deeplab(backbone, num_classes, activation, encoder_weights, (height, width, 3))
+    else:
+        factory = {"unet": sm.Unet, "fpn": sm.FPN, "linknet": sm.Linknet, "pspnet": sm.PSPNet}[arch]
+        net = factory(backbone, classes=num_classes, activation=activation,
+                      encoder_weights=None if weights_file else encoder_weights, input_shape=(height, width, 3))
+        if weights_file:
+            load_encoder_weights(net, backbone, encoder_weights)
     for layer in net.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = bn_momentum
@@ -116,15 +118,32 @@ def build_model(arch: str = "unet", backbone: str = "resnet34", num_classes: int
     return keras.Model(inputs, outputs, name=f"{arch}_{backbone}")
 
 
+def _deeplab(backbone: str, classes: int, activation: str, weights, input_shape):
+    """DeepLabV3+ on the encoder segmentation-models builds for ``backbone``, on its stride-16 and
+    stride-4 features (the U-Net's skip connections)."""
+    from seglib.training.deeplab import deeplabv3plus
+
+    net = encoder(backbone, weights, input_shape)
+    layers = [net.get_layer(name=f) if isinstance(f, str) else net.get_layer(index=f)
+              for f in _sm().Backbones.get_feature_layers(backbone, n=4)]  # strides 16, 8, 4, 2
+    high, low = layers[0], layers[2]
+    if (high.output.shape[1], low.output.shape[1]) != (input_shape[0] // 16, input_shape[0] // 4):
+        raise ValueError(f"deeplabv3plus: the {backbone} encoder has no stride-16 and stride-4 features; "
+                         "use e.g. mobilenetv2, resnet34 or efficientnetb0")
+    return deeplabv3plus(net, high, low, classes, activation)
+
+
 def encoder(backbone: str, weights_path: str | os.PathLike | None = None, input_shape=(None, None, 3)):
     """The bare encoder segmentation-models builds for ``backbone`` (no classifier), with random
-    weights or those of ``weights_path``: what an encoder weights file holds."""
+    weights, ImageNet's (``"imagenet"``, downloaded once) or those of ``weights_path``: what an
+    encoder weights file holds."""
     sm = _sm()
     keras_modules = {"backend": sm._KERAS_BACKEND, "layers": sm._KERAS_LAYERS, "models": sm._KERAS_MODELS,
                      "utils": sm._KERAS_UTILS}  # what segmentation-models passes its own backbone factories
-    model = sm.Backbones.get_backbone(backbone, input_shape=input_shape, weights=None, include_top=False,
-                                      **keras_modules)
-    if weights_path is not None:
+    imagenet = weights_path == "imagenet"
+    model = sm.Backbones.get_backbone(backbone, input_shape=input_shape, weights="imagenet" if imagenet else None,
+                                      include_top=False, **keras_modules)
+    if weights_path is not None and not imagenet:
         import warnings
 
         try:

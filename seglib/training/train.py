@@ -158,7 +158,8 @@ def _train(config: TrainConfig, placement, checked: Checked, run: RunDir, out: R
         weights = class_weights(summary["class_shares"]["train"]) if config.loss == "weighted_ce" else None
         model.compile(
             optimizer=keras.optimizers.Adam(lr),
-            loss=make_loss(config.loss, palette.k, weights, palette.ignore_index),
+            loss=make_loss(config.loss, palette.k, weights, palette.ignore_index, config.ohem_threshold,
+                           config.ohem_min_kept),
             metrics=make_metrics(palette.k, palette.ignore_index),
             jit_compile=config.jit_compile,
         )
@@ -226,6 +227,7 @@ def _train(config: TrainConfig, placement, checked: Checked, run: RunDir, out: R
         "seconds_total": round(time.perf_counter() - started, 2),
         "seconds_per_epoch": [round(t, 2) for t in timer.seconds],
         "train_images_per_second": round(n_train / float(np.median(timer.seconds)), 2) if timer.seconds else None,
+        "parameters": int(model.count_params()),
     }
     atomic_write_json(out.info, run_info)
     return Run(run.root, config, history_rows, stop, epochs_run, checkpoint.best_epoch)
