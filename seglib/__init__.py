@@ -3,7 +3,8 @@
 The subpackages are the pipeline's stages, in the order data flows; each imports only from the
 stages before it (``tests/test_layers.py`` holds it, ``docs/development.md`` draws it):
 
-- ``layout``, ``fsutil``: every file name seglib reads or writes; safe, staged writes.
+- ``layout``, ``fsutil``, ``quiet``: every file name seglib reads or writes; safe, staged writes;
+  TensorFlow's C++ start-up lines kept off the terminal.
 - ``data``: pairs and id masks in, the K-Means palette, class ids, a prepared dataset out.
 - ``training``: the model, its losses, metrics and callbacks, the training loop, tf.distribute.
 - ``inference``: a trained run used: evaluated, exported (TFLite, ONNX), predicted, served.
@@ -14,3 +15,7 @@ stages before it (``tests/test_layers.py`` holds it, ``docs/development.md`` dra
 Heavy dependencies (TensorFlow) are imported only by the functions that need them.
 """
 __version__ = "0.1.0"
+
+from seglib import quiet  # noqa: E402
+
+quiet.install()

@@ -9,6 +9,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from seglib.data.pairs import MAX_PIXELS
+from seglib.quiet import DEBUG_ENV
 from seglib.training.config import TYPES, TrainConfig
 
 
@@ -101,9 +102,13 @@ def _config_arguments(parser: argparse.ArgumentParser, config) -> None:
 def _cmd_evaluate(args) -> int:
     from seglib.inference.evaluate import evaluate
 
-    m = evaluate(args.run_dir, args.prepared_dir, args.split)
+    m = evaluate(args.run_dir, args.prepared_dir, args.split, full_size=args.full_size)
     print(f"{args.run_dir} on {args.split}: pixel accuracy {m['pixel_accuracy']:.4f}, mean IoU {m['mean_iou']:.4f}, "
           f"mean Dice {m['mean_dice']:.4f} (metrics.json, confusion.npy)")
+    if args.full_size:
+        full = m["full_size"]
+        print(f"at the source labels' size ({', '.join(full['label_sizes'][:3])}): pixel accuracy "
+              f"{full['pixel_accuracy']:.4f}, mean IoU {full['mean_iou']:.4f}, mean Dice {full['mean_dice']:.4f}")
     return 0
 
 
@@ -130,7 +135,8 @@ def _cmd_export(args) -> int:
     from seglib.inference.export import export_run
 
     result = export_run(args.run_dir, formats=args.formats.split(","), calibration_images=args.calibration_images)
-    print(f"latency: median (p10-p90) of one image; TFLite models run with {result['runtime']}")
+    print(f"latency: median (p10-p90) of one image; keras: the {result['keras']['call']}; TFLite models run with "
+          f"{result['runtime']}")
     for fmt, info in {"keras": result["keras"], **result["formats"]}.items():
         agreement = f"{info['agreement']:.4f}" if "agreement" in info else "     -"
         print(f"{fmt:5s} {info['file_bytes'] / 1e6:7.1f} MB  agreement {agreement}  mIoU {info['mean_iou']:.4f}  "
@@ -142,11 +148,11 @@ def _cmd_predict(args) -> int:
     from seglib.inference.predict import VIDEO_SUFFIXES, predict_paths, predict_video
 
     if Path(args.input).suffix.lower() in VIDEO_SUFFIXES:
-        video = predict_video(args.model, args.input, args.out_dir, every=args.every)
+        video = predict_video(args.model, args.input, args.out_dir, every=args.every, overwrite=args.overwrite)
         print(f"wrote {video['output']}: {video['frames']} frames ({video['predicted']} predicted) at "
               f"{video['frames_per_s']} frames/s")
         return 0
-    result = predict_paths(args.model, args.input, args.out_dir, max_pixels=args.max_pixels)
+    result = predict_paths(args.model, args.input, args.out_dir, max_pixels=args.max_pixels, overwrite=args.overwrite)
     files = sum(len(item["outputs"]) for item in result["written"])
     print(f"wrote {files} files (mask and overlay) for {len(result['written'])} image(s) to {args.out_dir}")
     if result["skipped"]:
@@ -278,6 +284,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("run_dir")
     p.add_argument("prepared_dir")
     p.add_argument("--split", default="test", choices=["train", "val", "test"])
+    p.add_argument("--full-size", action="store_true", help="also score the predictions resized to the source label "
+                   "files (data prepared from id masks or Cityscapes), as Cityscapes benchmarks do")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser(
@@ -302,6 +310,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("out_dir")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="larger images are skipped (header check)")
     p.add_argument("--every", type=int, default=1, help="video: predict one frame in N, the others reuse its mask")
+    p.add_argument("--overwrite", action="store_true", help="replace files in OUT_DIR that seglib did not write")
     p.set_defaults(func=_cmd_predict)
 
     p = sub.add_parser("serve", help="serve a trained run over HTTP: a browser page at /, POST /predict, /health")
@@ -354,6 +363,8 @@ def main(argv: list[str] | None = None) -> int:
     """Run a command. An error a user can cause (bad input, a missing or refused folder, a full disk)
     is one line naming the file and what to do, exit status 2; ``--debug`` shows the traceback."""
     args = build_parser().parse_args(argv)
+    if args.debug:
+        os.environ[DEBUG_ENV] = "1"  # TensorFlow's start-up lines too (seglib.quiet)
     try:
         return args.func(args)
     except KeyboardInterrupt:

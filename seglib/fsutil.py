@@ -91,9 +91,10 @@ def save_concatenated(path: str | os.PathLike, parts) -> None:
             f.write(np.ascontiguousarray(part, dtype=first.dtype).data)
 
 
-def write_marker(folder: str | os.PathLike, kind: str) -> None:
+def write_marker(folder: str | os.PathLike, kind: str, **extra) -> None:
     """Mark ``folder`` as written by seglib (see :mod:`seglib.layout`): kind, format, version, and
-    the process writing it (so a temp folder left by a killed process can be told apart)."""
+    the process writing it (so a temp folder left by a killed process can be told apart); ``extra``
+    keys are recorded too."""
     import socket
     from datetime import datetime, timezone
 
@@ -102,7 +103,7 @@ def write_marker(folder: str | os.PathLike, kind: str) -> None:
 
     atomic_write_json(Path(folder) / MARKER, {
         "kind": kind, "format": FORMAT, "seglib": __version__, "pid": os.getpid(), "host": socket.gethostname(),
-        "created": datetime.now(timezone.utc).isoformat(timespec="seconds")})
+        "created": datetime.now(timezone.utc).isoformat(timespec="seconds"), **extra})
 
 
 def read_marker(folder: str | os.PathLike) -> dict | None:

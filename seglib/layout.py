@@ -171,3 +171,11 @@ class KaggleDir(Folder):
     KIND = "kaggle"
     OWNED = (MARKER, "kaggle.json", "train", "val", "train/*", "val/*", *TEMP_PATTERNS)
     info = property(lambda self: self.root / "kaggle.json")
+
+
+class PredictionsDir(Folder):
+    """What ``predict`` wrote into an OUT_DIR: ``<name>_mask.png``, ``<name>_overlay.png``,
+    ``<name>_overlay.mp4``, each listed by name in the marker (``files``): only those are replaced."""
+
+    KIND = "predictions"
+    OWNED = (MARKER, "*_mask.png", "*_overlay.png", "*_overlay.mp4", *TEMP_PATTERNS)

@@ -92,3 +92,34 @@ def test_the_command_line_takes_merge_and_drop_and_says_what_is_wrong(cityscapes
     bad = subprocess.run([*base[:5], str(tmp_path / "bad"), "--drop", "trams"], capture_output=True, text=True)
     assert bad.returncode == 2 and bad.stderr.strip().startswith("error: --drop: unknown class 'trams'")
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
+
+
+@pytest.mark.slow
+def test_evaluate_full_size_scores_the_predictions_against_the_source_label_files(tmp_path, prepared_dir):
+    """Cityscapes-shaped scenes of 128x256 prepared at 64x128 with merged classes: the full-size
+    figure counts every scored pixel of the source label files, next to the prepared-size one."""
+    from seglib.training.config import TrainConfig
+    from seglib.training.train import train
+
+    generate_labelled(tmp_path / "cs", count=16, seed=6, size=(128, 256), layout="cityscapes", progress=False)
+    prepare(tmp_path / "cs", tmp_path / "prepared", size="64x128", progress=False, merge=MERGE, drop="train")
+    run = train(TrainConfig(str(tmp_path / "prepared"), str(tmp_path / "run"), backbone="mobilenetv2", epochs=1,
+                            batch_size=4, encoder_weights=None), verbose=0)
+    done = subprocess.run([sys.executable, "-m", "seglib", "evaluate", str(run.run_dir), str(tmp_path / "prepared"),
+                           "--full-size"], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    assert "at the source labels' size (128x256): pixel accuracy" in done.stdout
+    metrics = json.loads((run.run_dir / "metrics.json").read_text())
+    full = metrics["full_size"]
+    scored = 0
+    train_ids, merged = train_id_table(), [TRAIN_NAMES.index("train")]
+    for photo in open_split(tmp_path / "prepared", "test").files:
+        ids = train_ids[cv2.imread(photo.replace("leftImg8bit", "gtFine").replace("gtFine.png", "gtFine_labelIds.png"),
+                                   cv2.IMREAD_UNCHANGED)]
+        scored += int(((ids != 255) & ~np.isin(ids, merged)).sum())
+    assert full["label_sizes"] == ["128x256"] and full["num_pixels"] == scored
+    assert full["num_pixels"] > 3 * metrics["num_pixels"] and 0 <= full["mean_iou"] <= 1
+    from seglib.data.splits import source_labels
+
+    with pytest.raises(ValueError, match="prepared from image pairs .* nothing to score at the source size"):
+        next(source_labels(prepared_dir, "test"))

@@ -47,6 +47,22 @@ def test_tflite_export_parity_and_size(trained):
     lite = TFLiteModel(trained / "run" / "model_int8.tflite")
     image = np.asarray(open_split(trained / "prepared", "test").images[0])
     assert lite.predict(image[None]).shape == (1, 64, 64, 10)
+    assert result["keras"]["call"].startswith("compiled call")  # what the latency ratios divide by
+
+
+def test_the_keras_predictor_is_a_compiled_call_with_unchanged_predictions_from_several_threads(trained):
+    from concurrent.futures import ThreadPoolExecutor
+
+    from seglib.training.model import keras_predictor
+
+    model = load_model(trained / "run")
+    images = np.asarray(open_split(trained / "prepared", "test").images[:6], np.float32)
+    eager = model(images, training=False).numpy()
+    predict = keras_predictor(model)
+    assert np.allclose(predict(images), eager, atol=1e-5)
+    with ThreadPoolExecutor(4) as pool:  # one image per call, four at once, as the service calls it
+        for i, probs in enumerate(pool.map(lambda i: predict(images[i : i + 1]), range(6))):
+            assert np.allclose(probs[0], eager[i], atol=1e-5)
 
 
 @pytest.mark.slow
@@ -100,6 +116,44 @@ def test_without_ai_edge_litert_export_and_predict_fall_back_to_tf_lite(trained,
 
 
 @pytest.mark.slow
+def test_predict_leaves_every_file_it_did_not_write_untouched_and_never_reads_its_outputs(trained, tmp_path):
+    import subprocess
+    import sys
+
+    import cv2
+
+    photo = cv2.cvtColor(np.asarray(open_split(trained / "prepared", "test").images[0]), cv2.COLOR_RGB2BGR)
+    model = str(trained / "run" / "model.keras")
+
+    def predict(*args):
+        return subprocess.run([sys.executable, "-m", "seglib", "predict", model, *map(str, args)],
+                              capture_output=True, text=True)
+
+    pin = tmp_path / "pin"  # the photo and the user's own street_mask.png, predicted into the same folder
+    pin.mkdir()
+    cv2.imwrite(str(pin / "street.png"), photo)
+    (pin / "street_mask.png").write_bytes(b"the user's own mask")
+    done = predict(pin, pin)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"error: {pin / 'street_mask.png'}: exists and seglib did not write it; predict into another OUT_DIR, or "
+        "replace it with --overwrite")
+    assert sorted(p.name for p in pin.iterdir()) == ["street.png", "street_mask.png"]
+    assert (pin / "street_mask.png").read_bytes() == b"the user's own mask"
+    done = predict(pin, pin, "--overwrite")  # asked for: replaced, and not read back as an input
+    assert done.returncode == 0 and "for 1 image(s)" in done.stdout, done.stderr
+    assert sorted(p.name for p in pin.iterdir()) == [".seglib", "street.png", "street_mask.png", "street_overlay.png"]
+    again = predict(pin, pin)  # its own outputs: replaced without asking, never inputs
+    assert again.returncode == 0 and "for 1 image(s)" in again.stdout, again.stderr
+    user = tmp_path / "userout"
+    user.mkdir()
+    (user / "street_overlay.png").write_bytes(b"mine")
+    refused = predict(pin / "street.png", user)
+    assert refused.returncode == 2 and "street_overlay.png: exists and seglib did not write it" in refused.stderr
+    assert sorted(p.name for p in user.iterdir()) == ["street_overlay.png"]
+    assert (user / "street_overlay.png").read_bytes() == b"mine"
+
+
+@pytest.mark.slow
 def test_predict_names_outputs_apart_and_refuses_nothing_to_predict(trained, tmp_path):
     import subprocess
     import sys
@@ -119,8 +173,8 @@ def test_predict_names_outputs_apart_and_refuses_nothing_to_predict(trained, tmp
 
     done = predict(folder, tmp_path / "out")
     assert done.returncode == 0 and "wrote 4 files (mask and overlay) for 2 image(s)" in done.stdout
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["1_jpg_mask.png", "1_jpg_overlay.png",
-                                                                     "1_png_mask.png", "1_png_overlay.png"]
+    assert sorted(p.name for p in (tmp_path / "out").iterdir() if p.name != ".seglib") == [
+        "1_jpg_mask.png", "1_jpg_overlay.png", "1_png_mask.png", "1_png_overlay.png"]
     (tmp_path / "notes.txt").write_text("not an image")
     single = predict(tmp_path / "notes.txt", tmp_path / "out2")
     assert single.returncode == 2 and "notes.txt: not a readable image" in single.stderr

@@ -23,6 +23,39 @@ def small_prepared(synth_dir, tmp_path_factory):
     return out
 
 
+STARTUP_NOISE = ("absl::InitializeLog", "I0000", "E0000", "W0000", "oneDNN", "cuInit", "cudart")
+
+
+def startup_lines(stderr: str) -> list[str]:
+    """TensorFlow's and absl's start-up lines in ``stderr``; oneDNN's notice that it falls back to
+    Eigen for int32 (once, when training first runs, not at start-up) is left to the user."""
+    return [line for line in stderr.splitlines() if any(n in line for n in STARTUP_NOISE)
+            and "oneDNN supports DT_INT32 only on platforms with AVX-512" not in line]
+
+
+@pytest.mark.slow
+def test_commands_into_a_file_print_their_own_lines_one_per_epoch_and_debug_shows_tensorflows(small_prepared,
+                                                                                            tmp_path):
+    """Fresh processes with stdout a file (not a terminal): no progress bar updates, no TensorFlow or
+    absl start-up line on stderr; --debug shows them."""
+    cli = [sys.executable, "-m", "seglib"]
+    with open(tmp_path / "out.txt", "w") as out:
+        done = subprocess.run([*cli, "train", str(small_prepared), str(tmp_path / "run"), "--epochs", "2",
+                               "--backbone", "mobilenetv2", "--encoder-weights", "none"], stdout=out,
+                              stderr=subprocess.PIPE, text=True)
+    assert done.returncode == 0, done.stderr
+    printed = (tmp_path / "out.txt").read_text()
+    assert "\r" not in printed and "━" not in printed
+    assert [line.split(":")[0] for line in printed.splitlines() if line.startswith("epoch ")] == ["epoch 1/2",
+                                                                                                   "epoch 2/2"]
+    assert not startup_lines(done.stderr), done.stderr
+    for command in (["evaluate", str(tmp_path / "run"), str(small_prepared)],
+                    ["--debug", "evaluate", str(tmp_path / "run"), str(small_prepared)]):
+        done = subprocess.run([*cli, *command], capture_output=True, text=True)
+        assert done.returncode == 0 and "mean IoU" in done.stdout, done.stderr
+        assert bool(startup_lines(done.stderr)) == (command[0] == "--debug"), done.stderr
+
+
 @pytest.mark.slow
 def test_train_writes_a_complete_run(small_prepared, tmp_path):
     run = train(TrainConfig(str(small_prepared), str(tmp_path / "run"), epochs=3, batch_size=8,

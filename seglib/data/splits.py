@@ -58,3 +58,31 @@ def source_masks(prepared_dir: str | os.PathLike, split: str, rows) -> list[np.n
 
 def load_palette(prepared_dir: str | os.PathLike) -> Palette:
     return Palette.load(PreparedDir(prepared_dir).palette)
+
+
+def source_labels(prepared_dir: str | os.PathLike, split: str):
+    """``(row, labels)`` of each row of a split prepared from label files (id masks, Cityscapes): its
+    label file at its own size, with the ids prepare gave it (train ids; merged and dropped classes):
+    what a benchmark scores predictions against."""
+    from seglib.data.classmap import parse_class_map, resolve
+    from seglib.data.idmasks import decode_mask, find_labelled, settle_classes
+
+    prepared = PreparedDir(prepared_dir)
+    summary = json.loads(prepared.summary.read_text())
+    params = summary["parameters"]
+    labelled = find_labelled(summary["data_dir"], params["val_fraction"], params["seed"])
+    if labelled is None:
+        raise ValueError(f"{prepared.root}: prepared from image pairs (colour masks), not from label files: there is "
+                         "nothing to score at the source size")
+    masks = {Path(photo).resolve(): mask for photo, mask in labelled.splits[split]}
+    classes = settle_classes(labelled.classes, 254)
+    lut = None
+    if params.get("merge") or params.get("drop"):
+        lut = resolve(parse_class_map(params.get("merge"), params.get("drop")), list(classes.names))[0]
+    for row, photo in enumerate(read_file_list(prepared.split(split).files)):
+        mask = masks.get(Path(photo).resolve())
+        if mask is None:
+            raise FileNotFoundError(f"{photo}: its label file is no longer in {summary['data_dir']}")
+        ids = decode_mask(mask)
+        ids = ids if classes.id_map is None else classes.id_map[ids]
+        yield row, ids if lut is None else lut[ids]

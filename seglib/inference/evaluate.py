@@ -15,8 +15,10 @@ from seglib.training.metrics import image_ious, scores, update_confusion
 
 
 def evaluate(run_dir: str | os.PathLike, prepared_dir: str | os.PathLike, split: str = "test",
-             batch_size: int = 8) -> dict:
-    """Stream ``split`` through the run's best model; writes and returns the metrics."""
+             batch_size: int = 8, full_size: bool = False) -> dict:
+    """Stream ``split`` through the run's best model; writes and returns the metrics. ``full_size``:
+    also score each prediction resized to its source label file against that file (the
+    Cityscapes protocol), as ``metrics["full_size"]``."""
     from seglib.training.train import load_model
 
     run = RunDir(run_dir)
@@ -39,11 +41,34 @@ def evaluate(run_dir: str | os.PathLike, prepared_dir: str | os.PathLike, split:
               "ignored_pixels": ignored, "ignore_index": palette.ignore_index,
               "class_names": palette.names, **scores(confusion),
               "image_mean_iou": [round(float(v), 5) for v in per_image]}
+    if full_size:
+        result["full_size"] = full_size_scores(model, prepared_dir, split, palette, batch_size)
     atomic_write_json(run.metrics, result)
     buffer = io.BytesIO()
     np.save(buffer, confusion)
     atomic_write_bytes(run.confusion, buffer.getvalue())
     return result
+
+
+def full_size_scores(model, prepared_dir, split: str, palette: Palette, batch_size: int = 8) -> dict:
+    """Scores of the predictions at the source labels' own size: the probabilities resized
+    (bilinear) to each label file's size, then the class of each pixel."""
+    import cv2
+
+    from seglib.data.splits import open_split, source_labels
+
+    data = open_split(prepared_dir, split)
+    labels = source_labels(prepared_dir, split)
+    confusion, sizes = np.zeros((palette.k, palette.k), np.int64), set()
+    for start in range(0, len(data), batch_size):
+        for probs in np.asarray(model(np.asarray(data.images[start:start + batch_size], np.float32), training=False)):
+            _, truth = next(labels)
+            sizes.add(f"{truth.shape[0]}x{truth.shape[1]}")
+            if probs.shape[:2] != truth.shape:
+                probs = cv2.resize(probs, (truth.shape[1], truth.shape[0]), interpolation=cv2.INTER_LINEAR)
+            update_confusion(confusion, truth, probs.reshape(*truth.shape, -1).argmax(-1), palette.ignore_index)
+    return {"label_sizes": sorted(sizes), "num_pixels": int(confusion.sum()),
+            **{k: v for k, v in scores(confusion).items() if k != "per_class"}}
 
 
 def predict_split(model, prepared_dir: str | os.PathLike, split: str = "test", batch_size: int = 8):

@@ -5,6 +5,10 @@ input is an image, a side-by-side pair (its left half, the photo, is used) or a 
 either; each gets ``<name>_mask.png`` (palette colours) and ``<name>_overlay.png`` at the
 photo's own size. Unreadable images are reported and skipped; the rest are still processed.
 A video (.mp4/.avi/.mov) gets ``<name>_overlay.mp4`` with the same frame rate and size.
+
+Only files predict wrote are ever replaced: OUT_DIR's marker lists them (:class:`PredictionsDir`);
+any other file in the way is refused, before anything is written, unless ``overwrite``. Files
+predict wrote, and this run's outputs, are never read as inputs.
 """
 from __future__ import annotations
 
@@ -23,8 +27,8 @@ from seglib.data.pairs import (
     decode_image,
 )
 from seglib.data.palette import Palette
-from seglib.fsutil import atomic_write_bytes, staged_file
-from seglib.layout import RunDir
+from seglib.fsutil import atomic_write_bytes, read_marker, staged_file, write_marker
+from seglib.layout import PredictionsDir, RunDir
 
 VIDEO_SUFFIXES = {".mp4", ".avi", ".mov"}
 
@@ -90,7 +94,29 @@ def output_names(files: list[Path]) -> dict[Path, str]:
     return {f: f.stem if stems.count(f.stem) == 1 else f"{f.stem}_{f.suffix.lstrip('.').lower()}" for f in files}
 
 
-def predict_paths(model_path, input_path, out_dir, alpha: float = 0.5, max_pixels: int = MAX_PIXELS) -> dict:
+def owned_outputs(folder: Path) -> set[str]:
+    """The names of the files predict wrote in ``folder`` (its marker's list)."""
+    marker = read_marker(folder) or {}
+    return set(marker.get("files", [])) if marker.get("kind") == PredictionsDir.KIND else set()
+
+
+def claim_outputs(out_dir: Path, outputs: list[Path], overwrite: bool) -> set[str]:
+    """Before anything is written: each output is new, or predict's own, or ``overwrite`` says
+    replace it; a file in the way is a one-line error naming it. Returns the names already owned."""
+    owned = owned_outputs(out_dir)
+    for path in outputs:
+        if path.exists() and (path.name not in owned or not path.is_file()) and not overwrite:
+            raise FileExistsError(f"{path}: exists and seglib did not write it; predict into another OUT_DIR, or "
+                                  "replace it with --overwrite")
+    return owned
+
+
+def _record_outputs(out_dir: Path, owned: set[str], outputs: list[Path]) -> None:
+    write_marker(out_dir, PredictionsDir.KIND, files=sorted(owned | {p.name for p in outputs}))
+
+
+def predict_paths(model_path, input_path, out_dir, alpha: float = 0.5, max_pixels: int = MAX_PIXELS,
+                  overwrite: bool = False) -> dict:
     """Predict every image under ``input_path``; returns {"written": [...], "skipped": [...]}, where
     each written entry is the input and its two outputs. Unreadable or oversized images are
     skipped and listed; an input with no image to predict is an error."""
@@ -98,15 +124,22 @@ def predict_paths(model_path, input_path, out_dir, alpha: float = 0.5, max_pixel
     if input_path.is_file() and input_path.suffix.lower() in VIDEO_SUFFIXES:
         raise ValueError(f"{input_path}: a video; use predict_video")
     if input_path.is_dir():
-        files = sorted(p for p in input_path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES)
+        earlier = owned_outputs(input_path)  # what predict wrote there is no input
+        files = sorted(p for p in input_path.iterdir() if p.is_file() and p.suffix.lower() in IMAGE_SUFFIXES
+                       and p.name not in earlier)
+        planned = {out_dir / f"{name}_{s}.png" for name in output_names(files).values() for s in ("mask", "overlay")}
+        files = [p for p in files if p not in planned and p.resolve() not in {o.resolve() for o in planned}]
         if not files:
             raise FileNotFoundError(f"{input_path}: no images ({', '.join(sorted(IMAGE_SUFFIXES))}) in this folder")
     elif input_path.is_file():
         files = [input_path]
     else:
         raise FileNotFoundError(f"{input_path}: no such file or folder")
-    predict, size, palette = load_predictor(model_path)
     names = output_names(files)
+    planned = [out_dir / f"{names[f]}_{suffix}.png" for f in files for suffix in ("mask", "overlay")]
+    owned = claim_outputs(out_dir, planned, overwrite)
+    predict, size, palette = load_predictor(model_path)
+    out_dir.mkdir(parents=True, exist_ok=True)
     written, skipped = [], []
     for path in files:
         try:
@@ -121,12 +154,14 @@ def predict_paths(model_path, input_path, out_dir, alpha: float = 0.5, max_pixel
         for suffix, img in (("mask", mask), ("overlay", overlay(photo, mask, alpha))):
             outputs.append(out_dir / f"{names[path]}_{suffix}.png")
             atomic_write_bytes(outputs[-1], png(img))
+            owned.add(outputs[-1].name)
+            _record_outputs(out_dir, owned, [])  # after each file: a crash leaves every written one listed
         written.append({"file": str(path), "outputs": [str(o) for o in outputs]})
     return {"written": written, "skipped": skipped}
 
 
 def predict_video(model_path, video_path, out_dir, every: int = 1, alpha: float = 0.5,
-                  progress: bool = True) -> dict:
+                  progress: bool = True, overwrite: bool = False) -> dict:
     """Write ``OUT_DIR/<name>_overlay.mp4``: every frame of the video with the predicted mask
     blended in (the same frame rate and size). With ``every`` N, one frame in N is predicted and
     the frames between reuse its mask. Returns frames, frames predicted, seconds, frames/s."""
@@ -143,8 +178,9 @@ def predict_video(model_path, video_path, out_dir, every: int = 1, alpha: float 
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
-    predict, size, palette = load_predictor(model_path)
     final = out_dir / f"{video_path.stem}_overlay.mp4"
+    owned = claim_outputs(out_dir, [final], overwrite)
+    predict, size, palette = load_predictor(model_path)
     frames = predicted = 0
     started = time.perf_counter()
     try:
@@ -171,6 +207,7 @@ def predict_video(model_path, video_path, out_dir, every: int = 1, alpha: float 
                 raise PairError(video_path, "no frames could be read")
     finally:
         capture.release()
+    _record_outputs(out_dir, owned, [final])
     seconds = time.perf_counter() - started
     return {"output": str(final), "frames": frames, "predicted": predicted, "seconds": round(seconds, 3),
             "frames_per_s": round(frames / seconds, 2) if seconds else None, "fps": fps, "size": [width, height]}

@@ -147,7 +147,13 @@ def overall_metrics(metrics: dict) -> pd.DataFrame:
     if metrics.get("ignore_index") is not None:
         values |= {"scored pixels": metrics["num_pixels"],
                    f"ignored pixels (label {metrics['ignore_index']})": metrics.get("ignored_pixels", 0)}
-    return pd.Series(values, name=metrics.get("split", "value"), dtype=object).to_frame()
+    table = pd.Series(values, name=metrics.get("split", "value"), dtype=object).to_frame()
+    if "full_size" in metrics:  # the same predictions scored against the source label files
+        full = metrics["full_size"]
+        table.columns = [f"{metrics.get('split')} at the prepared size"]
+        table[f"at the source labels' size ({', '.join(full['label_sizes'][:2])})"] = pd.Series(
+            {**{k: full[k] for k in keys}, "scored pixels": full["num_pixels"]}, dtype=object)
+    return table
 
 
 def per_class(metrics: dict, palette: Palette) -> pd.DataFrame:
@@ -157,8 +163,9 @@ def per_class(metrics: dict, palette: Palette) -> pd.DataFrame:
 
 def export(exported: dict) -> pd.DataFrame:
     """The Keras model and each exported model: size, agreement with Keras, mean IoU and single-image
-    latency as median with its spread (p10-p90) (export.json)."""
-    rows = {"keras": exported["keras"], **exported["formats"]}
+    latency as median with its spread (p10-p90) (export.json); the Keras row names the call it timed."""
+    keras_call = exported["keras"].get("call", "model.predict").split(" (")[0]  # runs exported before it was named
+    rows = {f"keras ({keras_call})": exported["keras"], **exported["formats"]}
     return pd.DataFrame(
         {
             fmt: {

@@ -255,7 +255,17 @@ def input_hw(model) -> tuple[int, int]:
 
 
 def keras_predictor(model):
-    """``predict(images (N, H, W, 3) float32) -> probabilities`` as a direct call of ``model``: safe
-    from several threads at once, and without ``model.predict``'s per-call set-up."""
+    """``predict(images (N, H, W, 3) float32) -> probabilities``: ``model`` called through one
+    ``tf.function`` with a fixed input signature (traced here, once: later calls from several threads
+    only run the graph), without eager op-by-op calls or ``model.predict``'s per-call set-up."""
+    import tensorflow as tf
+
     structured = isinstance(model.input, list)  # segmentation-models' U-Net takes a list of one input
-    return lambda x: model([x] if structured else x, training=False).numpy()
+    height, width = input_hw(model)
+
+    @tf.function(input_signature=[tf.TensorSpec((None, height, width, 3), tf.float32)])
+    def call(images):
+        return model([images] if structured else images, training=False)
+
+    call.get_concrete_function()
+    return lambda x: call(tf.convert_to_tensor(x, tf.float32)).numpy()

@@ -17,6 +17,7 @@ import math
 import os
 import platform
 import shutil
+import sys
 import time
 from dataclasses import asdict, dataclass, replace
 from pathlib import Path
@@ -74,7 +75,10 @@ def train(config: TrainConfig, verbose: int | str = "auto", log=None, callbacks=
     ``verbose`` is Keras' (progress bar, or 0); ``log`` (e.g. ``print``) gets one line per epoch;
     ``callbacks``: your own Keras callbacks, called after seglib's (they see each epoch's logs);
     ``local_copy(prepared_dir) -> folder``: where to read the data from (on Colab a copy on local
-    disk, :func:`seglib.runs.colab.local_copy`)."""
+    disk, :func:`seglib.runs.colab.local_copy`). Into a file or a captured cell (stdout not a
+    terminal) ``"auto"`` prints one line per epoch instead of the bar's carriage-return updates."""
+    if verbose == "auto" and not sys.stdout.isatty():
+        verbose, log = 0, log or print
     checked = validate(config)
 
     from seglib.training.distribute import make_strategy

@@ -1,0 +1,82 @@
+"""TensorFlow's C++ start-up lines kept off the terminal: absl's "All log messages before
+absl::InitializeLog() ..." notice, oneDNN's and the CUDA stubs' INFO lines and, on a machine
+without a GPU, "E0000 ... failed call to cuInit". absl writes them to stderr before any log level
+applies (TF_CPP_MIN_LOG_LEVEL does not reach them, and absl reads no environment variable), so the
+first import of TensorFlow in a seglib process, and its device set-up, run with file descriptor 2
+read through a pipe: those lines are dropped, every other line is written on to stderr.
+``SEGLIB_DEBUG=1`` (``python -m seglib --debug``) keeps everything.
+"""
+from __future__ import annotations
+
+import importlib.abc
+import importlib.util
+import os
+import re
+import sys
+import threading
+
+DEBUG_ENV = "SEGLIB_DEBUG"
+NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)|[IW]\d{4} |E\d{4} .*(cuInit|"
+                   r"cuda_dnn|cuda_fft|cuda_blas|computation_placer|NodeDef mentions attribute)|.*TF-TRT Warning|"
+                   r".*oneDNN custom operations|fully_quantize: |INFO: Created TensorFlow Lite XNNPACK delegate)")
+
+
+def startup_noise(line: str) -> bool:
+    return bool(NOISE.match(line))
+
+
+class _FirstTensorFlowImport(importlib.abc.MetaPathFinder):
+    """Wraps the loading of the ``tensorflow`` package the first time it is imported."""
+
+    def find_spec(self, name, path=None, target=None):
+        if name != "tensorflow" or os.environ.get(DEBUG_ENV):
+            return None
+        sys.meta_path.remove(self)
+        spec = importlib.util.find_spec(name)
+        if spec is not None and spec.loader is not None:
+            load = spec.loader.exec_module
+
+            def exec_module(module):
+                with filtered_stderr():
+                    load(module)
+                    module.config.list_physical_devices()  # device set-up (cuInit) logs now, not mid-run
+
+            spec.loader.exec_module = exec_module
+        return spec
+
+
+class filtered_stderr:
+    """File descriptor 2 read through a pipe meanwhile; start-up noise dropped, the rest passed on."""
+
+    def __enter__(self):
+        sys.stderr.flush()
+        self.read, write = os.pipe()
+        self.saved = os.dup(2)
+        os.dup2(write, 2)
+        os.close(write)
+        self.chunks: list[bytes] = []
+        self.reader = threading.Thread(target=self._drain, daemon=True)
+        self.reader.start()
+        return self
+
+    def _drain(self):
+        while chunk := os.read(self.read, 65536):
+            self.chunks.append(chunk)
+
+    def __exit__(self, *exc):
+        sys.stderr.flush()
+        os.dup2(self.saved, 2)  # the pipe's last writer closes: the reader sees its end
+        os.close(self.saved)
+        self.reader.join()
+        os.close(self.read)
+        kept = [line for line in b"".join(self.chunks).decode(errors="replace").splitlines(keepends=True)
+                if not startup_noise(line)]
+        if kept:
+            os.write(2, "".join(kept).encode())
+        return False
+
+
+def install() -> None:
+    """Filter the first TensorFlow import of this process (a no-op once TensorFlow is imported)."""
+    if "tensorflow" not in sys.modules and not any(isinstance(f, _FirstTensorFlowImport) for f in sys.meta_path):
+        sys.meta_path.insert(0, _FirstTensorFlowImport())
