@@ -84,6 +84,9 @@ def test_health_and_metadata(service, exported_run):
     assert set(meta["palette"][0]) == {"id", "name", "rgb"}
     assert meta["parameters"]["backbone"] == "mobilenetv2"
     assert 0 <= meta["metrics"]["mean_iou"] <= 1
+    assert meta["parameters"]["run_dir"] == exported_run.name  # names, not the server's paths
+    assert "/" not in meta["parameters"]["prepared_dir"] and str(exported_run.parent) not in httpx.get(
+        f"{service}/metadata").text
 
 
 def test_every_output_kind_at_the_image_size(service, street):

@@ -27,7 +27,7 @@ from pathlib import Path
 import cv2
 import numpy as np
 
-from seglib.data.cityscapes import IGNORE_ID, TRAIN_NAMES, train_colours, train_id_table
+from seglib.data.cityscapes import ID_TO_COLOUR, IGNORE_ID, TRAIN_NAMES, train_colours, train_id_table
 from seglib.data.pairs import (
     FLAT_TEST_FRACTION,
     MAX_PIXELS,
@@ -49,8 +49,9 @@ CITYSCAPES_PHOTO, CITYSCAPES_MASK = "_leftImg8bit.png", "_gtFine_labelIds.png"
 class Classes:
     """What the mask ids mean: ``names`` and ``colours`` of classes 0..K-1, the ``ignore_index``
     (a label value that is no class, or None) and ``id_map``, a 256-entry table applied to the
-    mask ids first (Cityscapes label ids -> train ids), or None. ``declared``: K is fixed (ids
-    above it are errors); otherwise K is the largest id found + 1."""
+    mask ids first (Cityscapes label ids -> train ids), or None, and the ids it knows
+    (``mapped_ids``: another id in a mask is an error). ``declared``: K is fixed (ids above it are
+    errors); otherwise K is the largest id found + 1."""
 
     names: list[str]
     colours: list[tuple[int, int, int]]
@@ -58,6 +59,7 @@ class Classes:
     id_map: np.ndarray | None = None
     declared: bool = True
     source: str = ""
+    mapped_ids: tuple[int, ...] = ()
 
     @property
     def k(self) -> int:
@@ -127,7 +129,8 @@ def read_classes(path: Path) -> Classes:
 
 
 def cityscapes_classes() -> Classes:
-    return Classes(list(TRAIN_NAMES), train_colours(), IGNORE_ID, train_id_table(), True, "cityscapes train ids")
+    return Classes(list(TRAIN_NAMES), train_colours(), IGNORE_ID, train_id_table(), True, "cityscapes train ids",
+                   tuple(sorted(ID_TO_COLOUR)))
 
 
 def _by_name(folder: Path, suffixes) -> dict[str, Path]:
@@ -248,6 +251,10 @@ def read_labelled(item: tuple[Path, Path], size: tuple[int, int], classes: Class
         raise PairError(mask_path, f"mask is {mask.shape[1]}x{mask.shape[0]}, its image {photo_path.name} is "
                                    f"{photo.shape[1]}x{photo.shape[0]}")
     if classes.id_map is not None:
+        unknown = np.setdiff1d(np.unique(mask), classes.mapped_ids)
+        if unknown.size:
+            raise PairError(mask_path, f"label id {int(unknown[0])} is not a Cityscapes label id (0-"
+                                       f"{max(classes.mapped_ids)}); {unknown.size} unknown id(s) in this file")
         mask = classes.id_map[mask]
     if classes.declared:
         present = np.flatnonzero(np.bincount(mask.ravel(), minlength=256))

@@ -31,8 +31,13 @@ def open_split(prepared_dir: str | os.PathLike, split: str) -> Split:
     files = PreparedDir(prepared_dir).split(split)
     if not files.images.exists():
         raise FileNotFoundError(f"{files.images.parent}: no prepared split here (run `python -m seglib prepare` first)")
-    return Split(np.load(files.images, mmap_mode="r"), np.load(files.labels, mmap_mode="r"),
-                 read_file_list(files.files))
+    arrays = []
+    for path in (files.images, files.labels):
+        try:
+            arrays.append(np.load(path, mmap_mode="r"))
+        except (OSError, ValueError) as exc:  # e.g. "mmap length is greater than file size": cut short
+            raise ValueError(f"{path}: unreadable or cut short ({exc}); prepare the data again") from exc
+    return Split(*arrays, read_file_list(files.files))
 
 
 def write_file_list(path: Path, files) -> None:

@@ -29,6 +29,13 @@ def evaluate(run_dir: str | os.PathLike, prepared_dir: str | os.PathLike, split:
     if data_palette.k != palette.k:
         raise ValueError(f"{prepared_dir} has K={data_palette.k} classes, the run has K={palette.k}")
     model = load_model(run_dir)
+    from seglib.data.splits import open_split
+    from seglib.training.model import input_hw
+
+    held, takes = open_split(prepared_dir, split).images.shape[1:3], input_hw(model)
+    if tuple(held) != takes:
+        raise ValueError(f"the model takes {takes[0]}x{takes[1]} images, {prepared_dir} holds {held[0]}x{held[1]}: "
+                         "evaluate on data prepared at the run's size (--size)")
     confusion = np.zeros((palette.k, palette.k), np.int64)
     per_image: list[float] = []
     ignored = 0

@@ -147,7 +147,7 @@ def create_app(run_dir: str | os.PathLike, model: str = "int8", threads: int = 2
             "run": run.root.name, "model": pool.model,
             "palette": [{"id": i, "name": palette.names[i] if palette.names else str(i),
                          "rgb": [int(c) for c in palette.colours[i]]} for i in range(palette.k)],
-            "parameters": read_json(run.config),
+            "parameters": _without_paths(read_json(run.config)),
             "metrics": {k: metrics[k] for k in ("split", "pixel_accuracy", "mean_accuracy", "mean_iou", "mean_dice")
                         if k in metrics} if metrics else None,
         }
@@ -186,6 +186,17 @@ def create_app(run_dir: str | os.PathLike, model: str = "int8", threads: int = 2
 
     app.state.pool = pool
     return app
+
+
+def _without_paths(config: dict | None) -> dict | None:
+    """A run's parameters as clients may see them: folders and files by name, not the server's paths."""
+    if config is None:
+        return None
+    named = {k: Path(config[k]).name for k in ("prepared_dir", "run_dir", "init_from") if config.get(k)}
+    weights = config.get("encoder_weights")
+    if weights not in (None, "imagenet"):
+        named["encoder_weights"] = Path(weights).name
+    return {**config, **named}
 
 
 def predict_bytes(pool: ModelPool, data: bytes, name: str = "upload", pair: bool = False, output: str = "mask",

@@ -105,6 +105,9 @@ def make_strategy(name: str = "auto") -> Placement:
         return Placement(tf.distribute.MirroredStrategy(devices), "mirrored", len(devices), devices)
     # a TPU VM's own chips ("local"), a named TPU, or the TPU node Colab's older runtime connects to
     where = os.environ.get("TPU_NAME") or ("local" if os.path.exists("/dev/accel0") else "")
+    if not tpu_present():
+        raise ValueError("--strategy tpu: no TPU here (no TPU runtime, no /dev/accel0, TPU_NAME not set); on Colab "
+                         "choose a TPU runtime, elsewhere set TPU_NAME, or use --strategy auto")
     resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=where)
     tf.config.experimental_connect_to_cluster(resolver)
     tf.tpu.experimental.initialize_tpu_system(resolver)
