@@ -185,7 +185,7 @@ def _cmd_batch(args) -> int:
     only = [n for item in args.only for n in item.split(",") if n] if args.only else None
     _interrupt_on_sigterm()
     run_batch(args.config, args.root, only=only, resume=args.resume, overwrite=args.overwrite, parallel=args.parallel,
-              ray=args.ray)
+              ray=args.ray, wait_timeout=args.wait_timeout)
     failed = unfinished_runs(load_config(args.config, args.root), only)
     if failed:
         print(f"failed runs: {', '.join(failed)} (see the index; --resume re-runs only these)", file=sys.stderr)
@@ -344,6 +344,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="runs at once on this machine, each on its own GPU or its share of the CPU threads")
     p.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="run each run as a task on a Ray cluster (ADDRESS, auto, or local to start one here)")
+    p.add_argument("--wait-timeout", type=float, default=120, help="seconds to wait for the Ray cluster")
     p.set_defaults(func=_cmd_batch)
 
     p = sub.add_parser("colab-badges", help="fill the README's Open-in-Colab badges from the GitHub remote")

@@ -221,3 +221,39 @@ def test_a_parallel_batch_whose_data_cannot_be_prepared_marks_its_runs_failed_he
         assert status["pid"] == os.getpid()  # never sent to a run process
     assert any(line.startswith("a: FAILED in 01_prepare_data") for line in lines)
     assert any(line.startswith("batch nodata: 0 runs on 2 processes") for line in lines)
+
+
+@pytest.mark.slow
+def test_a_wait_for_workers_that_never_come_ends_with_an_error_in_its_time_and_on_ctrl_c(prepared, tmp_path):
+    """Worker 0 of a two-worker TF_CONFIG whose worker 1 never starts (loopback ports only)."""
+    ports = free_ports(2)
+    config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": 0}}
+    env = environment(TF_CONFIG=json.dumps(config))
+    started = time.monotonic()
+    done = subprocess.run(train_command(prepared, tmp_path / "run", "--strategy", "multiworker", "--wait-timeout",
+                                        "20"), capture_output=True, text=True, env=env, timeout=240)
+    took = time.monotonic() - started
+    assert done.returncode != 0 and done.stderr.strip().splitlines()[-1] == (
+        f"error: the other workers of TF_CONFIG (127.0.0.1:{ports[1]}): no answer after 20 s; check the addresses "
+        "and that every one is started, or wait longer (--wait-timeout)")
+    assert f"waiting for the other workers of TF_CONFIG (127.0.0.1:{ports[1]}) (at most 20 s" in done.stdout
+    assert took < 120 and not (tmp_path / "run").exists()
+    waiting = subprocess.Popen(train_command(prepared, tmp_path / "run2", "--strategy", "multiworker"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    line = waiting.stdout.readline()
+    assert line.startswith("waiting for the other workers"), line
+    time.sleep(3)
+    waiting.send_signal(signal.SIGINT)
+    _, stderr = waiting.communicate(timeout=30)
+    assert waiting.returncode != 0 and "error: stopped while waiting for the other workers" in stderr
+
+
+@pytest.mark.slow
+def test_a_ray_address_with_nothing_there_is_a_one_line_error(prepared, tmp_path):
+    (tmp_path / "b.yaml").write_text(json.dumps({"name": "b", "parameters": {**TINY, "DATA_DIR": str(tmp_path)},
+                                                 "runs": [{"name": "a"}]}))
+    done = subprocess.run([sys.executable, "-m", "seglib", "batch", str(tmp_path / "b.yaml"), "--root", str(tmp_path),
+                           "--ray", "127.0.0.1:1", "--wait-timeout", "10"], capture_output=True, text=True,
+                          timeout=300, env=environment())
+    assert done.returncode == 2, done.stderr
+    assert done.stderr.strip().splitlines()[-1].startswith("error: --ray 127.0.0.1:1: no Ray cluster answers there")

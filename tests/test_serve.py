@@ -212,3 +212,39 @@ def test_serve_refuses_a_model_the_run_lacks_and_a_port_in_use(trained, tmp_path
         done = subprocess.run([sys.executable, "-m", "seglib", "serve", str(trained / "run"), "--model", "keras",
                                "--port", str(port)], capture_output=True, text=True, timeout=120)
     assert done.returncode == 2 and f"127.0.0.1:{port}: cannot listen there" in done.stderr
+
+
+def test_a_chunked_upload_over_the_limit_is_refused_having_read_about_the_limit(service):
+    """300 MB sent with Transfer-Encoding: chunked (no Content-Length) to a service with --max-bytes 2 MB:
+    413 while the client is still sending, the service having read about 2 MB of it."""
+    import http.client
+    import threading
+    from urllib.parse import urlparse
+
+    where = urlparse(service)
+    connection = http.client.HTTPConnection(where.hostname, where.port, timeout=60)
+    connection.putrequest("POST", "/predict")
+    connection.putheader("Content-Type", "multipart/form-data; boundary=b")
+    connection.putheader("Transfer-Encoding", "chunked")
+    connection.endheaders()
+    head = b'--b\r\nContent-Disposition: form-data; name="file"; filename="big.png"\r\n\r\n'
+    sent, answer = 0, {}
+
+    def read_answer():
+        response = connection.getresponse()
+        answer.update(status=response.status, body=response.read())
+
+    reader = threading.Thread(target=read_answer)
+    chunk = b"\0" * (1 << 20)
+    try:
+        connection.send(b"%x\r\n%s\r\n" % (len(head), head))
+        reader.start()
+        while sent < 300 << 20 and reader.is_alive():
+            connection.send(b"%x\r\n%s\r\n" % (len(chunk), chunk))
+            sent += len(chunk)
+    except OSError:  # the service closed the connection on its refusal
+        pass
+    reader.join(60)
+    assert answer["status"] == 413 and b"refused after reading" in answer["body"]
+    read = int(answer["body"].split(b"refused after reading ")[1].split(b" ")[0])
+    assert 2_000_000 < read <= 2_000_000 + 64 * 1024 + (1 << 20) and sent < 100 << 20

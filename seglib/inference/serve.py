@@ -10,6 +10,7 @@ multipart form with the image in ``file``; ``?pair=true`` for a side-by-side pai
 ``mask`` | ``overlay`` | ``ids`` | ``json``). Bad input is 400 (not an image), 413 (over the byte
 or pixel limit), 405 or 415; no response carries a traceback.
 """
+import contextlib
 import functools
 import json
 import logging
@@ -85,18 +86,27 @@ class ModelPool:
         lite = TFLiteModel(path, threads=1)
         return lite.predict, lite.size, lite.runtime
 
-    def segment(self, photo: np.ndarray) -> np.ndarray:
-        """Class ids (H, W) of ``photo``; raises :class:`Busy` when the pool and its line are full."""
+    @contextlib.contextmanager
+    def slot(self):
+        """One of the ``threads + queue`` places a request holds from decoding its image to encoding
+        the answer, so that they bound the service's memory; :class:`Busy` when none is free."""
         if not self.slots.acquire(blocking=False):
             raise Busy
         try:
-            runner = self.runners.get()
-            try:
-                return segment(runner[0], runner[1], photo)
-            finally:
-                self.runners.put(runner)
+            yield
         finally:
             self.slots.release()
+
+    def segment(self, photo: np.ndarray) -> np.ndarray:
+        """Class ids (H, W) of ``photo``, on the next free runner (call it holding a :meth:`slot`)."""
+        runner = self.runners.get()
+        try:
+            return segment(runner[0], runner[1], photo)
+        finally:
+            self.runners.put(runner)
+
+
+FORM_OVERHEAD = 64 * 1024  # a multipart form's bytes around the file: boundaries, headers, other fields
 
 
 def create_app(run_dir: str | os.PathLike, model: str = "int8", threads: int = 2, queue_size: int = 8,
@@ -162,7 +172,7 @@ def create_app(run_dir: str | os.PathLike, model: str = "int8", threads: int = 2
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise HTTPException(415, "send the image as multipart/form-data in the field 'file'")
         declared = request.headers.get("content-length")
-        if declared and declared.isdigit() and int(declared) > max_bytes + 64 * 1024:
+        if declared and declared.isdigit() and int(declared) > max_bytes + FORM_OVERHEAD:
             raise HTTPException(413, f"upload of {int(declared)} bytes is over the limit of {max_bytes} (--max-bytes)")
         data, name = await _read_upload(request, max_bytes)
         from starlette.concurrency import run_in_threadpool
@@ -202,7 +212,14 @@ def _without_paths(config: dict | None) -> dict | None:
 def predict_bytes(pool: ModelPool, data: bytes, name: str = "upload", pair: bool = False, output: str = "mask",
                   alpha: float = 0.5, mask: bool = False, max_pixels: int = MAX_PIXELS) -> tuple[bytes | dict, float]:
     """What ``POST /predict`` answers for an image file's bytes, without the HTTP: PNG bytes (or the
-    JSON body for ``output="json"``) and the model's milliseconds."""
+    JSON body for ``output="json"``) and the model's milliseconds; everything in one of the pool's
+    slots (:class:`Busy` when none is free)."""
+    with pool.slot():
+        return _answer(pool, data, name, pair, output, alpha, mask, max_pixels)
+
+
+def _answer(pool: ModelPool, data: bytes, name: str, pair: bool, output: str, alpha: float, mask: bool,
+            max_pixels: int) -> tuple[bytes | dict, float]:
     image = decode_image_bytes(data, name, max_pixels)
     photo = photo_of(image, pool.size) if pair else image
     begun = time.perf_counter()
@@ -226,10 +243,19 @@ def predict_bytes(pool: ModelPool, data: bytes, name: str = "upload", pair: bool
 
 
 async def _read_upload(request, max_bytes: int) -> tuple[bytes, str]:
-    """The bytes and file name of the form's ``file`` field; 400 without one, 413 over ``max_bytes``."""
+    """The bytes and file name of the form's ``file`` field; 400 without one, 413 over ``max_bytes``.
+    The body is read into memory as it arrives and refused as soon as it passes the limit (a chunked
+    upload declares no length), so no more than ``max_bytes`` and the form's own bytes are stored."""
     from fastapi import HTTPException
     from starlette.datastructures import UploadFile
 
+    body, limit = bytearray(), max_bytes + FORM_OVERHEAD
+    async for chunk in request.stream():
+        body += chunk
+        if len(body) > limit:
+            raise HTTPException(413, f"upload over the limit of {max_bytes} bytes (--max-bytes): refused after "
+                                     f"reading {len(body)} bytes")
+    request._body = bytes(body)  # what starlette's form parser reads
     try:
         form = await request.form(max_files=1, max_fields=10, max_part_size=1024 * 1024)
     except Exception as exc:  # noqa: BLE001 - starlette's parser errors: a malformed form

@@ -26,12 +26,13 @@ from seglib.training.checks import run_state
 
 def run_batch(config: str | os.PathLike | dict, root: str | os.PathLike = ".", only: list[str] | None = None,
               resume: bool = False, overwrite: bool = False, echo=print, parallel: int = 1,
-              ray: str | None = None) -> Path:
+              ray: str | None = None, wait_timeout: float = 120) -> Path:
     """Run a batch (see the module docstring) and return the path of its ``index.html``.
 
     Runs that finished earlier are skipped with ``resume`` and run again with ``overwrite``;
     without either the batch refuses to start. Folders seglib did not write are never touched.
-    ``parallel``: runs at once on this machine; ``ray``: a Ray cluster's address (or ``auto``)."""
+    ``parallel``: runs at once on this machine; ``ray``: a Ray cluster's address (or ``auto``), waited
+    for at most ``wait_timeout`` seconds."""
     batch = load_config(config, root)
     names = [r.name for r in batch.runs]
     for name in only or []:
@@ -40,12 +41,14 @@ def run_batch(config: str | os.PathLike | dict, root: str | os.PathLike = ".", o
     selected = [r for r in batch.runs if not only or r.name in only]
     if parallel < 1:
         raise BatchError(f"--parallel must be at least 1, got {parallel}")
+    if ray:
+        check_ray_address(ray, wait_timeout)
     _check_run_folders(batch, selected, resume, overwrite)
     batch.report_dir.mkdir(parents=True, exist_ok=True)
     write_marker(batch.report_dir, BatchDir.KIND)
     save_config(batch)
     if parallel > 1 or ray:
-        return run_spread(batch, selected, resume, echo, parallel, ray)
+        return run_spread(batch, selected, resume, echo, parallel, ray, wait_timeout)
     prepared: dict[str, tuple] = {}  # data setting -> (prepared dir, StepFailed or None)
     index, took = None, []
     for i, run in enumerate(selected, 1):
@@ -100,7 +103,8 @@ def _describe(overrides: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "shared parameters"
 
 
-def run_spread(batch: Batch, selected: list[Run], resume: bool, echo, parallel: int, ray: str | None) -> Path:
+def run_spread(batch: Batch, selected: list[Run], resume: bool, echo, parallel: int, ray: str | None,
+               wait_timeout: float = 120) -> Path:
     """Run the selected runs N at a time in processes here, or as Ray tasks: data first, here."""
     todo = []
     for run in selected:
@@ -125,7 +129,7 @@ def run_spread(batch: Batch, selected: list[Run], resume: bool, echo, parallel: 
     echo(f"batch {batch.name}: {len(todo)} runs on {where}")
     spread = _ray_runs if ray else _process_runs
     try:
-        for name, status in spread(batch, todo, ready, resume, placements, ray):
+        for name, status in spread(batch, todo, ready, resume, placements, ray, wait_timeout):
             echo(f"{name}: {summary_line(batch, name, status)}")
             write_index(batch)
     except KeyboardInterrupt:
@@ -183,7 +187,8 @@ def run_elsewhere(batch: Batch, name: str, ready: dict, resume: bool) -> dict:
     return run_one(batch, run, prepared, resume, lambda line: print(f"{name} [{where}]: {line}", flush=True))
 
 
-def _process_runs(batch: Batch, todo: list[Run], ready: dict, resume: bool, placements: list[dict], ray=None):
+def _process_runs(batch: Batch, todo: list[Run], ready: dict, resume: bool, placements: list[dict], ray=None,
+                  wait_timeout=None):
     import multiprocessing
     from concurrent.futures import ProcessPoolExecutor, as_completed
 
@@ -198,13 +203,27 @@ def _process_runs(batch: Batch, todo: list[Run], ready: dict, resume: bool, plac
             yield futures[future], _outcome(batch, futures[future], future.exception(), future)
 
 
-def _ray_runs(batch: Batch, todo: list[Run], ready: dict, resume: bool, placements=None, ray_address: str = "auto"):
+def check_ray_address(address: str, timeout: float) -> None:
+    """A ``HOST:PORT`` address must answer before anything runs (Ray itself retries for minutes)."""
+    host, _, port = address.rpartition(":")
+    if port.isdigit() and "://" not in address:
+        try:
+            socket.create_connection((host, int(port)), timeout=min(10, timeout)).close()
+        except OSError as exc:
+            raise BatchError(f"--ray {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
+
+
+def _ray_runs(batch: Batch, todo: list[Run], ready: dict, resume: bool, placements=None, ray_address: str = "auto",
+              wait_timeout: float = 120):
+    from seglib.training.distribute import bounded_wait
+
     try:
         import ray
     except ImportError:
         raise BatchError("--ray needs Ray: pip install 'seglib[ray]' (make install installs it)") from None
     if not ray.is_initialized():  # "local" starts a Ray instance on this machine
-        ray.init(address=None if ray_address == "local" else ray_address, log_to_driver=True)
+        bounded_wait(f"the Ray cluster {ray_address}", lambda: ray.init(
+            address=None if ray_address == "local" else ray_address, log_to_driver=True), wait_timeout)
     gpus = 1 if ray.cluster_resources().get("GPU", 0) >= 1 else 0
     remote = ray.remote(num_gpus=gpus, num_cpus=1, max_retries=0)(run_elsewhere)
     refs = {remote.remote(batch, run.name, ready, resume): run.name for run in todo}

@@ -48,6 +48,7 @@ class TrainConfig:
     strategy: str = _p("auto", "tf.distribute strategy; auto: TPU if present, mirrored over 2+ GPUs, else one device",
                        STRATEGIES)
     scale_lr: bool = _p(False, "multiply lr by the replicas (batch_size is per replica)")
+    wait_timeout: float = _p(600, "seconds to wait for the other workers or the TPU before giving up")
     jit_compile: bool = _p(False, "compile training steps with XLA (slower on CPUs)")
     seed: int = _p(0, "seeds the weights, the shuffling and the augmentation")
     overwrite: bool = _p(False, "replace a finished run in RUN_DIR (an unfinished one is resumed without this)")

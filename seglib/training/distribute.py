@@ -81,8 +81,47 @@ def is_chief(config: dict) -> bool:
                                        and "chief" not in config["cluster"])
 
 
-def make_strategy(name: str = "auto") -> Placement:
-    """The strategy ``name`` asks for on this machine (see the module docstring)."""
+_WATCHDOG = """
+import os, sys, time
+parent, timeout, what = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+end = time.monotonic() + timeout
+while time.monotonic() < end:
+    time.sleep(0.2)
+    if os.getppid() != parent:
+        sys.exit(sys.stderr.write(f"error: stopped while waiting for {what}\\n") and 0)
+sys.stderr.write(f"error: {what}: no answer after {timeout:.0f} s; check the addresses and that every one is "
+                 "started, or wait longer (--wait-timeout)\\n")
+sys.stderr.flush()
+os.kill(parent, 9)  # TensorFlow's preemption notifier takes SIGTERM while workers are waited for
+"""
+
+
+def bounded_wait(what: str, call, timeout: float):
+    """``call()``, a wait on something outside this process (other workers, a TPU, a cluster), said
+    first and bounded: TensorFlow waits in C++ holding the interpreter lock, so neither a Python
+    thread nor a signal handler runs meanwhile. A watchdog process ends this one after ``timeout``
+    seconds with a one-line error; Ctrl-C ends it at once (the watchdog says so), and so does
+    SIGTERM, except while TensorFlow's own preemption notifier holds it (a multi-worker set-up).
+    Nothing has been written yet."""
+    import signal
+    import subprocess
+    import sys
+
+    print(f"waiting for {what} (at most {timeout:.0f} s: --wait-timeout)", flush=True)
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(timeout), what])
+    handlers = {s: signal.signal(s, signal.SIG_DFL) for s in (signal.SIGTERM, signal.SIGINT)}
+    try:
+        return call()
+    finally:
+        for number, handler in handlers.items():
+            signal.signal(number, handler)
+        watchdog.kill()
+        watchdog.wait()
+
+
+def make_strategy(name: str = "auto", wait_timeout: float = 600) -> Placement:
+    """The strategy ``name`` asks for on this machine (see the module docstring); the other workers
+    or the TPU are waited for at most ``wait_timeout`` seconds (:func:`bounded_wait`)."""
     import tensorflow as tf
 
     if name not in STRATEGIES:
@@ -91,7 +130,10 @@ def make_strategy(name: str = "auto") -> Placement:
         split_cpu(int(os.environ[CPU_DEVICES_ENV]))
     if name == "multiworker":  # before anything starts TensorFlow's runtime: it sets up collective ops
         config = cluster()
-        strategy = tf.distribute.MultiWorkerMirroredStrategy()
+        others = [a for kind, hosts in config["cluster"].items() for i, a in enumerate(hosts)
+                  if (kind, i) != (config["task"]["type"], int(config["task"]["index"]))]
+        strategy = bounded_wait(f"the other workers of TF_CONFIG ({', '.join(others)})",
+                                tf.distribute.MultiWorkerMirroredStrategy, wait_timeout)
         patch_keras_for_multiworker()
         return Placement(strategy, "multiworker", strategy.num_replicas_in_sync,
                          list(strategy.extended.worker_devices), is_chief(config), config["task"])
@@ -108,10 +150,13 @@ def make_strategy(name: str = "auto") -> Placement:
     if not tpu_present():
         raise ValueError("--strategy tpu: no TPU here (no TPU runtime, no /dev/accel0, TPU_NAME not set); on Colab "
                          "choose a TPU runtime, elsewhere set TPU_NAME, or use --strategy auto")
-    resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=where)
-    tf.config.experimental_connect_to_cluster(resolver)
-    tf.tpu.experimental.initialize_tpu_system(resolver)
-    strategy = tf.distribute.TPUStrategy(resolver)
+    def connect():
+        resolver = tf.distribute.cluster_resolver.TPUClusterResolver(tpu=where)
+        tf.config.experimental_connect_to_cluster(resolver)
+        tf.tpu.experimental.initialize_tpu_system(resolver)
+        return tf.distribute.TPUStrategy(resolver)
+
+    strategy = bounded_wait(f"the TPU {where or '(Colab)'}", connect, wait_timeout)
     return Placement(strategy, "tpu", strategy.num_replicas_in_sync,
                      [d.name for d in tf.config.list_logical_devices("TPU")])
 

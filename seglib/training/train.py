@@ -83,7 +83,7 @@ def train(config: TrainConfig, verbose: int | str = "auto", log=None, callbacks=
 
     from seglib.training.distribute import make_strategy
 
-    placement = make_strategy(config.strategy)  # first: it may split the CPU before TensorFlow starts
+    placement = make_strategy(config.strategy, config.wait_timeout)  # first: it may split the CPU before TF starts
     run = RunDir(config.run_dir)
     if placement.chief:
         state = run_state(run.root)
