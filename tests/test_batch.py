@@ -144,7 +144,8 @@ def test_a_failing_run_is_marked_and_the_other_finishes(failed_batch):
     assert re.search(r'<th>MONITOR</th>(<td>&quot;val_loss&quot;</td>){3}', params)
     assert re.search(r'<tr class="differs"><th>BACKBONE</th>', params)
     assert "unknown backbone" in html  # the error is on the page
-    assert html.count("data:image/png;base64,") == 1  # training and validation curves, embedded
+    assert html.count("data:image/png;base64,") == 2  # test-score bars and training/validation curves, embedded
+    assert "<h2>Test scores</h2>" in html and "mean acc" in html and "model params" in html
     assert not re.search(r"""(src|href)=["']https?://""", html)
     # each executed notebook is rendered; the run's report holds curves, predictions, metrics, export table
     report = (root / "reports" / "tiny" / "good" / "report.html").read_text()

@@ -191,7 +191,7 @@ def test_video_gets_an_overlay_video_of_the_same_fps_and_size(exported_run, trai
     out = cv2.VideoCapture(str(tmp_path / "out" / "drive_overlay.mp4"))
     assert out.get(cv2.CAP_PROP_FPS) == pytest.approx(12.0) and int(out.get(cv2.CAP_PROP_FRAME_COUNT)) == 30
     assert (int(out.get(cv2.CAP_PROP_FRAME_WIDTH)), int(out.get(cv2.CAP_PROP_FRAME_HEIGHT))) == (96, 64)
-    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == ["drive_overlay.mp4"]  # no temp file left
+    assert sorted(p.name for p in (tmp_path / "out").iterdir()) == [".seglib", "drive_overlay.mp4"]  # no temp file
     bad = tmp_path / "broken.mp4"
     bad.write_bytes(b"not a video")
     done = subprocess.run([sys.executable, "-m", "seglib", "predict", str(exported_run / "model_int8.tflite"),
