@@ -175,7 +175,7 @@ def runs_scores(scores):
     fig, ax = plt.subplots(figsize=(max(6, 1.4 * len(scores) + 2), 3.6))
     if not scores.empty:
         scores.plot.bar(ax=ax, rot=20 if len(scores) > 3 else 0, width=0.8)
-        ax.legend(loc="lower right", fontsize=9)
+        ax.legend(loc="upper left", bbox_to_anchor=(1.0, 1.0), fontsize=9)  # beside the bars, not over them
     ax.set_ylim(0, 1)
     ax.set_xlabel("")
     ax.grid(axis="y", alpha=0.3)
