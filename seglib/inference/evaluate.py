@@ -28,8 +28,11 @@ def evaluate(run_dir: str | os.PathLike, prepared_dir: str | os.PathLike, split:
     data_palette = Palette.load(PreparedDir(prepared_dir).palette)
     if data_palette.k != palette.k:
         raise ValueError(f"{prepared_dir} has K={data_palette.k} classes, the run has K={palette.k}")
+    from seglib.data.splits import open_split, source_labels
+
+    if full_size:
+        next(source_labels(prepared_dir, split), None)  # a dataset of pairs has no label files: say so first
     model = load_model(run_dir)
-    from seglib.data.splits import open_split
     from seglib.training.model import input_hw
 
     held, takes = open_split(prepared_dir, split).images.shape[1:3], input_hw(model)
