@@ -16,13 +16,21 @@ import sys
 import threading
 
 DEBUG_ENV = "SEGLIB_DEBUG"
-NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)|[IW]\d{4} |E\d{4} .*(cuInit|"
-                   r"cuda_dnn|cuda_fft|cuda_blas|computation_placer|NodeDef mentions attribute)|.*TF-TRT Warning|"
-                   r".*oneDNN custom operations|fully_quantize: |INFO: Created TensorFlow Lite XNNPACK delegate)")
+# a C++ log line: absl's "E0000 00:00:..." or TensorFlow 2.18's "2026-01-01 12:00:00.000: E ..."; its severity
+LOG_LINE = re.compile(r"^(?:\d{4}-\d\d-\d\d [\d:.]+: ([IWE]) |([IWE])\d{4} )")
+ERROR_NOISE = re.compile(r"cuInit|cuda_dnn|cuda_fft|cuda_blas|cuDNN|cuFFT|cuBLAS|computation_placer|NodeDef mentions "
+                         r"attribute")
+OTHER_NOISE = re.compile(r"^(WARNING: All log messages before absl::InitializeLog\(\)|.*TF-TRT Warning|.*oneDNN "
+                         r"custom operations|fully_quantize: |INFO: Created TensorFlow Lite XNNPACK delegate|"
+                         r"To enable the following instructions: )")
 
 
 def startup_noise(line: str) -> bool:
-    return bool(NOISE.match(line))
+    """INFO and WARNING log lines, the CUDA-less machine's errors, and the lines named above."""
+    found = LOG_LINE.match(line)
+    if found:
+        return (found.group(1) or found.group(2)) in "IW" or bool(ERROR_NOISE.search(line))
+    return bool(OTHER_NOISE.match(line))
 
 
 class _FirstTensorFlowImport(importlib.abc.MetaPathFinder):
