@@ -161,7 +161,7 @@ def test_a_batch_runs_as_tasks_on_a_local_ray_instance(synth_dir, tmp_path):
         ray.shutdown()
     for name in ("lr1", "lr2"):
         status = json.loads((tmp_path / "reports" / "onray" / name / "status.json").read_text())
-        assert status["status"] == "finished" and status["pid"] != os.getpid()
+        assert status["status"] == "finished" and status["pid"] != os.getpid(), status
         assert (tmp_path / "artifacts" / "onray" / name / "model_int8.tflite").exists()
     assert any("2 runs on Ray cluster auto" in line for line in lines)
     assert index.exists() and ">lr2<" in index.read_text()

@@ -42,6 +42,14 @@ def tflite_interpreter(path: str | os.PathLike, threads: int = 2):
         with warnings.catch_warnings():
             warnings.simplefilter("ignore")  # "tf.lite.Interpreter is deprecated": it is the fallback
             interpreter = tf.lite.Interpreter(model_path=str(path), num_threads=threads)
+            quantized = interpreter.get_input_details()[0]["dtype"] in (np.uint8, np.int8)
+            if quantized and _xnnpack_int8_unverified(tf.__version__):
+                # TF 2.18's XNNPACK delegate gets this int8 model wrong (argmax agreement with Keras
+                # 0.21; 0.99 with TF's own kernels, as with ai-edge-litert or TF 2.21)
+                interpreter = tf.lite.Interpreter(
+                    model_path=str(path), num_threads=threads,
+                    experimental_op_resolver_type=tf.lite.experimental.OpResolverType.BUILTIN_WITHOUT_DEFAULT_DELEGATES)
+                return interpreter, f"tf.lite (TensorFlow {tf.__version__}, int8 without XNNPACK)"
         return interpreter, f"tf.lite (TensorFlow {tf.__version__})"
     from importlib.metadata import PackageNotFoundError, version
 
@@ -50,6 +58,12 @@ def tflite_interpreter(path: str | os.PathLike, threads: int = 2):
     except PackageNotFoundError:
         runtime = "ai-edge-litert"
     return Interpreter(model_path=str(path), num_threads=threads), runtime
+
+
+def _xnnpack_int8_unverified(tf_version: str) -> bool:
+    """True below TF 2.21, the first tf.lite whose XNNPACK int8 results were checked right here."""
+    major, minor = (int(part) for part in tf_version.split(".")[:2])
+    return (major, minor) < (2, 21)
 
 
 class TFLiteModel:
