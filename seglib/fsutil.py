@@ -36,6 +36,24 @@ def dir_mode() -> int:
     return 0o777 & ~_umask()
 
 
+class TooBig(ValueError):
+    """A file holds more bytes than its reader allows."""
+
+    def __init__(self, path, reason: str):
+        super().__init__(f"{path}: {reason}")
+        self.path, self.reason = path, reason
+
+
+def read_bounded(path: str | os.PathLike, limit: int) -> bytes:
+    """The bytes of ``path``, reading at most ``limit + 1`` of them: what is read counts, not what
+    ``stat`` says (a pipe, a growing file); :class:`TooBig` over ``limit``."""
+    with open(path, "rb") as file:
+        data = file.read(limit + 1)
+    if len(data) > limit:
+        raise TooBig(path, f"more than {limit} bytes")
+    return data
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path``, then rename it into place."""
     path = Path(path)

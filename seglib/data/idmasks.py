@@ -35,9 +35,11 @@ from seglib.data.pairs import (
     PairError,
     decode_image,
     image_size,
+    max_file_bytes,
     resize_pair,
     seeded_split,
 )
+from seglib.fsutil import TooBig, read_bounded
 
 CLASSES_FILE = "classes.json"
 PHOTO_SUFFIXES = (".jpg", ".jpeg", ".png")
@@ -213,7 +215,9 @@ def decode_mask(path: Path, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """A single-channel id mask (H, W) uint8; a colour or 16-bit mask with ids over 255 is a
     :class:`PairError` (an RGB file whose three channels are equal counts as single-channel)."""
     try:
-        data = path.read_bytes()
+        data = read_bounded(path, max_file_bytes(max_pixels))
+    except TooBig as exc:
+        raise PairError(path, f"{exc.reason} for a mask of at most {max_pixels / 1e6:.0f} MP") from None
     except OSError as exc:
         raise PairError(path, f"cannot read file ({exc.strerror or exc})") from exc
     if not data:

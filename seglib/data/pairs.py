@@ -18,6 +18,8 @@ import cv2
 import numpy as np
 import simplejpeg
 
+from seglib.fsutil import TooBig, read_bounded
+
 IMAGE_SUFFIXES = {".jpg", ".jpeg", ".png", ".bmp", ".tif", ".tiff", ".webp"}
 ASPECT_TOLERANCE = 0.1  # width/height may be 2 +- 0.1
 FLAT_TEST_FRACTION = 0.2  # a flat folder of pairs: this share becomes the test split
@@ -41,8 +43,17 @@ class TooLarge(PairError):
     """An image over the pixel limit (refused from its header, before decoding)."""
 
 
+GRAY_MODES = ("1", "L", "LA", "La", "I", "I;16", "I;16B", "I;16L", "I;16N", "F")  # Pillow's header modes
+
+
 def image_size(data: bytes, path: str | os.PathLike = "<bytes>") -> tuple[int, int]:
     """``(width, height)`` an image file declares in its header, read without decoding it."""
+    return image_header(data, path)[:2]
+
+
+def image_header(data: bytes, path: str | os.PathLike = "<bytes>") -> tuple[int, int, str]:
+    """``(width, height, mode)`` from an image file's header, without decoding it (mode as Pillow
+    names it: "RGB", "RGBA", "L", "I;16", ...)."""
     import io
     import warnings
 
@@ -50,32 +61,41 @@ def image_size(data: bytes, path: str | os.PathLike = "<bytes>") -> tuple[int, i
 
     if data[:2] == b"\xff\xd8":
         try:
-            height, width, _, _ = simplejpeg.decode_jpeg_header(data)
+            height, width, colorspace, _ = simplejpeg.decode_jpeg_header(data)
         except ValueError as exc:
             raise PairError(path, f"not a readable JPEG ({exc})") from exc
-        return width, height
+        return width, height, "L" if colorspace == "Gray" else colorspace
     try:
         with warnings.catch_warnings():
             warnings.simplefilter("ignore", Image.DecompressionBombWarning)  # the limit that counts is ours
             with Image.open(io.BytesIO(data)) as image:
-                return image.size
+                return *image.size, image.mode
     except Image.DecompressionBombError as exc:  # over twice Pillow's own limit: far over any sane one
         raise TooLarge(path, f"image is over the limit ({exc})") from exc
     except (UnidentifiedImageError, OSError, ValueError) as exc:
         raise PairError(path, "not a readable image (corrupt or unsupported format)") from exc
 
 
+def max_file_bytes(max_pixels: int = MAX_PIXELS) -> int:
+    """The most bytes an image file of at most ``max_pixels`` may hold: its raw 16-bit RGBA size and
+    a margin for headers; no encoding of such an image is larger."""
+    return max_pixels * 8 + (1 << 20)
+
+
 def decode_image(path: str | os.PathLike, max_pixels: int = MAX_PIXELS) -> np.ndarray:
     """Decode an image file to an RGB uint8 array (H, W, 3).
 
-    The header is read first: an image over ``max_pixels`` is refused before anything is
-    decoded. JPEGs are decoded strictly, so a truncated one (even with its end marker put back)
-    is refused instead of coming out with grey rows. Accepts 8- and 16-bit images and drops an
-    alpha channel; rejects grayscale (a mask needs its colours). Every problem is this file's
+    The file is read through a bounded read and its header first: an image over ``max_pixels`` is
+    refused before anything is decoded, so a decode never takes more than width x height x 3 bytes.
+    JPEGs are decoded strictly, so a truncated one (even with its end marker put back) is refused
+    instead of coming out with grey rows. 16-bit and alpha images are reduced to 8-bit RGB as they
+    decode; grayscale is refused (a mask needs its colours). Every problem is this file's
     :class:`PairError`.
     """
     try:
-        data = Path(path).read_bytes()
+        data = read_bounded(path, max_file_bytes(max_pixels))
+    except TooBig as exc:
+        raise TooLarge(path, f"{exc.reason} for an image of at most {max_pixels / 1e6:.0f} MP") from None
     except OSError as exc:
         raise PairError(path, f"cannot read file ({exc.strerror or exc})") from exc
     return decode_image_bytes(data, path, max_pixels)
@@ -85,34 +105,26 @@ def decode_image_bytes(data: bytes, path: str | os.PathLike = "<upload>", max_pi
     """:func:`decode_image` of a file's bytes (``path`` names it in errors)."""
     if not data:
         raise PairError(path, "empty file")
-    width, height = image_size(data, path)
+    width, height, mode = image_header(data, path)
     if width * height > max_pixels:
         raise TooLarge(path, f"image is {width}x{height} ({width * height / 1e6:.0f} MP), over the limit of "
                              f"{max_pixels / 1e6:.0f} MP (--max-pixels)")
-    if data[:2] == b"\xff\xd8":
-        _, _, colorspace, _ = simplejpeg.decode_jpeg_header(data)
-        if colorspace == "Gray":
-            raise PairError(path, "grayscale image: the mask half needs its colours")
-        if colorspace in ("YCbCr", "RGB"):
-            try:
-                return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
-            except ValueError as exc:
-                raise PairError(path, f"truncated or corrupt JPEG ({exc})") from exc
-    try:
-        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_UNCHANGED)
+    if mode in GRAY_MODES:
+        raise PairError(path, "grayscale image: the mask half needs its colours")
+    if data[:2] == b"\xff\xd8" and mode in ("YCbCr", "RGB"):
+        try:
+            return simplejpeg.decode_jpeg(data, colorspace="RGB", strict=True)
+        except ValueError as exc:
+            raise PairError(path, f"truncated or corrupt JPEG ({exc})") from exc
+    try:  # IMREAD_COLOR: 16 bits and alpha are dropped row by row as it decodes, into width x height x 3 bytes
+        image = cv2.imdecode(np.frombuffer(data, np.uint8), cv2.IMREAD_COLOR)
     except cv2.error as exc:
         raise PairError(path, f"not a readable image ({' '.join(str(exc).split())[-200:]})") from exc
     if image is None:
         raise PairError(path, "not a readable image (corrupt or unsupported format)")
-    if image.dtype == np.uint16:
-        image = ((image.astype(np.uint32) * 255 + 32767) // 65535).astype(np.uint8)
-    elif image.dtype != np.uint8:
-        raise PairError(path, f"unsupported pixel type {image.dtype} (expected 8- or 16-bit)")
-    if image.ndim == 2 or image.shape[2] in (1, 2):
-        raise PairError(path, "grayscale image: the mask half needs its colours")
-    if image.shape[2] == 4:
-        image = image[:, :, :3]
-    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB)
+    if image.shape[:2] != (height, width):
+        raise PairError(path, f"decodes to {image.shape[1]}x{image.shape[0]}, its header says {width}x{height}")
+    return cv2.cvtColor(image, cv2.COLOR_BGR2RGB, dst=image)  # in place: no second copy
 
 
 def parse_size(size) -> tuple[int, int]:

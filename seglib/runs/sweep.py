@@ -13,7 +13,7 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from seglib.data.datasets import is_kaggle
-from seglib.fsutil import atomic_write_text, pid_alive
+from seglib.fsutil import TooBig, atomic_write_text, pid_alive, read_bounded
 from seglib.layout import BatchDir, RunDir, RunReportDir
 from seglib.runs import notebooks
 
@@ -97,10 +97,11 @@ def load_config(config: str | os.PathLike | dict, root: str | os.PathLike = ".")
     else:
         source = str(config)
         try:
-            if Path(config).stat().st_size > MAX_CONFIG_BYTES:
-                raise BatchError(f"{source}: {Path(config).stat().st_size} bytes; a batch config may have at most "
-                                 f"{MAX_CONFIG_BYTES}")
-            raw = yaml.load(Path(config).read_text(encoding="utf-8"), Loader=_no_alias_loader())
+            text = read_bounded(config, MAX_CONFIG_BYTES).decode("utf-8")
+            raw = yaml.load(text, Loader=_no_alias_loader())
+        except TooBig:
+            raise BatchError(f"{source}: more than {MAX_CONFIG_BYTES} bytes; a batch config may have at most "
+                             f"{MAX_CONFIG_BYTES}") from None
         except FileNotFoundError:
             raise BatchError(f"{source}: batch config not found") from None
         except (yaml.YAMLError, UnicodeDecodeError) as e:
