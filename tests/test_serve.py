@@ -6,6 +6,7 @@ import subprocess
 import sys
 import time
 from concurrent.futures import ThreadPoolExecutor
+from pathlib import Path
 
 import cv2
 import numpy as np
@@ -119,6 +120,10 @@ def test_bad_input_gets_a_clear_status_and_no_traceback(service, street, declare
         (post(service, b"", name="empty.jpg"), 400, "empty file"),
         (post(service, photo_jpg, output="svg"), 400, "output must be one of"),
         (post(service, photo_jpg, alpha="half"), 400, "bad parameters (alpha: "),
+        (post(service, photo_jpg, pair="true"), 400,
+         "street.jpg: pair=true, but the image is 128x128, not a side-by-side pair (2:1"),
+        (post(service, photo_jpg, output="mask", alpha=0.3), 400, "needs output=overlay, not output=mask"),
+        (post(service, photo_jpg, output="ids", mask="true"), 400, "mask=true adds the mask to output=json"),
         (httpx.post(f"{service}/predict", json={"file": "x"}), 415, "multipart/form-data"),
         (httpx.post(f"{service}/predict", files={"image": ("a.jpg", photo_jpg)}), 400, "no file"),
         (httpx.get(f"{service}/predict"), 405, "Method Not Allowed"),
@@ -142,6 +147,40 @@ def test_an_overfull_queue_gets_503_with_retry_after(exported_run):
     assert set(statuses) <= {200, 503} and 200 in statuses and 503 in statuses, statuses
     busy = next(r for r in responses if r.status_code == 503)
     assert busy.headers["retry-after"] == "1" and "busy" in busy.json()["error"]
+
+
+def test_three_huge_16_bit_pngs_at_once_keep_the_service_under_its_stated_memory_bound(exported_run):
+    """7000x7000 16-bit RGBA PNGs (540 KB each, 49 MP: under the 50 MP limit), three at once, to a
+    service with --threads 1 --queue 2: each is decoded only in the one working slot, so the peak
+    stays under the bound the service states (docs/serving.md): 720 MB over its idle size here, where
+    three decodes at once would take about 1.4 GB (before: 5.9 GB)."""
+    from seglib.inference.serve import memory_bound
+
+    big = np.zeros((7000, 7000, 4), np.uint16)
+    big[::7, ::5], big[..., 3] = 60000, 65535
+    data = cv2.imencode(".png", big, [cv2.IMWRITE_PNG_COMPRESSION, 9])[1].tobytes()
+    del big
+    process, url = start_service(exported_run, "--threads", "1", "--queue", "2")
+    status = Path(f"/proc/{process.pid}/status")
+
+    def kib(field: str) -> int:
+        return next(int(line.split()[1]) for line in status.read_text().splitlines() if line.startswith(field))
+
+    try:
+        png_of(post(url, cv2.imencode(".png", np.zeros((64, 64, 3), np.uint8))[1].tobytes(), name="warm.png"))
+        idle = kib("VmRSS:") * 1024
+        Path(f"/proc/{process.pid}/clear_refs").write_text("5")  # the peak (VmHWM) starts again from here
+        with ThreadPoolExecutor(3) as pool:
+            responses = list(pool.map(lambda _: post(url, data, name="big16.png", output="json", mask="true"),
+                                      range(3)))
+        peak = kib("VmHWM:") * 1024
+    finally:
+        stop(process)
+    assert [r.status_code for r in responses] == [200] * 3, [r.text[:200] for r in responses]
+    assert responses[0].json()["width"] == 7000
+    bound = memory_bound(threads=1, queue_size=2)
+    print(f"peak {peak / 1e6:.0f} MB over {idle / 1e6:.0f} MB idle, bound {bound / 1e6:.0f} MB")
+    assert peak - idle <= bound, f"peak {peak / 1e6:.0f} MB over {idle / 1e6:.0f} MB idle, bound {bound / 1e6:.0f} MB"
 
 
 def test_the_page_segments_a_dropped_image_in_headless_chromium(service, street, chromium, tmp_path):

@@ -69,22 +69,29 @@ def segment(predict, size: tuple[int, int], photo: np.ndarray) -> np.ndarray:
     return cv2.resize(labels, (w, h), interpolation=cv2.INTER_NEAREST)
 
 
-def overlay(photo: np.ndarray, mask: np.ndarray, alpha: float = 0.5) -> np.ndarray:
-    """The colour mask blended over the photo (``alpha``: the mask's weight)."""
-    return cv2.addWeighted(photo, 1 - alpha, mask, alpha, 0)
+def overlay(photo: np.ndarray, mask: np.ndarray, alpha: float = 0.5, inplace: bool = False) -> np.ndarray:
+    """The colour mask blended over the photo (``alpha``: the mask's weight; ``inplace``: into ``mask``)."""
+    return cv2.addWeighted(photo, 1 - alpha, mask, alpha, 0, dst=mask if inplace else None)
 
 
-def png(image: np.ndarray) -> bytes:
-    """PNG bytes of an RGB (H, W, 3) or single-channel (H, W) uint8 image."""
-    return cv2.imencode(".png", cv2.cvtColor(image, cv2.COLOR_RGB2BGR) if image.ndim == 3 else image)[1].tobytes()
+def png(image: np.ndarray, inplace: bool = False) -> bytes:
+    """PNG bytes of an RGB (H, W, 3) or single-channel (H, W) uint8 image (``inplace``: the caller's
+    array may be turned BGR instead of copied, for large images)."""
+    if image.ndim == 3:
+        image = cv2.cvtColor(image, cv2.COLOR_RGB2BGR, dst=image if inplace else None)
+    return cv2.imencode(".png", image)[1].tobytes()
 
 
 def photo_of(image: np.ndarray, size: tuple[int, int] = (1, 1)) -> np.ndarray:
     """The photo: the left half of a side-by-side pair (twice as wide, for its aspect, as the model's
     input ``size`` (H, W)), else the image itself: a 2:1 photo is a photo for a 256x512 model."""
     h, w = image.shape[:2]
-    aspect = size[1] / size[0]
-    return image[:, : w // 2] if abs(w / h / aspect - 2.0) <= ASPECT_TOLERANCE else image
+    return image[:, : w // 2] if is_pair(w, h, size) else image
+
+
+def is_pair(width: int, height: int, size: tuple[int, int] = (1, 1)) -> bool:
+    """Whether a ``width`` x ``height`` image is a side-by-side pair for a model of input ``size``."""
+    return abs(width / height / (size[1] / size[0]) - 2.0) <= ASPECT_TOLERANCE
 
 
 def output_names(files: list[Path]) -> dict[Path, str]:

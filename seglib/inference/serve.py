@@ -3,7 +3,9 @@
 ``python -m seglib serve RUN_DIR`` runs it with uvicorn. The model is one of the run's exports
 (``int8`` by default, the fastest on a CPU) or its ``.keras`` file. Requests run on a fixed pool
 of model runners, one per thread (a TFLite interpreter is not thread-safe); a request that
-finds every runner busy and the waiting line full gets 503 with ``Retry-After`` at once.
+finds every runner busy and the waiting line full gets 503 with ``Retry-After`` at once, before
+its upload is read. At most ``threads + queue`` uploads are held and ``threads`` images decoded at
+once, so those two numbers bound the service's memory (docs/serving.md gives the figure).
 
 Endpoints: ``GET /`` (the page), ``GET /health``, ``GET /metadata``, ``POST /predict`` (a
 multipart form with the image in ``file``; ``?pair=true`` for a side-by-side pair, ``?output=``
@@ -22,12 +24,13 @@ from base64 import b64encode
 from importlib import resources
 from pathlib import Path
 
+import cv2
 import numpy as np
 
 from seglib.data.labels import colourize
-from seglib.data.pairs import MAX_PIXELS, PairError, TooLarge, decode_image_bytes
+from seglib.data.pairs import MAX_PIXELS, PairError, TooLarge, decode_image_bytes, image_header
 from seglib.data.palette import Palette
-from seglib.inference.predict import overlay, photo_of, png, segment
+from seglib.inference.predict import is_pair, overlay, png, segment
 from seglib.layout import RunDir
 
 MODELS = ("int8", "fp16", "fp32", "onnx", "keras")
@@ -59,7 +62,8 @@ class ModelPool:
         for _ in range(self.threads):
             self.runners.put(self._runner(path, model))
         _, self.size, self.runtime = self.runners.queue[0]
-        self.slots = threading.BoundedSemaphore(self.threads + max(0, queue_size))
+        self.places = threading.BoundedSemaphore(self.threads + max(0, queue_size))
+        self.working = threading.BoundedSemaphore(self.threads)
 
     @functools.cached_property
     def _keras(self):
@@ -87,18 +91,25 @@ class ModelPool:
         return lite.predict, lite.size, lite.runtime
 
     @contextlib.contextmanager
-    def slot(self):
-        """One of the ``threads + queue`` places a request holds from decoding its image to encoding
-        the answer, so that they bound the service's memory; :class:`Busy` when none is free."""
-        if not self.slots.acquire(blocking=False):
+    def place(self):
+        """One of the ``threads + queue`` places a request holds from reading its upload to sending
+        the answer; :class:`Busy` at once when none is free (never waits)."""
+        if not self.places.acquire(blocking=False):
             raise Busy
         try:
             yield
         finally:
-            self.slots.release()
+            self.places.release()
+
+    @contextlib.contextmanager
+    def work(self):
+        """One of the ``threads`` slots a request holds from decoding its image to encoding the answer
+        (waits for one): no more than ``threads`` decoded images exist at once."""
+        with self.working:
+            yield
 
     def segment(self, photo: np.ndarray) -> np.ndarray:
-        """Class ids (H, W) of ``photo``, on the next free runner (call it holding a :meth:`slot`)."""
+        """Class ids (H, W) of ``photo``, on the next free runner (call it inside :meth:`work`)."""
         runner = self.runners.get()
         try:
             return segment(runner[0], runner[1], photo)
@@ -107,6 +118,14 @@ class ModelPool:
 
 
 FORM_OVERHEAD = 64 * 1024  # a multipart form's bytes around the file: boundaries, headers, other fields
+WORK_BYTES_PER_PIXEL = 12  # measured: 474 MB (9.7 B/px) from decoding a 49 MP 16-bit RGBA PNG to its overlay PNG
+
+
+def memory_bound(threads: int = 2, queue_size: int = 8, max_pixels: int = MAX_PIXELS,
+                 max_bytes: int = MAX_BYTES) -> int:
+    """The most bytes the service holds above its idle size: each working slot one decoded image and
+    its answer, each place its upload twice (the body as read and the form's file)."""
+    return threads * WORK_BYTES_PER_PIXEL * max_pixels + (threads + queue_size) * 2 * (max_bytes + FORM_OVERHEAD)
 
 
 def create_app(run_dir: str | os.PathLike, model: str = "int8", threads: int = 2, queue_size: int = 8,
@@ -163,32 +182,32 @@ def create_app(run_dir: str | os.PathLike, model: str = "int8", threads: int = 2
         }
 
     @app.post("/predict")
-    async def predict(request: Request, pair: bool = False, output: str = "mask", alpha: float = 0.5,
+    async def predict(request: Request, pair: bool = False, output: str = "mask", alpha: float | None = None,
                       mask: bool = False):
-        if output not in OUTPUTS:
-            raise HTTPException(400, f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
-        if not 0 <= alpha <= 1:
-            raise HTTPException(400, f"alpha must be between 0 and 1, got {alpha}")
+        _check_options(output, alpha, mask)
         if not request.headers.get("content-type", "").startswith("multipart/form-data"):
             raise HTTPException(415, "send the image as multipart/form-data in the field 'file'")
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_bytes + FORM_OVERHEAD:
             raise HTTPException(413, f"upload of {int(declared)} bytes is over the limit of {max_bytes} (--max-bytes)")
-        data, name = await _read_upload(request, max_bytes)
         from starlette.concurrency import run_in_threadpool
 
-        try:  # decoding, the model and encoding run on a worker thread, not on the event loop
-            return await run_in_threadpool(answer, data, name, pair, output, alpha, mask)
-        except TooLarge as exc:
-            raise HTTPException(413, f"{name}: {exc.reason}") from None
-        except PairError as exc:
-            raise HTTPException(400, f"{name}: {exc.reason}") from None
+        try:
+            with pool.place():  # taken before the upload is read: a refused request has stored nothing
+                data, name = await _read_upload(request, max_bytes)
+                try:  # decoding, the model and encoding run on a worker thread, not on the event loop
+                    return await run_in_threadpool(answer, data, name, pair, output, alpha, mask)
+                except TooLarge as exc:
+                    raise HTTPException(413, f"{name}: {exc.reason}") from None
+                except PairError as exc:
+                    raise HTTPException(400, f"{name}: {exc.reason}") from None
         except Busy:
             raise HTTPException(503, "busy: every model runner is in use and the queue is full; retry shortly",
                                 headers={"Retry-After": "1"}) from None
 
-    def answer(data: bytes, name: str, pair: bool, output: str, alpha: float, mask: bool) -> Response:
-        body, latency = predict_bytes(pool, data, name, pair, output, alpha, mask, max_pixels)
+    def answer(data: bytes, name: str, pair: bool, output: str, alpha: float | None, mask: bool) -> Response:
+        with pool.work():
+            body, latency = _answer(pool, data, name, pair, output, alpha, mask, max_pixels)
         headers = {"X-Latency-Ms": str(latency)}
         if isinstance(body, dict):
             return JSONResponse(body, headers=headers)
@@ -209,36 +228,61 @@ def _without_paths(config: dict | None) -> dict | None:
     return {**config, **named}
 
 
+def _check_options(output: str, alpha: float | None, mask: bool) -> None:
+    """400 for options that do not fit together, saying why."""
+    from fastapi import HTTPException
+
+    if output not in OUTPUTS:
+        raise HTTPException(400, f"output must be one of {', '.join(OUTPUTS)}, got {output!r}")
+    if alpha is not None and not 0 <= alpha <= 1:
+        raise HTTPException(400, f"alpha must be between 0 and 1, got {alpha}")
+    if alpha is not None and output != "overlay":
+        raise HTTPException(400, f"alpha is the overlay's opacity: it needs output=overlay, not output={output}")
+    if mask and output != "json":
+        raise HTTPException(400, f"mask=true adds the mask to output=json; output={output} does not take it")
+
+
 def predict_bytes(pool: ModelPool, data: bytes, name: str = "upload", pair: bool = False, output: str = "mask",
-                  alpha: float = 0.5, mask: bool = False, max_pixels: int = MAX_PIXELS) -> tuple[bytes | dict, float]:
+                  alpha: float | None = None, mask: bool = False,
+                  max_pixels: int = MAX_PIXELS) -> tuple[bytes | dict, float]:
     """What ``POST /predict`` answers for an image file's bytes, without the HTTP: PNG bytes (or the
-    JSON body for ``output="json"``) and the model's milliseconds; everything in one of the pool's
-    slots (:class:`Busy` when none is free)."""
-    with pool.slot():
+    JSON body for ``output="json"``) and the model's milliseconds; in one of the pool's places
+    (:class:`Busy` when none is free) and its working slots."""
+    with pool.place(), pool.work():
         return _answer(pool, data, name, pair, output, alpha, mask, max_pixels)
 
 
-def _answer(pool: ModelPool, data: bytes, name: str, pair: bool, output: str, alpha: float, mask: bool,
+def _answer(pool: ModelPool, data: bytes, name: str, pair: bool, output: str, alpha: float | None, mask: bool,
             max_pixels: int) -> tuple[bytes | dict, float]:
+    if pair:  # from the header, before decoding
+        width, height, _ = image_header(data, name)
+        if not is_pair(width, height, pool.size):
+            raise PairError(name, f"pair=true, but the image is {width}x{height}, not a side-by-side pair "
+                                  f"({2 * pool.size[1] / pool.size[0]:g}:1 for this model's "
+                                  f"{pool.size[1]}x{pool.size[0]} input)")
     image = decode_image_bytes(data, name, max_pixels)
-    photo = photo_of(image, pool.size) if pair else image
+    photo = image[:, : image.shape[1] // 2] if pair else image
     begun = time.perf_counter()
     ids = pool.segment(photo)
     latency = round((time.perf_counter() - begun) * 1000, 2)
+    height, width = photo.shape[:2]
+    if output != "overlay":
+        del image, photo  # an image of 50 MP is 150 MB: no longer needed
     if output == "ids":
         return png(ids), latency
     colour = colourize(pool.palette, ids)
     if output == "mask":
-        return png(colour), latency
+        return png(colour, inplace=True), latency
     if output == "overlay":
-        return png(overlay(photo, colour, alpha)), latency
-    counts = np.bincount(ids.ravel(), minlength=pool.palette.k)
+        return png(overlay(photo, colour, 0.5 if alpha is None else alpha, inplace=True), inplace=True), latency
+    # OpenCV's histogram counts in place; np.bincount would first copy a 50 MP image to int64 (400 MB)
+    counts = cv2.calcHist([ids], [0], None, [256], [0, 256]).ravel()[: pool.palette.k].astype(np.int64)
     names = pool.palette.names or [str(i) for i in range(pool.palette.k)]
-    body = {"width": int(photo.shape[1]), "height": int(photo.shape[0]), "latency_ms": latency,
+    body = {"width": width, "height": height, "latency_ms": latency,
             "classes": [{"id": i, "name": names[i], "rgb": [int(c) for c in pool.palette.colours[i]],
                          "share": round(float(counts[i] / ids.size), 6)} for i in range(pool.palette.k)]}
     if mask:
-        body["mask_png"] = b64encode(png(colour)).decode("ascii")
+        body["mask_png"] = b64encode(png(colour, inplace=True)).decode("ascii")
     return body, latency
 
 
@@ -256,6 +300,7 @@ async def _read_upload(request, max_bytes: int) -> tuple[bytes, str]:
             raise HTTPException(413, f"upload over the limit of {max_bytes} bytes (--max-bytes): refused after "
                                      f"reading {len(body)} bytes")
     request._body = bytes(body)  # what starlette's form parser reads
+    del body
     try:
         form = await request.form(max_files=1, max_fields=10, max_part_size=1024 * 1024)
     except Exception as exc:  # noqa: BLE001 - starlette's parser errors: a malformed form
@@ -286,5 +331,8 @@ def serve(run_dir: str | os.PathLike, model: str = "int8", host: str = "127.0.0.
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
     app = create_app(run_dir, model, threads, queue_size, max_pixels, max_bytes)
     pool = app.state.pool
-    print(f"serving {pool.path} ({pool.runtime}, {pool.threads} thread(s)) on http://{host}:{port}/", flush=True)
+    bound = memory_bound(pool.threads, queue_size, max_pixels, max_bytes)
+    print(f"serving {pool.path} ({pool.runtime}, {pool.threads} thread(s)) on http://{host}:{port}/\n"
+          f"at most {pool.threads} image(s) decoded and {pool.threads + queue_size} upload(s) held at once: "
+          f"up to {bound / 1e9:.1f} GB above the idle size (--threads, --queue, --max-pixels, --max-bytes)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug")
