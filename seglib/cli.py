@@ -9,7 +9,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 from seglib.data.pairs import MAX_PIXELS
-from seglib.quiet import DEBUG_ENV
+from seglib.quiet import DEBUG_ENV, sigterm_to_main_thread
 from seglib.training.config import TYPES, TrainConfig
 
 
@@ -73,8 +73,9 @@ def _cmd_fetch_weights(args) -> int:
 
 
 def _cmd_train(args) -> int:
-    from seglib.runs.colab import local_copy
-    from seglib.training.train import train
+    with sigterm_to_main_thread():  # threads started by these imports leave SIGTERM to the main thread
+        from seglib.runs.colab import local_copy
+        from seglib.training.train import train
 
     values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
     if args.reduce_lr:

@@ -5,13 +5,16 @@ applies (TF_CPP_MIN_LOG_LEVEL does not reach them, and absl reads no environment
 first import of TensorFlow in a seglib process, and its device set-up, run with file descriptor 2
 read through a pipe: those lines are dropped, every other line is written on to stderr.
 ``SEGLIB_DEBUG=1`` (``python -m seglib --debug``) keeps everything.
+The threads that import starts never take SIGTERM (:func:`sigterm_to_main_thread`).
 """
 from __future__ import annotations
 
+import contextlib
 import importlib.abc
 import importlib.util
 import os
 import re
+import signal
 import sys
 import threading
 
@@ -37,7 +40,7 @@ class _FirstTensorFlowImport(importlib.abc.MetaPathFinder):
     """Wraps the loading of the ``tensorflow`` package the first time it is imported."""
 
     def find_spec(self, name, path=None, target=None):
-        if name != "tensorflow" or os.environ.get(DEBUG_ENV):
+        if name != "tensorflow":
             return None
         sys.meta_path.remove(self)
         spec = importlib.util.find_spec(name)
@@ -45,12 +48,25 @@ class _FirstTensorFlowImport(importlib.abc.MetaPathFinder):
             load = spec.loader.exec_module
 
             def exec_module(module):
-                with filtered_stderr():
+                with sigterm_to_main_thread(), contextlib.nullcontext() if os.environ.get(DEBUG_ENV) \
+                        else filtered_stderr():
                     load(module)
                     module.config.list_physical_devices()  # device set-up (cuInit) logs now, not mid-run
 
             spec.loader.exec_module = exec_module
         return spec
+
+
+@contextlib.contextmanager
+def sigterm_to_main_thread():
+    """Threads that libraries start meanwhile (OpenBLAS, OpenCV, TensorFlow's pools) are made with
+    SIGTERM blocked, so that a SIGTERM always reaches the main thread, where seglib can hold it while
+    TensorFlow waits for other workers (``seglib.training.distribute.bounded_wait``)."""
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    try:
+        yield
+    finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
 
 
 class filtered_stderr:

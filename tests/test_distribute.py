@@ -224,7 +224,7 @@ def test_a_parallel_batch_whose_data_cannot_be_prepared_marks_its_runs_failed_he
 
 
 @pytest.mark.slow
-def test_a_wait_for_workers_that_never_come_ends_with_an_error_in_its_time_and_on_ctrl_c(prepared, tmp_path):
+def test_a_wait_for_workers_that_never_come_ends_with_an_error_in_its_time_on_ctrl_c_and_on_sigterm(prepared, tmp_path):
     """Worker 0 of a two-worker TF_CONFIG whose worker 1 never starts (loopback ports only)."""
     ports = free_ports(2)
     config = {"cluster": {"worker": [f"127.0.0.1:{p}" for p in ports]}, "task": {"type": "worker", "index": 0}}
@@ -246,6 +246,15 @@ def test_a_wait_for_workers_that_never_come_ends_with_an_error_in_its_time_and_o
     waiting.send_signal(signal.SIGINT)
     _, stderr = waiting.communicate(timeout=30)
     assert waiting.returncode != 0 and "error: stopped while waiting for the other workers" in stderr
+    # SIGTERM to the process alone (not its group), which TensorFlow's preemption notifier would swallow
+    waiting = subprocess.Popen(train_command(prepared, tmp_path / "run3", "--strategy", "multiworker"),
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+    assert waiting.stdout.readline().startswith("waiting for the other workers")
+    time.sleep(5)
+    waiting.send_signal(signal.SIGTERM)
+    _, stderr = waiting.communicate(timeout=30)
+    assert waiting.returncode != 0 and "error: stopped (SIGTERM) while waiting for the other workers" in stderr
+    assert not (tmp_path / "run2").exists() and not (tmp_path / "run3").exists()
 
 
 @pytest.mark.slow

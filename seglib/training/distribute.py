@@ -89,10 +89,20 @@ while time.monotonic() < end:
     time.sleep(0.2)
     if os.getppid() != parent:
         sys.exit(sys.stderr.write(f"error: stopped while waiting for {what}\\n") and 0)
+    try:
+        status = open(f"/proc/{parent}/status").read()
+    except OSError:
+        continue
+    pending = [int(line.split()[1], 16) for line in status.splitlines() if line.startswith(("ShdPnd", "SigPnd"))]
+    if any(bits & 1 << 14 for bits in pending):  # SIGTERM, held blocked while TensorFlow waits
+        sys.stderr.write(f"error: stopped (SIGTERM) while waiting for {what}\\n")
+        sys.stderr.flush()
+        os.kill(parent, 9)
+        sys.exit(0)
 sys.stderr.write(f"error: {what}: no answer after {timeout:.0f} s; check the addresses and that every one is "
                  "started, or wait longer (--wait-timeout)\\n")
 sys.stderr.flush()
-os.kill(parent, 9)  # TensorFlow's preemption notifier takes SIGTERM while workers are waited for
+os.kill(parent, 9)  # SIGTERM is blocked meanwhile (see bounded_wait)
 """
 
 
@@ -101,8 +111,9 @@ def bounded_wait(what: str, call, timeout: float):
     first and bounded: TensorFlow waits in C++ holding the interpreter lock, so neither a Python
     thread nor a signal handler runs meanwhile. A watchdog process ends this one after ``timeout``
     seconds with a one-line error; Ctrl-C ends it at once (the watchdog says so), and so does
-    SIGTERM, except while TensorFlow's own preemption notifier holds it (a multi-worker set-up).
-    Nothing has been written yet."""
+    SIGTERM: TensorFlow's preemption notifier would take it (a multi-worker set-up installs one), so
+    it is blocked here (and in library threads, :func:`seglib.quiet.sigterm_to_main_thread`) and the
+    watchdog, seeing it pending, ends this process. Nothing has been written yet."""
     import signal
     import subprocess
     import sys
@@ -110,9 +121,11 @@ def bounded_wait(what: str, call, timeout: float):
     print(f"waiting for {what} (at most {timeout:.0f} s: --wait-timeout)", flush=True)
     watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(timeout), what])
     handlers = {s: signal.signal(s, signal.SIG_DFL) for s in (signal.SIGTERM, signal.SIGINT)}
+    blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
     try:
         return call()
     finally:
+        signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         for number, handler in handlers.items():
             signal.signal(number, handler)
         watchdog.kill()
