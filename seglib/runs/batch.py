@@ -217,6 +217,8 @@ def _ray_runs(batch: Batch, todo: list[Run], ready: dict, resume: bool, placemen
               wait_timeout: float = 120):
     from seglib.training.distribute import bounded_wait
 
+    if not todo:  # nothing to send (e.g. every run's data failed): no cluster to wait for
+        return
     try:
         import ray
     except ImportError:
