@@ -266,3 +266,34 @@ def test_a_ray_address_with_nothing_there_is_a_one_line_error(prepared, tmp_path
                           timeout=300, env=environment())
     assert done.returncode == 2, done.stderr
     assert done.stderr.strip().splitlines()[-1].startswith("error: --ray 127.0.0.1:1: no Ray cluster answers there")
+
+
+@pytest.mark.slow
+def test_a_ray_cluster_that_never_answers_ends_the_wait_in_its_time_and_on_sigterm(synth_dir, tmp_path):
+    """A loopback port that accepts connections and never speaks Ray (Ray keeps to loopback when
+    clusters are off: RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER=0)."""
+    silent = socket.socket()
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(16)
+    address = f"127.0.0.1:{silent.getsockname()[1]}"
+    (tmp_path / "b.yaml").write_text(json.dumps(tiny_batch(tmp_path, synth_dir, [{"name": "a"}], "b")))
+    env = environment(RAY_ENABLE_WINDOWS_OR_OSX_CLUSTER="0")
+    command = [sys.executable, "-m", "seglib", "batch", str(tmp_path / "b.yaml"), "--root", str(tmp_path), "--ray",
+               address]
+    try:
+        done = subprocess.run([*command, "--wait-timeout", "15"], capture_output=True, text=True, timeout=300, env=env)
+        assert done.returncode != 0 and done.stderr.strip().splitlines()[-1] == (
+            f"error: the Ray cluster {address}: no answer after 15 s; check the addresses and that every one is "
+            "started, or wait longer (--wait-timeout)"), done.stderr
+        waiting = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+        while not (line := waiting.stdout.readline()).startswith("waiting for the Ray cluster"):
+            assert line, waiting.communicate(timeout=30)
+        time.sleep(3)
+        sent = time.monotonic()
+        waiting.send_signal(signal.SIGTERM)
+        _, stderr = waiting.communicate(timeout=30)
+        assert time.monotonic() - sent < 5
+        assert waiting.returncode != 0 and f"error: stopped (SIGTERM) while waiting for the Ray cluster {address}" in \
+            stderr, stderr
+    finally:
+        silent.close()

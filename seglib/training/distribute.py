@@ -82,54 +82,73 @@ def is_chief(config: dict) -> bool:
 
 
 _WATCHDOG = """
-import os, sys, time
-parent, timeout, what = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3]
+import os, select, signal, sys, time
+parent, timeout, what, noted = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+
+
+def stop(why):
+    sys.stderr.write(f"error: stopped ({why}) while waiting for {what}\\n")
+    sys.stderr.flush()
+    os.kill(parent, signal.SIGKILL)
+    sys.exit(0)
+
+
 end = time.monotonic() + timeout
 while time.monotonic() < end:
-    time.sleep(0.2)
+    if select.select([noted], [], [], 0.2)[0]:  # a signal a Python handler took (Ray installs one)
+        got = os.read(noted, 64)
+        if signal.SIGTERM in got or signal.SIGINT in got:
+            stop("SIGTERM" if signal.SIGTERM in got else "Ctrl-C")
     if os.getppid() != parent:
         sys.exit(sys.stderr.write(f"error: stopped while waiting for {what}\\n") and 0)
     try:
         status = open(f"/proc/{parent}/status").read()
-    except OSError:
+    except OSError:  # no /proc (macOS)
         continue
     pending = [int(line.split()[1], 16) for line in status.splitlines() if line.startswith(("ShdPnd", "SigPnd"))]
-    if any(bits & 1 << 14 for bits in pending):  # SIGTERM, held blocked while TensorFlow waits
-        sys.stderr.write(f"error: stopped (SIGTERM) while waiting for {what}\\n")
-        sys.stderr.flush()
-        os.kill(parent, 9)
-        sys.exit(0)
+    if any(bits & 1 << signal.SIGTERM - 1 for bits in pending):  # blocked, so TensorFlow's notifier cannot take it
+        stop("SIGTERM")
 sys.stderr.write(f"error: {what}: no answer after {timeout:.0f} s; check the addresses and that every one is "
                  "started, or wait longer (--wait-timeout)\\n")
 sys.stderr.flush()
-os.kill(parent, 9)  # SIGTERM is blocked meanwhile (see bounded_wait)
+os.kill(parent, signal.SIGKILL)
 """
 
 
 def bounded_wait(what: str, call, timeout: float):
     """``call()``, a wait on something outside this process (other workers, a TPU, a cluster), said
-    first and bounded: TensorFlow waits in C++ holding the interpreter lock, so neither a Python
-    thread nor a signal handler runs meanwhile. A watchdog process ends this one after ``timeout``
-    seconds with a one-line error; Ctrl-C ends it at once (the watchdog says so), and so does
-    SIGTERM: TensorFlow's preemption notifier would take it (a multi-worker set-up installs one), so
-    it is blocked here (and in library threads, :func:`seglib.quiet.sigterm_to_main_thread`) and the
-    watchdog, seeing it pending, ends this process. Nothing has been written yet."""
+    first and bounded: TensorFlow and Ray wait in C++ holding the interpreter lock, so neither a
+    Python thread nor a Python signal handler runs meanwhile. A watchdog process ends this one after
+    ``timeout`` seconds with a one-line error, and at once on Ctrl-C or SIGTERM: SIGINT and SIGTERM
+    are the default (fatal) meanwhile; SIGTERM is also blocked, so that TensorFlow's preemption
+    notifier (a multi-worker set-up installs one) cannot take it, and the watchdog, seeing it
+    pending, ends this process (Linux: it reads /proc; library threads leave SIGTERM to the main
+    thread, :func:`seglib.quiet.sigterm_to_main_thread`); a signal taken by a Python handler
+    installed during the call (Ray's) reaches the watchdog through :func:`signal.set_wakeup_fd`.
+    Nothing has been written yet."""
     import signal
     import subprocess
     import sys
 
     print(f"waiting for {what} (at most {timeout:.0f} s: --wait-timeout)", flush=True)
-    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(timeout), what])
+    noted, note = os.pipe()
+    os.set_blocking(note, False)
+    watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(timeout), what, str(noted)],
+                                pass_fds=(noted,))
+    os.close(noted)
     handlers = {s: signal.signal(s, signal.SIG_DFL) for s in (signal.SIGTERM, signal.SIGINT)}
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})
+    wakeup = signal.set_wakeup_fd(note, warn_on_full_buffer=False)
     try:
         return call()
     finally:
+        signal.set_wakeup_fd(wakeup)
         signal.pthread_sigmask(signal.SIG_SETMASK, blocked)
         for number, handler in handlers.items():
             signal.signal(number, handler)
         watchdog.kill()
         watchdog.wait()
+        os.close(note)
 
 
 def make_strategy(name: str = "auto", wait_timeout: float = 600) -> Placement:
