@@ -24,11 +24,36 @@ def test_shapes_at_output_stride_16_with_a_stride_4_decoder(backbone, size):
     for branch in ("aspp_1x1", "aspp_rate6", "aspp_rate12", "aspp_rate18", "aspp_pool_up"):
         layer = head.get_layer(branch if branch.endswith("_up") else f"{branch}_relu")
         assert tuple(layer.output.shape) == (None, height // 16, width // 16, 256), branch
-    assert [head.get_layer(f"aspp_rate{r}_conv").dilation_rate for r in (6, 12, 18)] == [(6, 6), (12, 12), (18, 18)]
+    # the stride-16 map is 4x8 or 6x6: an axis no longer than the rate keeps the centre tap alone
+    convs = [head.get_layer(f"aspp_rate{r}_conv") for r in (6, 12, 18)]
+    expected = {(64, 128): [((1, 3), (1, 6)), ((1, 1), (1, 1)), ((1, 1), (1, 1))],
+                (96, 96): [((1, 1), (1, 1))] * 3}[size]
+    assert [(c.kernel_size, c.dilation_rate) for c in convs] == expected
     assert tuple(head.get_layer("decoder_low_relu").output.shape) == (None, height // 4, width // 4, 48)
     assert tuple(head.get_layer("decoder_conv2_relu").output.shape) == (None, height // 4, width // 4, 256)
     probs = model.predict(np.random.default_rng(0).uniform(0, 255, (1, *size, 3)).astype(np.float32), verbose=0)
     assert np.allclose(probs.sum(-1), 1, atol=1e-4)
+
+
+@pytest.mark.parametrize("feature_hw", [(4, 8), (6, 6), (16, 32), (41, 41)])
+def test_an_atrous_branch_without_its_dead_taps_computes_the_full_3x3_convolution(feature_hw):
+    """The reduced kernel gives what the 3x3 dilated convolution with the same centre taps gives."""
+    import keras
+
+    from seglib.training.deeplab import RATES, atrous_kernel
+
+    x = np.random.default_rng(3).normal(size=(2, *feature_hw, 5)).astype(np.float32)
+    for rate in RATES:
+        kernel, dilation = atrous_kernel(rate, feature_hw)
+        assert kernel == tuple(3 if rate < n else 1 for n in feature_hw)
+        full = keras.layers.Conv2D(7, 3, padding="same", dilation_rate=rate, use_bias=False)
+        full.build(x.shape)
+        reduced = keras.layers.Conv2D(7, kernel, padding="same", dilation_rate=dilation, use_bias=False)
+        reduced.build(x.shape)
+        rows = slice(None) if kernel[0] == 3 else slice(1, 2)
+        cols = slice(None) if kernel[1] == 3 else slice(1, 2)
+        reduced.kernel.assign(np.asarray(full.kernel)[rows, cols])
+        assert np.allclose(np.asarray(reduced(x)), np.asarray(full(x)), atol=1e-5), (rate, feature_hw)
 
 
 def test_a_size_it_cannot_take_is_refused_with_its_rule():
@@ -78,8 +103,8 @@ def test_it_learns_a_small_task():
     images += rng.normal(0, 10, images.shape).astype(np.float32)
     keras.utils.set_random_seed(0)
     model = build_model("deeplabv3plus", "mobilenetv2", 2, 64, encoder_weights=None)
-    model.compile(keras.optimizers.Adam(1e-3), make_loss("ce", 2), metrics=["accuracy"])
-    history = model.fit(images, labels, batch_size=8, epochs=15, verbose=0).history
+    model.compile(keras.optimizers.Adam(2e-3), make_loss("ce", 2), metrics=["accuracy"])
+    history = model.fit(images, labels, batch_size=8, epochs=8, verbose=0).history
     assert history["loss"][-1] < 0.5 * history["loss"][0] and history["accuracy"][-1] > 0.9
 
 

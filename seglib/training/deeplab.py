@@ -14,7 +14,7 @@ FILTERS = 256
 LOW_LEVEL_FILTERS = 48  # the paper's projection of the stride-4 feature
 
 
-def conv_bn_relu(x, filters: int, kernel: int, name: str, rate: int = 1):
+def conv_bn_relu(x, filters: int, kernel, name: str, rate=1):
     import keras
 
     x = keras.layers.Conv2D(filters, kernel, padding="same", dilation_rate=rate, use_bias=False, name=f"{name}_conv")(x)
@@ -22,13 +22,27 @@ def conv_bn_relu(x, filters: int, kernel: int, name: str, rate: int = 1):
     return keras.layers.Activation("relu", name=f"{name}_relu")(x)
 
 
+def atrous_kernel(rate: int, feature_hw: tuple[int, int]) -> tuple[tuple[int, int], tuple[int, int]]:
+    """The kernel and dilation of a 3x3 convolution at ``rate`` on a map of ``feature_hw``, less the
+    taps that only ever see padding: along an axis no longer than the rate, every off-centre tap
+    falls outside the map (the paper's remark that the filter degenerates to 1x1), so that axis
+    keeps its centre tap alone. The output is the same; with the dead taps TensorFlow's CPU kernels,
+    which pad a dilated convolution out to its rate, made a training step 17x slower (DeepLabV3+ /
+    MobileNetV2 at 64 px, batch 8, 2-core CPU: 7.3 s against 0.43 s)."""
+    axes = [(3, rate) if rate < size else (1, 1) for size in feature_hw]
+    return (axes[0][0], axes[1][0]), (axes[0][1], axes[1][1])
+
+
 def aspp_branches(x, filters: int = FILTERS, rates=RATES) -> list:
     """The five parallel branches: a 1x1 convolution, a 3x3 atrous convolution per rate (each sees
-    a wider context), and the image's mean (image pooling) spread back over the feature map."""
+    a wider context; :func:`atrous_kernel` drops its taps that see only padding), and the image's
+    mean (image pooling) spread back over the feature map."""
     import keras
 
     branches = [conv_bn_relu(x, filters, 1, "aspp_1x1")]
-    branches += [conv_bn_relu(x, filters, 3, f"aspp_rate{rate}", rate) for rate in rates]
+    for rate in rates:
+        kernel, dilation = atrous_kernel(rate, (int(x.shape[1]), int(x.shape[2])))
+        branches.append(conv_bn_relu(x, filters, kernel, f"aspp_rate{rate}", dilation))
     pooled = conv_bn_relu(keras.layers.GlobalAveragePooling2D(keepdims=True, name="aspp_pool")(x), filters, 1,
                           "aspp_pool")
     size = (int(x.shape[1]), int(x.shape[2]))
