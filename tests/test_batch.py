@@ -17,6 +17,9 @@ from seglib.cli import main
 from seglib.runs.batch import run_batch
 from seglib.runs.sweep import BatchError, load_config
 
+pytestmark = pytest.mark.main_line  # batches run notebooks over the calls the TF 2.18 line tests directly
+
+
 TINY = {"SIZE": 64, "SAMPLE_PIXELS": 20_000, "EPOCHS": 2, "ENCODER_WEIGHTS": None, "BACKBONE": "mobilenetv2",
         "FORMATS": "int8", "CALIBRATION_IMAGES": 8, "EVAL_IMAGES": 8, "N_EXAMPLES": 2}
 

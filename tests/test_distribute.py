@@ -123,6 +123,7 @@ def tiny_batch(tmp_path, synth_dir, runs, name) -> dict:
     return {"name": name, "parameters": {**TINY, "DATA_DIR": str(synth_dir)}, "runs": runs}
 
 
+@pytest.mark.main_line
 @pytest.mark.slow
 def test_a_parallel_batch_runs_at_once_each_pinned_and_a_failing_run_does_not_stop_the_other(synth_dir, tmp_path,
                                                                                             capfd):
@@ -146,6 +147,7 @@ def test_a_parallel_batch_runs_at_once_each_pinned_and_a_failing_run_does_not_st
     assert ">good<" in html and ">broken<" in html and "nosuchnet" in html
 
 
+@pytest.mark.main_line
 @pytest.mark.slow
 def test_a_batch_runs_as_tasks_on_a_local_ray_instance(synth_dir, tmp_path):
     import ray
@@ -206,6 +208,7 @@ def test_the_strategy_is_chosen_for_the_machine_and_tf_config_is_checked(monkeyp
     assert not is_chief({"cluster": with_chief, "task": {"type": "worker", "index": 0}})
 
 
+@pytest.mark.main_line
 def test_a_parallel_batch_whose_data_cannot_be_prepared_marks_its_runs_failed_here(tmp_path):
     from seglib.runs.batch import run_batch
 
@@ -257,6 +260,7 @@ def test_a_wait_for_workers_that_never_come_ends_with_an_error_in_its_time_on_ct
     assert not (tmp_path / "run2").exists() and not (tmp_path / "run3").exists()
 
 
+@pytest.mark.main_line
 @pytest.mark.slow
 def test_a_ray_address_with_nothing_there_is_a_one_line_error(prepared, tmp_path):
     (tmp_path / "b.yaml").write_text(json.dumps({"name": "b", "parameters": {**TINY, "DATA_DIR": str(tmp_path)},
@@ -268,6 +272,7 @@ def test_a_ray_address_with_nothing_there_is_a_one_line_error(prepared, tmp_path
     assert done.stderr.strip().splitlines()[-1].startswith("error: --ray 127.0.0.1:1: no Ray cluster answers there")
 
 
+@pytest.mark.main_line
 @pytest.mark.slow
 def test_a_ray_cluster_that_never_answers_ends_the_wait_in_its_time_and_on_sigterm(synth_dir, tmp_path):
     """A loopback port that accepts connections and never speaks Ray (Ray keeps to loopback when

@@ -52,6 +52,7 @@ def outputs_text(nb) -> str:
                    for c in nb.cells for o in c.get("outputs", []) if o.get("name") != "stderr")
 
 
+@pytest.mark.main_line
 @pytest.mark.slow
 def test_the_three_notebooks_chain_with_their_defaults(tmp_path):
     checkout = tmp_path / "seglib"
@@ -176,6 +177,7 @@ def colab(tmp_path, monkeypatch, synth_dir):
     return VM(), drive
 
 
+@pytest.mark.main_line
 @pytest.mark.slow
 def test_colab_from_a_blank_drive_to_a_report_then_a_dropped_session_resumes(colab):
     vm, drive = colab
@@ -197,7 +199,7 @@ def test_colab_from_a_blank_drive_to_a_report_then_a_dropped_session_resumes(col
     # a later session, whose training the session dropped (the data stays on Drive: a second prepare
     # uses the download kept there, test_datasets.py)
     vm.new_session()
-    long_run = {**SHRUNK_TRAIN, "EPOCHS": 6, "PATIENCE": 6, "RUN_DIR": "../artifacts/long"}
+    long_run = {**SHRUNK_TRAIN, "BACKBONE": "mobilenetv2", "EPOCHS": 6, "PATIENCE": 6, "RUN_DIR": "../artifacts/long"}
     history = drive / "artifacts" / "long" / "history.csv"
     session = vm.run("02_train", long_run, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300

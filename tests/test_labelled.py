@@ -239,7 +239,10 @@ def test_evaluate_export_predict_and_serve_keep_the_shape_and_leave_ignored_pixe
         assert answer.status_code == 200 and (answer.json()["width"], answer.json()["height"]) == (128, 64)
 
 
-@pytest.mark.parametrize("arch,size", [("fpn", "64x128"), ("linknet", "64x128"), ("pspnet", "96x192")])
+# on the TF 2.18 line PSPNet's run stands for the segmentation-models decoders (U-Net and DeepLabV3+ train elsewhere)
+@pytest.mark.parametrize("arch,size", [pytest.param("fpn", "64x128", marks=pytest.mark.main_line),
+                                       pytest.param("linknet", "64x128", marks=pytest.mark.main_line),
+                                       ("pspnet", "96x192")])
 def test_each_architecture_trains(labelled, tmp_path, arch, size):
     """(The U-Net, the default, is trained by the other tests.)"""
     from seglib.training.config import TrainConfig
@@ -289,6 +292,21 @@ def test_encoder_weights_load_from_a_local_file(tmp_path):
         build_model("unet", "mobilenetv2", 5, 64, str(tmp_path / "nowhere.h5"))
     with pytest.raises(ValueError, match=r"mobilenetv2_encoder\.weights\.h5: not weights of a resnet18 encoder"):
         build_model("unet", "resnet18", 5, 64, str(tmp_path / "mobilenetv2_encoder.weights.h5"))
+
+
+@pytest.mark.parametrize("arch", ["fpn", "linknet"])
+def test_each_decoder_builds_saves_and_loads_at_a_non_square_size(arch, tmp_path):
+    """The decoders whose training runs only on the main TF line are still built, called, saved and
+    loaded on the TF 2.18 line."""
+    from seglib.training.model import build_model, input_hw, load_keras_model
+
+    model = build_model(arch, "mobilenetv2", 5, (64, 128), None)
+    out = np.asarray(model(np.zeros((1, 64, 128, 3), np.float32)))
+    assert out.shape == (1, 64, 128, 5) and np.allclose(out.sum(-1), 1, atol=1e-4)
+    model.save(tmp_path / "m.keras")
+    loaded = load_keras_model(tmp_path / "m.keras")
+    assert input_hw(loaded) == (64, 128)
+    assert np.allclose(np.asarray(loaded(np.zeros((1, 64, 128, 3), np.float32))), out, atol=1e-5)
 
 
 def test_training_with_an_encoder_file_and_fine_tuning_from_a_run(cityscapes_run, tmp_path):

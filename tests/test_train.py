@@ -213,6 +213,7 @@ def test_backup_keeps_the_callbacks_state_and_survives_a_failed_write(tmp_path):
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no half-written temp folder
 
 
+@pytest.mark.main_line
 @pytest.mark.slow
 def test_a_finished_run_is_replaced_only_when_asked_and_a_nan_run_stops_cleanly(small_prepared, tmp_path):
     run_dir = tmp_path / "run"
@@ -281,6 +282,7 @@ def test_bad_prepared_arrays_are_refused_before_run_dir_is_made(small_prepared, 
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.main_line
 @pytest.mark.slow
 def test_default_demo_reaches_90_percent_pixel_accuracy(tmp_path):
     """The demo's first run (ResNet-34, CPU, 128 px, 6 epochs, random encoder) on its synthetic data."""
@@ -353,6 +355,7 @@ def test_ohem_keeps_the_hard_pixels_and_at_least_its_share_and_averages_their_cr
         assert float(loss(truth, probs)) == pytest.approx(float(np.mean(-np.log(kept))), rel=1e-5)
 
 
+@pytest.mark.main_line
 @pytest.mark.slow
 def test_a_full_disk_stops_training_with_one_line_and_it_resumes_after_space_is_freed(small_prepared, tmp_path):
     """RUN_DIR on a small tmpfs: the first epoch's model and backup fit, the next backup does not.
@@ -382,6 +385,7 @@ def test_a_full_disk_stops_training_with_one_line_and_it_resumes_after_space_is_
         subprocess.run(["umount", str(disk)], capture_output=True)
 
 
+@pytest.mark.main_line
 def test_a_corrupt_backup_is_named_and_the_way_to_start_over_given(small_prepared, tmp_path):
     from seglib.fsutil import write_marker
 
