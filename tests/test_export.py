@@ -115,6 +115,7 @@ def test_without_ai_edge_litert_export_and_predict_fall_back_to_tf_lite(trained,
 
 
 
+@pytest.mark.main_line
 @pytest.mark.slow
 def test_predict_leaves_every_file_it_did_not_write_untouched_and_never_reads_its_outputs(trained, tmp_path):
     import subprocess
@@ -153,6 +154,7 @@ def test_predict_leaves_every_file_it_did_not_write_untouched_and_never_reads_it
     assert (user / "street_overlay.png").read_bytes() == b"mine"
 
 
+@pytest.mark.main_line
 @pytest.mark.slow
 def test_predict_names_outputs_apart_and_refuses_nothing_to_predict(trained, tmp_path):
     import subprocess

@@ -122,6 +122,7 @@ def test_cli_train_rejects_unknown_backbone(small_prepared, tmp_path):
     assert done.returncode == 2 and "unknown backbone 'nope'" in done.stderr
 
 
+@pytest.mark.main_line
 @pytest.mark.slow
 def test_killed_run_resumes_where_it_stopped(small_prepared, tmp_path):
     """Under a MirroredStrategy over two logical CPU devices: the strategy that spans devices is the
