@@ -25,7 +25,7 @@ endif
 VENV_TF218  := .venv-tf2.18
 STAMP_TF218 := $(VENV_TF218)/.installed
 
-.PHONY: install test test-tf2.18 demo lab lint notebooks bench clean
+.PHONY: install test test-tf2.18 coverage demo lab lint notebooks bench bench-demo clean
 
 install: $(STAMP)
 
@@ -43,7 +43,8 @@ endif
 # module's fixtures are made once): most of its time is process, kernel and graph start-up, which
 # two workers overlap even on 2 cores. TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
-PYTEST := -m pytest -n $(TEST_WORKERS) --dist loadscope
+# --durations: the slowest tests of every run, so that a slow test is seen the day it lands.
+PYTEST := -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=15 --durations-min=1
 
 test: install
 	$(PY) $(PYTEST)
@@ -54,9 +55,14 @@ $(STAMP_TF218): pyproject.toml .ci/constraints-tf2.18.txt
 	$(VENV_TF218)/bin/python -m pip install -c .ci/constraints-tf2.18.txt -e ".[dev,serve,onnx,ray]"
 	touch $(STAMP_TF218)
 
-# The tests marked main_line (pyproject.toml) only orchestrate or repeat TF calls the rest make.
+# Only the tests marked tf_lines (pyproject.toml): those whose TF/Keras calls can differ between the lines.
 test-tf2.18: $(STAMP_TF218)
-	$(VENV_TF218)/bin/python $(PYTEST) -m "not main_line"
+	$(VENV_TF218)/bin/python $(PYTEST) -m tf_lines
+
+# Line coverage of seglib by the suite, the commands and notebook kernels it starts included.
+coverage: install
+	rm -f .coverage .coverage.*
+	$(PY) $(PYTEST) --cov=seglib --cov-report=term:skip-covered --cov-report=html:reports/coverage
 
 demo: install
 ifeq ($(DATA),)
@@ -80,6 +86,10 @@ notebooks: install
 
 bench: install
 	$(PY) bench/prepare.py
+
+# The demo's quality figure (bench/README.md): make demo's own job, scored against the majority class.
+bench-demo: install
+	$(PY) bench/demo_accuracy.py
 
 # Removes only what these targets made: the venvs and the demo's outputs.
 clean:

@@ -64,7 +64,8 @@ def once_per_session(tmp_path_factory, worker_id: str, name: str, build) -> Path
 
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, worker_id) -> Path:
-    """A small model trained on synthetic data: ROOT/pairs, ROOT/prepared (64 px), ROOT/run."""
+    """A small model trained on synthetic data: ROOT/pairs, ROOT/prepared (64 px), ROOT/run. Read-only:
+    tests that write into a run copy it (or use ``exported_run``)."""
     from seglib.data.prepare import prepare
     from seglib.data.synthetic import generate
     from seglib.training.config import TrainConfig
@@ -81,7 +82,7 @@ def trained(tmp_path_factory, worker_id) -> Path:
 
 @pytest.fixture(scope="session")
 def exported_run(trained, tmp_path_factory, worker_id) -> Path:
-    """A copy of the trained run, evaluated, with its int8 TFLite and ONNX models exported."""
+    """A copy of the trained run, evaluated, with every export format (TFLite fp32, fp16, int8 and ONNX)."""
     from seglib.inference.evaluate import evaluate
     from seglib.inference.export import export_run
 
@@ -89,8 +90,8 @@ def exported_run(trained, tmp_path_factory, worker_id) -> Path:
         run = folder / "run"
         shutil.copytree(trained / "run", run)
         evaluate(run, trained / "prepared", "test")
-        export_run(run, formats=["int8", "onnx"], calibration_images=16, eval_images=8, latency_repeats=3,
-                   prepared_dir=trained / "prepared")
+        export_run(run, formats=["fp32", "fp16", "int8", "onnx"], calibration_images=32, eval_images=16,
+                   latency_repeats=5, prepared_dir=trained / "prepared")
 
     return once_per_session(tmp_path_factory, worker_id, "exported", build) / "run"
 

@@ -17,9 +17,6 @@ from seglib.cli import main
 from seglib.runs.batch import run_batch
 from seglib.runs.sweep import BatchError, load_config
 
-pytestmark = pytest.mark.main_line  # batches run notebooks over the calls the TF 2.18 line tests directly
-
-
 TINY = {"SIZE": 64, "SAMPLE_PIXELS": 20_000, "EPOCHS": 2, "ENCODER_WEIGHTS": None, "BACKBONE": "mobilenetv2",
         "FORMATS": "int8", "CALIBRATION_IMAGES": 8, "EVAL_IMAGES": 8, "N_EXAMPLES": 2}
 
@@ -92,10 +89,18 @@ def test_runs_with_the_same_data_setting_share_one_prepared_dataset(tmp_path):
 
 @pytest.fixture(scope="module")
 def failed_batch(synth_dir, tmp_path_factory):
+    """The demo's batch (``make demo``: seglib.runs.demo) at a tiny size on the shared synthetic pairs:
+    its lighter run as ``good``, and two runs that fail, one in training and one in export."""
+    from seglib.runs.demo import DEMO_RUNS, demo_config
+
     root = tmp_path_factory.mktemp("batch")
-    config = write_config(root / "tiny.yaml", [{"name": "good"}, {"name": "broken", "BACKBONE": "nosuchnet"},
-                                               {"name": "badexport", "FORMATS": "int9"}],
-                          DATA_DIR=str(synth_dir))
+    demo = demo_config(root, data_dir=synth_dir)
+    assert DEMO_RUNS[1]["BACKBONE"] == TINY["BACKBONE"]
+    config = root / "tiny.yaml"
+    config.write_text(yaml.safe_dump({
+        "name": "tiny", "parameters": {**demo["parameters"], **TINY},
+        "runs": [{**DEMO_RUNS[1], "name": "good"}, {"name": "broken", "BACKBONE": "nosuchnet"},
+                 {"name": "badexport", "FORMATS": "int9"}]}))
     lines = []
     index = run_batch(config, root, echo=lines.append)
     return root, config, index, lines
@@ -163,6 +168,26 @@ def test_a_failing_run_is_marked_and_the_other_finishes(failed_batch):
 
 
 @pytest.mark.slow
+def test_the_demos_run_learns_at_a_tiny_size(failed_batch):
+    """The demo's own parameters (``good``), shrunk: its loss falls and its test accuracy beats predicting
+    the majority class everywhere. The demo's accuracy at its real size: bench/demo_accuracy.py."""
+    import numpy as np
+
+    from seglib.data.splits import open_split
+
+    root = failed_batch[0]
+    status = json.loads((root / "reports" / "tiny" / "good" / "status.json").read_text())
+    assert status["effective_parameters"]["LR"] == 1e-3 and status["effective_parameters"]["BATCH_SIZE"] == 8
+    with open(root / "artifacts" / "tiny" / "good" / "history.csv") as f:
+        losses = [float(row["loss"]) for row in csv.DictReader(f)]
+    assert losses[-1] < losses[0]
+    labels = np.asarray(open_split(status["prepared_dir"], "test").labels)
+    majority = np.bincount(labels.ravel()).max() / labels.size
+    metrics = json.loads((root / "artifacts" / "tiny" / "good" / "metrics.json").read_text())
+    assert metrics["pixel_accuracy"] > majority + 0.05, (metrics["pixel_accuracy"], majority)
+
+
+@pytest.mark.slow
 def test_index_and_run_report_open_offline_in_chromium(failed_batch, open_in_chromium):
     _, _, index, _ = failed_batch
     open_in_chromium(index, height=1400)
@@ -196,32 +221,18 @@ def test_a_batch_never_reruns_finished_runs_or_touches_a_users_files_unasked(fai
 
 
 @pytest.mark.slow
-def test_resume_reruns_only_the_failed_run(failed_batch):
+def test_resume_reruns_only_the_failed_runs_and_a_batch_interrupted_with_ctrl_c_resumes(failed_batch):
+    """The user fixes the failed runs and resumes from a terminal; Ctrl-C in the fixed run's training
+    marks it interrupted; a second --resume continues its training after the last finished epoch."""
     root, config, index, _ = failed_batch
     finished = root / "reports" / "tiny" / "good" / "03_evaluate_export.ipynb"
     trained = root / "reports" / "tiny" / "badexport" / "02_train.ipynb"
     before, trained_before = finished.stat().st_mtime_ns, trained.stat().st_mtime_ns
     fixed = yaml.safe_load(config.read_text())
-    fixed["runs"][1]["BACKBONE"] = "mobilenetv2"  # the user fixes the failed runs, then resumes
+    fixed["runs"][1].update(BACKBONE="mobilenetv2", EPOCHS=6, PATIENCE=6)
     fixed["runs"][2]["FORMATS"] = "int8"
     config.write_text(yaml.safe_dump(fixed))
-    lines = []
-    run_batch(config, root, resume=True, echo=lines.append)
-    assert lines[0] == "[1/3] good: finished earlier, skipped (--resume)"
-    assert finished.stat().st_mtime_ns == before
-    for name in ("broken", "badexport"):
-        assert json.loads((root / "reports" / "tiny" / name / "status.json").read_text())["status"] == "finished"
-    # badexport's training had finished with the same parameters: kept, not trained again
-    assert trained.stat().st_mtime_ns == trained_before
-    assert json.loads((root / "reports" / "tiny" / "badexport" / "status.json").read_text())["train_reused"]
-    assert index.read_text().count('class="finished">finished<') == 3
-
-
-@pytest.mark.slow
-def test_a_batch_interrupted_with_ctrl_c_is_marked_and_resumes(synth_dir, tmp_path):
-    config = write_config(tmp_path / "tiny.yaml", [{"name": "only"}], DATA_DIR=str(synth_dir), EPOCHS=6,
-                          PATIENCE=6, FORMATS="")
-    cmd = [sys.executable, "-m", "seglib", "batch", str(config), "--root", str(tmp_path)]
+    cmd = [sys.executable, "-m", "seglib", "batch", str(config), "--root", str(root), "--resume"]
     # as from a terminal: SIGINT not ignored (a shell's background job, as CI may be, inherits it ignored)
     batch = subprocess.Popen(cmd, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, start_new_session=True,
                              preexec_fn=lambda: signal.signal(signal.SIGINT, signal.SIG_DFL))
@@ -233,23 +244,29 @@ def test_a_batch_interrupted_with_ctrl_c_is_marked_and_resumes(synth_dir, tmp_pa
             break
     out, err = batch.communicate(timeout=300)
     assert batch.returncode == 130, "".join(seen) + out + err
+    assert seen[0].strip() == "[1/3] good: finished earlier, skipped (--resume)"
     assert "interrupted; run the batch again with --resume" in out and "Traceback" not in err
-    status_file = tmp_path / "reports" / "tiny" / "only" / "status.json"
+    status_file = root / "reports" / "tiny" / "broken" / "status.json"
     assert json.loads(status_file.read_text())["status"] == "interrupted"
-    index = (tmp_path / "reports" / "tiny" / "index.html").read_text()
-    assert 'class="interrupted">interrupted<' in index and "1 interrupted" in index
-    run_dir = tmp_path / "artifacts" / "tiny" / "only"
+    html = index.read_text()
+    assert 'class="interrupted">interrupted<' in html and "1 interrupted" in html
+    run_dir = root / "artifacts" / "tiny" / "broken"
     assert (run_dir / "backup").exists()
 
-    done = subprocess.run(cmd + ["--resume"], capture_output=True, text=True, timeout=600)
+    done = subprocess.run(cmd, capture_output=True, text=True, timeout=600)
     assert done.returncode == 0, done.stdout + done.stderr
-    assert json.loads(status_file.read_text())["status"] == "finished"
-    assert 'class="finished">finished<' in (tmp_path / "reports" / "tiny" / "index.html").read_text()
+    assert finished.stat().st_mtime_ns == before
+    for name in ("broken", "badexport"):
+        assert json.loads((root / "reports" / "tiny" / name / "status.json").read_text())["status"] == "finished"
     with open(run_dir / "history.csv") as f:
         epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
     assert epochs == list(range(6))  # continued after the last finished epoch, nothing repeated
-    resumed_epochs = [line for line in done.stdout.splitlines() if ": epoch " in line]
+    resumed_epochs = [line for line in done.stdout.splitlines() if "broken: epoch " in line]
     assert resumed_epochs and not resumed_epochs[0].split(": epoch ")[1].startswith("1/")
+    # badexport's training had finished with the same parameters: kept, not trained again
+    assert trained.stat().st_mtime_ns == trained_before
+    assert json.loads((root / "reports" / "tiny" / "badexport" / "status.json").read_text())["train_reused"]
+    assert index.read_text().count('class="finished">finished<') == 3
 
 
 def test_a_run_left_running_by_a_dead_batch_process_reads_as_interrupted(tmp_path):

@@ -94,7 +94,6 @@ def test_the_command_line_takes_merge_and_drop_and_says_what_is_wrong(cityscapes
     assert len(bad.stderr.strip().splitlines()) == 1 and not (tmp_path / "bad").exists()
 
 
-@pytest.mark.main_line
 @pytest.mark.slow
 def test_evaluate_full_size_scores_the_predictions_against_the_source_label_files(tmp_path, prepared_dir):
     """Cityscapes-shaped scenes of 128x256 prepared at 64x128 with merged classes: the full-size

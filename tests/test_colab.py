@@ -13,9 +13,6 @@ import pytest
 from seglib.runs.colab import CELL, CELL_TAG, LOCAL_CACHE_ENV, cell_with
 from seglib.runs.notebooks import NOTEBOOKS
 
-pytestmark = pytest.mark.main_line  # Colab ships TF 2.20
-
-
 
 def test_every_notebook_starts_with_the_colab_cell():
     for path in sorted(NOTEBOOKS.glob("*.ipynb")):

@@ -1,9 +1,11 @@
 import cv2
 import numpy as np
+import pytest
 
 from seglib.training.pipeline import augment_pair, make_dataset
 
 
+@pytest.mark.tf_lines
 def test_batches_stream_every_row_once(prepared_dir):
     ds = make_dataset(prepared_dir, "val", batch_size=4)
     images, labels = zip(*[(x.numpy(), y.numpy()) for x, y in ds], strict=True)
@@ -14,6 +16,7 @@ def test_batches_stream_every_row_once(prepared_dir):
     assert np.array_equal(images, ref_images.astype(np.float32)) and np.array_equal(labels, ref_labels)
 
 
+@pytest.mark.tf_lines
 def test_shuffle_is_seeded_and_covers_the_split(prepared_dir):
     def order(seed):
         ds = make_dataset(prepared_dir, "train", batch_size=8, shuffle=True, seed=seed)
@@ -25,6 +28,7 @@ def test_shuffle_is_seeded_and_covers_the_split(prepared_dir):
     assert sorted(map(bytes, a)) == sorted(map(bytes, ref))
 
 
+@pytest.mark.tf_lines
 def test_augmentation_moves_image_and_label_together():
     import tensorflow as tf
 

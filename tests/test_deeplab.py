@@ -12,6 +12,7 @@ import pytest
 from seglib.layout import RunDir
 
 
+@pytest.mark.tf_lines
 @pytest.mark.parametrize("backbone", ["mobilenetv2", "resnet34", "efficientnetb0"])
 @pytest.mark.parametrize("size", [(64, 128), (96, 96)])
 def test_shapes_at_output_stride_16_with_a_stride_4_decoder(backbone, size):
@@ -35,6 +36,7 @@ def test_shapes_at_output_stride_16_with_a_stride_4_decoder(backbone, size):
     assert np.allclose(probs.sum(-1), 1, atol=1e-4)
 
 
+@pytest.mark.tf_lines
 @pytest.mark.parametrize("feature_hw", [(4, 8), (6, 6), (16, 32), (41, 41)])
 def test_an_atrous_branch_without_its_dead_taps_computes_the_full_3x3_convolution(feature_hw):
     """The reduced kernel gives what the 3x3 dilated convolution with the same centre taps gives."""
@@ -65,6 +67,7 @@ def test_a_size_it_cannot_take_is_refused_with_its_rule():
         check_input_size("deeplabv3plus", (80, 128))
 
 
+@pytest.mark.tf_lines
 def test_each_aspp_branch_sees_its_own_context():
     """How far from a pixel its output in each branch can look: the gradient of one output pixel
     with respect to the input is non-zero only within the branch's reach."""
@@ -87,6 +90,7 @@ def test_each_aspp_branch_sees_its_own_context():
     assert reach == [0, 6, 12, 18, centre]  # 1x1, rates 6, 12, 18, and image pooling: the whole input
 
 
+@pytest.mark.tf_lines
 def test_it_learns_a_small_task():
     import keras
 
@@ -108,6 +112,7 @@ def test_it_learns_a_small_task():
     assert history["loss"][-1] < 0.5 * history["loss"][0] and history["accuracy"][-1] > 0.9
 
 
+@pytest.mark.tf_lines
 @pytest.mark.slow
 def test_a_deeplab_run_trains_resumes_evaluates_exports_and_serves(tmp_path):
     """The command line on 64x128 Cityscapes-shaped data; interrupted after its first epoch, then resumed."""

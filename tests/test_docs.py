@@ -55,3 +55,35 @@ def test_every_command_in_the_docs_is_one_the_cli_takes(page):
 def test_the_docs_hold_the_commands_users_run():
     every = [c.split()[0] for page in PAGES for c in commands(page.read_text())]
     assert {"prepare", "synth", "batch", "serve", "train", "fetch-weights", "colab-badges"} <= set(every)
+
+
+def suite_functions() -> set[tuple[str, str]]:
+    """``(module file, test function)`` of every test in tests/, read from the source."""
+    import ast
+
+    return {(path.name, node.name) for path in (REPO / "tests").glob("test_*.py")
+            for node in ast.parse(path.read_text()).body
+            if isinstance(node, ast.FunctionDef) and node.name.startswith("test_")}
+
+
+def test_the_list_of_behaviours_is_the_suite():
+    """tests/BEHAVIOURS.md names every test function of the suite, module by module; a line with
+    ``->`` is a test that was merged or moved, and names where its assertions went."""
+    collected, listed, moved, module = suite_functions(), set(), {}, None
+    for line in (REPO / "tests" / "BEHAVIOURS.md").read_text().splitlines():
+        if line.startswith("## "):
+            module = line[3:].strip()
+        elif line.startswith("- `"):
+            name = line[3:line.index("`", 3)]
+            if "->" in line:
+                moved[(module, name)] = line.split("->", 1)[1]
+            else:
+                listed.add((module, name))
+    assert collected - listed == set(), f"not in tests/BEHAVIOURS.md: {sorted(collected - listed)}"
+    assert listed - collected == set(), f"listed, but no such test: {sorted(listed - collected)}"
+    for (module, name), where in moved.items():
+        assert (module, name) not in collected, f"{module}::{name} is listed as moved but still runs"
+        targets = re.findall(r"`([\w./-]+?)(?:::(\w+))?`", where)
+        assert targets, f"{module}::{name}: say where it went"
+        for target, test in targets:
+            assert (target, test) in collected if test else (REPO / target).exists(), f"{module}::{name} -> {target}"

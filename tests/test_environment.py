@@ -14,6 +14,8 @@ import yaml
 from packaging.requirements import Requirement
 from packaging.specifiers import SpecifierSet
 
+pytestmark = pytest.mark.tf_lines  # the Mac line's pins: checked in the TF 2.18 venv as in the main one
+
 REPO = Path(__file__).resolve().parents[1]
 # What tensorflow 2.18.1's wheel metadata requires (Requires-Dist), for the pins beside it.
 TF_2181_REQUIRES = {"numpy": SpecifierSet(">=1.26.0,<2.1.0"), "keras": SpecifierSet(">=3.5.0")}

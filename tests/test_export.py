@@ -8,29 +8,33 @@ import pytest
 from sklearn.metrics import confusion_matrix
 
 from seglib.data.splits import open_split
-from seglib.inference.evaluate import evaluate
-from seglib.inference.export import TFLiteModel, export_run
+from seglib.inference.export import TFLiteModel
 from seglib.inference.predict import predict_paths
 from seglib.training.train import load_model
 
 
+@pytest.mark.tf_lines
 @pytest.mark.slow
-def test_metrics_match_an_independent_computation(trained):
-    metrics = evaluate(trained / "run", trained / "prepared", "test")
+def test_metrics_match_an_independent_computation(exported_run, trained):
+    """What ``evaluate`` wrote for the run (the ``exported_run`` fixture evaluates it) against
+    scikit-learn's confusion matrix of the model's own predictions."""
     test = open_split(trained / "prepared", "test")
-    model = load_model(trained / "run")
+    model = load_model(exported_run)
     pred = model.predict(np.asarray(test.images, np.float32), verbose=0).argmax(-1)
     cm = confusion_matrix(np.asarray(test.labels).ravel(), pred.ravel(), labels=range(10))
-    assert (np.load(trained / "run" / "confusion.npy") == cm).all()
-    assert metrics["pixel_accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
-    saved = json.loads((trained / "run" / "metrics.json").read_text())
+    assert (np.load(exported_run / "confusion.npy") == cm).all()
+    saved = json.loads((exported_run / "metrics.json").read_text())
+    assert saved["pixel_accuracy"] == pytest.approx(np.trace(cm) / cm.sum())
     assert {"pixel_accuracy", "mean_accuracy", "mean_iou", "mean_dice", "per_class"} <= set(saved)
     assert set(saved["per_class"]) == {"iou", "dice", "precision", "recall", "specificity", "pixel_share"}
+    assert len(saved["per_class"]["iou"]) == 10 and cm.sum() == saved["num_pixels"]
 
 
+@pytest.mark.tf_lines
 @pytest.mark.slow
-def test_tflite_export_parity_and_size(trained):
-    result = export_run(trained / "run", calibration_images=32, eval_images=16, latency_repeats=5)
+def test_tflite_export_parity_and_size(exported_run, trained):
+    """What ``export_run`` returned and wrote (the ``exported_run`` fixture's export of every format)."""
+    result = json.loads((exported_run / "export.json").read_text())
     formats = result["formats"]
     from importlib.metadata import version
 
@@ -40,16 +44,15 @@ def test_tflite_export_parity_and_size(trained):
     assert formats["int8"]["file_bytes"] <= 0.3 * formats["fp32"]["file_bytes"]
     assert formats["fp32"]["agreement"] >= 0.999
     for fmt in ("fp32", "fp16", "int8"):
-        assert (trained / "run" / f"model_{fmt}.tflite").stat().st_size == formats[fmt]["file_bytes"]
+        assert (exported_run / f"model_{fmt}.tflite").stat().st_size == formats[fmt]["file_bytes"]
         assert formats[fmt]["latency_ms"] > 0 and 0 <= formats[fmt]["mean_iou"] <= 1
-    assert json.loads((trained / "run" / "export.json").read_text())["formats"]["int8"]["agreement"] == \
-        formats["int8"]["agreement"]
-    lite = TFLiteModel(trained / "run" / "model_int8.tflite")
+    lite = TFLiteModel(exported_run / "model_int8.tflite")
     image = np.asarray(open_split(trained / "prepared", "test").images[0])
     assert lite.predict(image[None]).shape == (1, 64, 64, 10)
     assert result["keras"]["call"].startswith("compiled call")  # what the latency ratios divide by
 
 
+@pytest.mark.tf_lines
 def test_the_keras_predictor_is_a_compiled_call_with_unchanged_predictions_from_several_threads(trained):
     from concurrent.futures import ThreadPoolExecutor
 
@@ -65,11 +68,10 @@ def test_the_keras_predictor_is_a_compiled_call_with_unchanged_predictions_from_
             assert np.allclose(probs[0], eager[i], atol=1e-5)
 
 
+@pytest.mark.tf_lines
 @pytest.mark.slow
 @pytest.mark.parametrize("model_file", ["model.keras", "model_fp32.tflite"])
-def test_predict_folder_with_a_corrupt_file(trained, tmp_path, model_file, declared_png):
-    if not (trained / "run" / model_file).exists():
-        export_run(trained / "run", formats=["fp32"], calibration_images=8, eval_images=4, latency_repeats=2)
+def test_predict_folder_with_a_corrupt_file(exported_run, trained, tmp_path, model_file, declared_png):
     folder = tmp_path / "in"
     folder.mkdir()
     for i, f in enumerate(sorted((trained / "pairs" / "val").glob("*.jpg"))[:2]):
@@ -80,7 +82,7 @@ def test_predict_folder_with_a_corrupt_file(trained, tmp_path, model_file, decla
     cv2.imwrite(str(folder / "photo.png"), cv2.cvtColor(photo, cv2.COLOR_RGB2BGR))  # a plain photo, not a pair
     (folder / "corrupt.jpg").write_bytes(b"\xff\xd8 broken")
     declared_png(folder / "huge.png", 100_000, 50_000)
-    result = predict_paths(trained / "run" / model_file, folder, tmp_path / "out")
+    result = predict_paths(exported_run / model_file, folder, tmp_path / "out")
     assert len(result["written"]) == 3
     assert {s["file"].rsplit("/", 1)[-1]: s["reason"].split(" ")[0] for s in result["skipped"]} == \
         {"corrupt.jpg": "not", "huge.png": "image"}
@@ -89,33 +91,6 @@ def test_predict_folder_with_a_corrupt_file(trained, tmp_path, model_file, decla
     assert cv2.imread(str(tmp_path / "out" / "photo_overlay.png")).shape == (64, 64, 3)
 
 
-@pytest.fixture
-def no_litert(monkeypatch):
-    """ai-edge-litert unimportable, as on macOS < 15.2 where its 1.3+ binaries fail to load."""
-    import sys
-
-    monkeypatch.setitem(sys.modules, "ai_edge_litert", None)
-    monkeypatch.setitem(sys.modules, "ai_edge_litert.interpreter", None)
-
-
-@pytest.mark.slow
-def test_without_ai_edge_litert_export_and_predict_fall_back_to_tf_lite(trained, tmp_path, no_litert):
-    run = tmp_path / "run"
-    shutil.copytree(trained / "run", run)
-    result = export_run(run, formats=["int8"], calibration_images=8, eval_images=4, latency_repeats=3,
-                        prepared_dir=trained / "prepared")
-    assert result["runtime"].startswith("tf.lite (TensorFlow ")
-    assert json.loads((run / "export.json").read_text())["runtime"] == result["runtime"]
-    int8 = result["formats"]["int8"]
-    assert int8["agreement"] >= 0.97 and int8["latency_p10_ms"] <= int8["latency_ms"] <= int8["latency_p90_ms"]
-    assert TFLiteModel(run / "model_int8.tflite").runtime.startswith("tf.lite")
-    image = sorted((trained / "pairs" / "val").glob("*.jpg"))[0]
-    done = predict_paths(run / "model_int8.tflite", image, tmp_path / "out")
-    assert len(done["written"]) == 1 and (tmp_path / "out" / f"{image.stem}_mask.png").exists()
-
-
-
-@pytest.mark.main_line
 @pytest.mark.slow
 def test_predict_leaves_every_file_it_did_not_write_untouched_and_never_reads_its_outputs(trained, tmp_path):
     import subprocess
@@ -154,7 +129,6 @@ def test_predict_leaves_every_file_it_did_not_write_untouched_and_never_reads_it
     assert (user / "street_overlay.png").read_bytes() == b"mine"
 
 
-@pytest.mark.main_line
 @pytest.mark.slow
 def test_predict_names_outputs_apart_and_refuses_nothing_to_predict(trained, tmp_path):
     import subprocess
@@ -185,6 +159,7 @@ def test_predict_names_outputs_apart_and_refuses_nothing_to_predict(trained, tmp
     assert empty.returncode == 2 and "no images" in empty.stderr and "Traceback" not in empty.stderr
 
 
+@pytest.mark.tf_lines
 def test_a_truncated_model_is_called_corrupt_not_missing(trained, tmp_path):
     import subprocess
     import sys
@@ -200,6 +175,7 @@ def test_a_truncated_model_is_called_corrupt_not_missing(trained, tmp_path):
     assert f"{run / 'model.keras'}: corrupt or not a Keras model file" in done.stderr
 
 
+@pytest.mark.tf_lines
 def test_onnx_export_is_measured_and_predicts(exported_run, trained, tmp_path):
     """Keras' own ONNX exporter, run with onnxruntime: measured like the TFLite models."""
     from seglib.reporting.tables import export as export_table

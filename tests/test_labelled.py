@@ -123,6 +123,7 @@ def test_a_colour_mask_is_a_bad_file_naming_it(tmp_path):
         prepare(data, tmp_path / "out", size=32, progress=False)
 
 
+@pytest.mark.tf_lines
 def test_ignored_pixels_add_nothing_to_loss_metrics_or_confusion():
     """A hand-made case: truth [0, 1, 255], prediction [0, 0, 1]."""
     from seglib.training.losses import make_loss
@@ -182,6 +183,7 @@ def cityscapes_run(labelled, tmp_path_factory) -> dict:
     return {"root": root, "run": run, "recorder": recorder}
 
 
+@pytest.mark.tf_lines
 def test_a_labelled_non_square_run_trains_with_schedule_tensorboard_and_callbacks(cityscapes_run):
     run, recorder = cityscapes_run["run"], cityscapes_run["recorder"]
     assert run.epochs_run == 4 and [e for e, _ in recorder.epochs] == [0, 1, 2, 3]
@@ -239,10 +241,8 @@ def test_evaluate_export_predict_and_serve_keep_the_shape_and_leave_ignored_pixe
         assert answer.status_code == 200 and (answer.json()["width"], answer.json()["height"]) == (128, 64)
 
 
-# on the TF 2.18 line PSPNet's run stands for the segmentation-models decoders (U-Net and DeepLabV3+ train elsewhere)
-@pytest.mark.parametrize("arch,size", [pytest.param("fpn", "64x128", marks=pytest.mark.main_line),
-                                       pytest.param("linknet", "64x128", marks=pytest.mark.main_line),
-                                       ("pspnet", "96x192")])
+@pytest.mark.parametrize("arch,size", [("fpn", "64x128"), ("linknet", "64x128"),
+                                       pytest.param("pspnet", "96x192", marks=pytest.mark.tf_lines)])
 def test_each_architecture_trains(labelled, tmp_path, arch, size):
     """(The U-Net, the default, is trained by the other tests.)"""
     from seglib.training.config import TrainConfig
@@ -275,6 +275,7 @@ def test_an_input_size_an_architecture_cannot_take_is_refused_before_work(labell
     assert not (tmp_path / "run").exists()
 
 
+@pytest.mark.tf_lines
 def test_encoder_weights_load_from_a_local_file(tmp_path):
     from seglib.training.model import build_model, encoder
 
@@ -294,6 +295,7 @@ def test_encoder_weights_load_from_a_local_file(tmp_path):
         build_model("unet", "resnet18", 5, 64, str(tmp_path / "mobilenetv2_encoder.weights.h5"))
 
 
+@pytest.mark.tf_lines
 @pytest.mark.parametrize("arch", ["fpn", "linknet"])
 def test_each_decoder_builds_saves_and_loads_at_a_non_square_size(arch, tmp_path):
     """The decoders whose training runs only on the main TF line are still built, called, saved and

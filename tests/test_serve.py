@@ -75,6 +75,7 @@ def png_of(response, flags=cv2.IMREAD_UNCHANGED):
     return cv2.imdecode(np.frombuffer(response.content, np.uint8), flags)
 
 
+@pytest.mark.tf_lines
 def test_health_and_metadata(service, exported_run):
     health = httpx.get(f"{service}/health").json()
     assert health["status"] == "ok" and health["model"] == "int8" and health["file"] == "model_int8.tflite"
@@ -90,6 +91,7 @@ def test_health_and_metadata(service, exported_run):
         f"{service}/metadata").text
 
 
+@pytest.mark.tf_lines
 def test_every_output_kind_at_the_image_size(service, street):
     photo_jpg, pair_jpg, (h, w) = street
     palette = {tuple(c["rgb"]) for c in httpx.get(f"{service}/metadata").json()["palette"]}
@@ -215,6 +217,7 @@ def test_the_page_segments_a_dropped_image_in_headless_chromium(service, street,
             browser.close()
 
 
+@pytest.mark.tf_lines
 def test_video_gets_an_overlay_video_of_the_same_fps_and_size(exported_run, trained, tmp_path):
     pairs = sorted((trained / "pairs" / "val").glob("*.jpg"))
     frames = [cv2.resize(cv2.imread(str(f))[:, :128], (96, 64)) for f in pairs]

@@ -35,3 +35,18 @@ def test_scenes_have_all_classes_and_are_not_pixel_separable():
     tree = DecisionTreeClassifier(max_depth=12, random_state=0).fit(photos[:half], labels[:half])
     accuracy = (tree.predict(photos[half:]) == labels[half:]).mean()
     assert accuracy < 0.85, accuracy
+
+
+def test_the_demos_scenes_prepare_to_ten_distinct_classes(tmp_path):
+    """At the demo's own count, seed and size (seglib.runs.demo): K-Means finds the ten classes, none
+    split in two. (The demo's accuracy: bench/demo_accuracy.py.)"""
+    import json
+
+    from seglib.data.prepare import prepare
+    from seglib.runs.demo import DEMO
+
+    generate(tmp_path / "pairs", count=DEMO["SYNTH_COUNT"], seed=DEMO["SEED"], progress=False)
+    summary = prepare(tmp_path / "pairs", tmp_path / "prepared", size=DEMO["SIZE"], seed=DEMO["SEED"], progress=False)
+    names = json.loads((tmp_path / "prepared" / "palette.json").read_text())["classes"]
+    assert sorted(c["name"] for c in names) == sorted(CLASSES)
+    assert summary["palette_warnings"] == []

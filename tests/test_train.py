@@ -33,6 +33,7 @@ def startup_lines(stderr: str) -> list[str]:
             and "oneDNN supports DT_INT32 only on platforms with AVX-512" not in line]
 
 
+@pytest.mark.tf_lines
 @pytest.mark.slow
 def test_commands_into_a_file_print_their_own_lines_one_per_epoch_and_debug_shows_tensorflows(small_prepared,
                                                                                             tmp_path):
@@ -56,27 +57,25 @@ def test_commands_into_a_file_print_their_own_lines_one_per_epoch_and_debug_show
         assert bool(startup_lines(done.stderr)) == (command[0] == "--debug"), done.stderr
 
 
-@pytest.mark.slow
-def test_train_writes_a_complete_run(small_prepared, tmp_path):
-    run = train(TrainConfig(str(small_prepared), str(tmp_path / "run"), epochs=3, batch_size=8,
-                            encoder_weights=None, patience=5), verbose=0)
-    run_dir = tmp_path / "run"
-    assert run.stop_reason == "finished" and run.epochs_run == 3 and run.model_path.exists()
+@pytest.mark.tf_lines
+def test_train_writes_a_complete_run(trained):
+    """The ``trained`` fixture's run, as train() left it (the fixture is read-only)."""
+    run_dir = trained / "run"
     assert {p.name for p in run_dir.iterdir()} == {".seglib", "config.json", "palette.json", "history.csv",
                                                   "model.keras", "run.json"}
     with open(run_dir / "history.csv") as f:
         rows = list(csv.DictReader(f))
     losses = [float(r["loss"]) for r in rows]
-    assert len(rows) == 3 and losses[-1] < losses[0]
+    assert len(rows) == 8 and losses[-1] < losses[0]
     assert {"val_loss", "pixel_accuracy", "mean_iou", "val_mean_iou"} <= set(rows[0])
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["backbone"] == "resnet34" and config["num_classes"] == 10 and config["device"]["kind"] == "cpu"
+    assert config["backbone"] == "mobilenetv2" and config["num_classes"] == 10 and config["device"]["kind"] == "cpu"
     assert {"tensorflow", "keras", "seglib"} <= set(config["versions"])
     info = json.loads((run_dir / "run.json").read_text())
-    assert info["stop_reason"] == "finished" and info["epochs_run"] == 3 and len(info["seconds_per_epoch"]) == 3
+    assert info["stop_reason"] == "finished" and info["epochs_run"] == 8 and len(info["seconds_per_epoch"]) == 8
     assert info["train_images_per_second"] > 0
     model = load_model(run_dir)
-    test = open_split(small_prepared, "test")
+    test = open_split(trained / "prepared", "test")
     probs = model.predict(np.asarray(test.images[:2], np.float32), verbose=0)
     assert probs.shape == (2, 64, 64, 10) and np.allclose(probs.sum(-1), 1, atol=1e-3)
 
@@ -122,49 +121,7 @@ def test_cli_train_rejects_unknown_backbone(small_prepared, tmp_path):
     assert done.returncode == 2 and "unknown backbone 'nope'" in done.stderr
 
 
-@pytest.mark.main_line
-@pytest.mark.slow
-def test_killed_run_resumes_where_it_stopped(small_prepared, tmp_path):
-    """Under a MirroredStrategy over two logical CPU devices: the strategy that spans devices is the
-    harder case (the default strategy's resume runs in many other tests)."""
-    import os
-    import signal
-    import time
-
-    run_dir = tmp_path / "run"
-    cmd = [sys.executable, "-m", "seglib", "train", str(small_prepared), str(run_dir), "--epochs", "4",
-           "--batch-size", "4", "--encoder-weights", "none", "--patience", "10", "--strategy", "mirrored"]
-    env = {**os.environ, "TF_CPP_MIN_LOG_LEVEL": "3", "SEGLIB_CPU_DEVICES": "2"}
-    first = subprocess.Popen(cmd, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL, env=env)
-    deadline = time.time() + 300
-    history = run_dir / "history.csv"
-    while time.time() < deadline:
-        if (run_dir / "backup").exists() and history.exists() and len(history.read_text().splitlines()) >= 2:
-            break
-        assert first.poll() is None, "training ended before it could be killed"
-        time.sleep(0.2)
-    first.send_signal(signal.SIGKILL)
-    first.wait()
-    assert not (run_dir / "run.json").exists()
-    done_before = len(history.read_text().splitlines()) - 1
-    assert 1 <= done_before < 4
-    second = subprocess.run(cmd, capture_output=True, text=True, env=env)
-    assert second.returncode == 0, second.stderr[-2000:]
-    with open(history) as f:
-        epochs = [int(row["epoch"]) for row in csv.DictReader(f)]
-    assert epochs == [0, 1, 2, 3]  # continued after the killed run's last epoch; nothing repeated
-    info = json.loads((run_dir / "run.json").read_text())
-    assert info["stop_reason"] == "finished" and info["epochs_run"] == 4
-    assert info["strategy"] == "mirrored" and info["replicas"] == 2
-    assert json.loads((run_dir / "config.json").read_text())["global_batch_size"] == 8
-    assert not (run_dir / "backup").exists()
-    # the best epoch is the best of all four, before and after the kill, not of the resumed part only
-    with open(history) as f:
-        val_loss = [float(row["val_loss"]) for row in csv.DictReader(f)]
-    assert info["best_epoch"] == int(np.argmin(val_loss)) + 1
-    assert info["best_val_loss"] == pytest.approx(min(val_loss))
-
-
+@pytest.mark.tf_lines
 def test_backup_keeps_the_callbacks_state_and_survives_a_failed_write(tmp_path):
     """Unit check of what survives a restart (the kill test cannot force the best epoch to fall
     before the kill), and of a backup that cannot be written (a full disk): the previous one stays."""
@@ -214,24 +171,56 @@ def test_backup_keeps_the_callbacks_state_and_survives_a_failed_write(tmp_path):
     assert not [p for p in folder.iterdir() if p.name.startswith(".")]  # no half-written temp folder
 
 
-@pytest.mark.main_line
+@pytest.mark.tf_lines
 @pytest.mark.slow
-def test_a_finished_run_is_replaced_only_when_asked_and_a_nan_run_stops_cleanly(small_prepared, tmp_path):
+def test_a_finished_run_is_replaced_only_when_asked_a_corrupt_backup_is_named_and_a_nan_run_stops_cleanly(
+        trained, tmp_path):
+    import shutil
+
+    from seglib.fsutil import write_marker
+
+    prepared = trained / "prepared"
     run_dir = tmp_path / "run"
-    train(TrainConfig(str(small_prepared), str(run_dir), epochs=1, encoder_weights=None), verbose=0)
+    shutil.copytree(trained / "run", run_dir)  # a finished run
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
     with pytest.raises(FileExistsError, match="holds a finished run .*--overwrite"):
-        train(TrainConfig(str(small_prepared), str(run_dir), epochs=2, encoder_weights=None), verbose=0)
+        train(TrainConfig(str(prepared), str(run_dir), epochs=2, encoder_weights=None), verbose=0)
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before  # untouched
-    done = subprocess.run([sys.executable, "-m", "seglib", "train", str(small_prepared), str(run_dir),
+    done = subprocess.run([sys.executable, "-m", "seglib", "train", str(prepared), str(run_dir),
                            "--encoder-weights", "none"], capture_output=True, text=True)
     assert done.returncode == 2 and "holds a finished run" in done.stderr and "Traceback" not in done.stderr
+
+    # an unfinished run whose backup is damaged: named, with the way to start over, which --overwrite takes
+    broken = tmp_path / "broken"
+    epoch = broken / "backup" / "epoch-0002"
+    epoch.mkdir(parents=True)
+    (epoch / "state.json").write_text(json.dumps({"epoch": 2, "checkpoint_best": 1.0, "checkpoint_best_epoch": 2,
+                                                  "early_best": 1.0, "early_wait": 0, "early_best_epoch": 1}))
+    (epoch / "model.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n damaged")
+    write_marker(broken, "run")
+    config = TrainConfig(str(prepared), str(broken), backbone="mobilenetv2", epochs=3, encoder_weights=None)
+    with pytest.raises(ValueError, match=r"epoch-0002/model.weights.h5: corrupt training backup .*--overwrite"):
+        train(config, verbose=0)
+    config.overwrite = True
+
+    class Started(Exception):
+        pass
+
+    import keras
+
+    class StopAtStart(keras.callbacks.Callback):
+        def on_train_begin(self, logs=None):
+            raise Started
+
+    with pytest.raises(Started):  # the run starts over: the damaged backup is not read again
+        train(config, verbose=0, callbacks=[StopAtStart()])
+    assert not (broken / "backup").exists()
 
     for stale in ("metrics.json", "confusion.npy", "model_int8.tflite", "export.json"):  # from the earlier model
         (run_dir / stale).write_text("old")
     (run_dir / "notes.md").write_text("mine")
-    run = train(TrainConfig(str(small_prepared), str(run_dir), epochs=3, lr=1e12, encoder_weights=None,
-                            overwrite=True), verbose=0)
+    run = train(TrainConfig(str(prepared), str(run_dir), backbone="mobilenetv2", epochs=3, lr=1e12,
+                            encoder_weights=None, overwrite=True), verbose=0)
     info = json.loads((run_dir / "run.json").read_text())
     assert run.stop_reason.startswith("nan") and info["stop_reason"].startswith("nan")
     assert info["epochs_run"] == len(run.history) <= 3  # the new run's own history only
@@ -240,7 +229,7 @@ def test_a_finished_run_is_replaced_only_when_asked_and_a_nan_run_stops_cleanly(
     ]
     assert (run_dir / "notes.md").read_text() == "mine"  # the user's file stays
     if (run_dir / "model.keras").exists():  # only a finite epoch is ever saved
-        probs = load_model(run_dir).predict(np.asarray(open_split(small_prepared, "test").images[:1], np.float32),
+        probs = load_model(run_dir).predict(np.asarray(open_split(prepared, "test").images[:1], np.float32),
                                             verbose=0)
         assert np.isfinite(probs).all()
     else:
@@ -283,39 +272,7 @@ def test_bad_prepared_arrays_are_refused_before_run_dir_is_made(small_prepared, 
     assert not (tmp_path / "run").exists()
 
 
-@pytest.mark.main_line
-@pytest.mark.slow
-def test_default_demo_reaches_90_percent_pixel_accuracy(tmp_path):
-    """The demo's first run (ResNet-34, CPU, 128 px, 6 epochs, random encoder) on its synthetic data."""
-    from seglib.data.synthetic import CLASSES, generate
-    from seglib.inference.evaluate import evaluate
-    from seglib.runs.demo import DEMO, DEMO_RUNS
-
-    generate(tmp_path / "pairs", count=DEMO["SYNTH_COUNT"], seed=DEMO["SEED"], progress=False)
-    summary = prepare(tmp_path / "pairs", tmp_path / "prepared", size=DEMO["SIZE"], seed=DEMO["SEED"], progress=False)
-    names = json.loads((tmp_path / "prepared" / "palette.json").read_text())["classes"]
-    assert sorted(c["name"] for c in names) == sorted(CLASSES)  # ten distinct classes, none split in two
-    assert summary["palette_warnings"] == []
-    run_dir = tmp_path / "run"
-    train(
-        TrainConfig(
-            str(tmp_path / "prepared"),
-            str(run_dir),
-            backbone=DEMO_RUNS[0]["BACKBONE"],
-            epochs=DEMO["EPOCHS"],
-            batch_size=DEMO["BATCH_SIZE"],
-            lr=DEMO["LR"],
-            encoder_weights=None,
-        ),
-        verbose=0,
-    )
-    metrics = evaluate(run_dir, tmp_path / "prepared", "test")
-    assert metrics["pixel_accuracy"] >= 0.90
-    saved = json.loads((run_dir / "metrics.json").read_text())
-    assert saved["pixel_accuracy"] == metrics["pixel_accuracy"] and len(saved["per_class"]["iou"]) == 10
-    assert np.load(run_dir / "confusion.npy").sum() == saved["num_pixels"]
-
-
+@pytest.mark.tf_lines
 @pytest.mark.parametrize("name", ["ce", "weighted_ce", "dice", "ce_dice", "ohem"])
 def test_losses_are_finite_differentiable_and_prefer_the_truth(name):
     import tensorflow as tf
@@ -334,6 +291,7 @@ def test_losses_are_finite_differentiable_and_prefer_the_truth(name):
     assert float(loss(y_true, perfect)) < float(value)
 
 
+@pytest.mark.tf_lines
 def test_ohem_keeps_the_hard_pixels_and_at_least_its_share_and_averages_their_cross_entropy():
     from seglib.training.losses import make_loss, ohem_mask
 
@@ -356,7 +314,6 @@ def test_ohem_keeps_the_hard_pixels_and_at_least_its_share_and_averages_their_cr
         assert float(loss(truth, probs)) == pytest.approx(float(np.mean(-np.log(kept))), rel=1e-5)
 
 
-@pytest.mark.main_line
 @pytest.mark.slow
 def test_a_full_disk_stops_training_with_one_line_and_it_resumes_after_space_is_freed(small_prepared, tmp_path):
     """RUN_DIR on a small tmpfs: the first epoch's model and backup fit, the next backup does not.
@@ -384,22 +341,3 @@ def test_a_full_disk_stops_training_with_one_line_and_it_resumes_after_space_is_
         assert json.loads((run_dir / "run.json").read_text())["stop_reason"] == "finished"
     finally:
         subprocess.run(["umount", str(disk)], capture_output=True)
-
-
-@pytest.mark.main_line
-def test_a_corrupt_backup_is_named_and_the_way_to_start_over_given(small_prepared, tmp_path):
-    from seglib.fsutil import write_marker
-
-    run_dir = tmp_path / "run"
-    epoch = run_dir / "backup" / "epoch-0002"
-    epoch.mkdir(parents=True)
-    (epoch / "state.json").write_text(json.dumps({"epoch": 2, "checkpoint_best": 1.0, "checkpoint_best_epoch": 2,
-                                                  "early_best": 1.0, "early_wait": 0, "early_best_epoch": 1}))
-    (epoch / "model.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n damaged")
-    write_marker(run_dir, "run")
-    config = TrainConfig(str(small_prepared), str(run_dir), backbone="mobilenetv2", epochs=3, encoder_weights=None)
-    with pytest.raises(ValueError, match=r"epoch-0002/model.weights.h5: corrupt training backup .*--overwrite"):
-        train(config, verbose=0)
-    config.overwrite = True  # starts the run over
-    run = train(config, verbose=0)
-    assert run.stop_reason == "finished" and run.epochs_run == 3 and not (run_dir / "backup").exists()
