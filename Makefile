@@ -40,11 +40,12 @@ endif
 	touch $(STAMP)
 
 # The suite runs on TEST_WORKERS pytest-xdist workers (one module's tests stay on one worker, so a
-# module's fixtures are made once): most of its time is process, kernel and graph start-up, which
-# two workers overlap even on 2 cores. TEST_WORKERS=0 runs it in one process.
+# module's fixtures are made once; the slowest modules are handed out first, tests/conftest.py):
+# most of its time is process, kernel and graph start-up, which two workers overlap even on 2 cores.
+# TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 2
 # --durations: the slowest tests of every run, so that a slow test is seen the day it lands.
-PYTEST := -m pytest -n $(TEST_WORKERS) --dist loadscope --durations=15 --durations-min=1
+PYTEST := -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=15 --durations-min=1
 
 test: install
 	$(PY) $(PYTEST)

@@ -14,6 +14,17 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_SAMPLE = REPO.parent / "shared" / "data" / "cityscapes-pairs-sample"
 
 
+# The modules that take longest, first: pytest-xdist hands each worker whole modules (make test:
+# --dist loadscope --no-loadscope-reorder), and a long module handed out last would run on alone.
+SLOWEST_FIRST = ("test_batch.py", "test_distribute.py", "test_journeys.py", "test_train.py", "test_deeplab.py",
+                 "test_labelled.py", "test_export.py", "test_serve.py", "test_classmap.py")
+
+
+def pytest_collection_modifyitems(items):
+    rank = {name: i for i, name in enumerate(SLOWEST_FIRST)}
+    items.sort(key=lambda item: rank.get(item.path.name, len(rank)))  # stable: each module's own order kept
+
+
 @pytest.fixture(scope="session")
 def synth_dir(tmp_path_factory) -> Path:
     """60 synthetic 256-px pairs in the Kaggle layout (48 train/, 12 val/), with ids/."""
@@ -74,7 +85,7 @@ def trained(tmp_path_factory, worker_id) -> Path:
     def build(root: Path) -> None:
         generate(root / "pairs", count=120, seed=2, size=128, progress=False)
         prepare(root / "pairs", root / "prepared", size=64, progress=False)
-        train(TrainConfig(str(root / "prepared"), str(root / "run"), backbone="mobilenetv2", epochs=8, batch_size=8,
+        train(TrainConfig(str(root / "prepared"), str(root / "run"), backbone="mobilenet", epochs=8, batch_size=8,
                           encoder_weights=None, patience=8), verbose=0)
 
     return once_per_session(tmp_path_factory, worker_id, "trained", build)

@@ -15,9 +15,9 @@ import pytest
 
 from seglib.layout import RunDir
 
-ARGS = ["--backbone", "mobilenetv2", "--batch-size", "4", "--encoder-weights", "none", "--patience", "9", "--quiet"]
+ARGS = ["--backbone", "mobilenet", "--batch-size", "4", "--encoder-weights", "none", "--patience", "9", "--quiet"]
 # exports are tested elsewhere (tests/test_export.py, the batch in tests/test_batch.py): none here
-TINY = {"SIZE": 64, "SAMPLE_PIXELS": 20_000, "EPOCHS": 1, "ENCODER_WEIGHTS": None, "BACKBONE": "mobilenetv2",
+TINY = {"SIZE": 64, "SAMPLE_PIXELS": 20_000, "EPOCHS": 1, "ENCODER_WEIGHTS": None, "BACKBONE": "mobilenet",
         "FORMATS": "", "N_EXAMPLES": 2}
 
 

@@ -152,7 +152,8 @@ def test_ignored_pixels_add_nothing_to_loss_metrics_or_confusion():
 
 
 class Recorder:
-    """A user callback: remembers every epoch's logs."""
+    """A user callback: remembers every epoch's logs, and counts how often the training step is
+    traced (Keras calls ``train_step`` from Python only while tf.function traces it)."""
 
     def __new__(cls):
         import keras
@@ -160,7 +161,17 @@ class Recorder:
         class _Recorder(keras.callbacks.Callback):
             def __init__(self):
                 super().__init__()
-                self.epochs = []
+                self.epochs, self.traces = [], 0
+
+            def set_model(self, model):
+                super().set_model(model)
+                step = model.train_step
+
+                def counted(data):
+                    self.traces += 1
+                    return step(data)
+
+                model.train_step = counted
 
             def on_epoch_end(self, epoch, logs=None):
                 self.epochs.append((epoch, dict(logs or {})))
@@ -177,7 +188,7 @@ def cityscapes_run(labelled, tmp_path_factory) -> dict:
     root = tmp_path_factory.mktemp("cs-run")
     prepare(labelled / "cityscapes", root / "prepared", size="64x128", progress=False)
     recorder = Recorder()
-    run = train(TrainConfig(str(root / "prepared"), str(root / "run"), backbone="mobilenetv2", epochs=4, batch_size=4,
+    run = train(TrainConfig(str(root / "prepared"), str(root / "run"), backbone="mobilenet", epochs=4, batch_size=4,
                             encoder_weights=None, lr=2e-3, lr_schedule="cosine", warmup_epochs=1, tensorboard=True,
                             patience=4), verbose=0, callbacks=[recorder])
     return {"root": root, "run": run, "recorder": recorder}
@@ -187,6 +198,7 @@ def cityscapes_run(labelled, tmp_path_factory) -> dict:
 def test_a_labelled_non_square_run_trains_with_schedule_tensorboard_and_callbacks(cityscapes_run):
     run, recorder = cityscapes_run["run"], cityscapes_run["recorder"]
     assert run.epochs_run == 4 and [e for e, _ in recorder.epochs] == [0, 1, 2, 3]
+    assert recorder.traces == 1  # the optimizer is built before fit: no second trace for its variables
     assert all("val_mean_iou" in logs and "learning_rate" in logs for _, logs in recorder.epochs)
     rates = [float(h["learning_rate"]) for h in run.history]
     assert rates[0] < rates[1] and rates[1] > rates[2] > rates[3]  # warmup, then cosine decay
@@ -249,7 +261,7 @@ def test_each_architecture_trains(labelled, tmp_path, arch, size):
     from seglib.training.train import train
 
     prepare(labelled / "folders", tmp_path / "prepared", size=size, progress=False)
-    run = train(TrainConfig(str(tmp_path / "prepared"), str(tmp_path / "run"), arch=arch, backbone="mobilenetv2",
+    run = train(TrainConfig(str(tmp_path / "prepared"), str(tmp_path / "run"), arch=arch, backbone="mobilenet",
                             epochs=1, batch_size=8, encoder_weights=None), verbose=0)
     assert run.model_path.exists() and json.loads(RunDir(run.run_dir).config.read_text())["arch"] == arch
     from seglib.inference.evaluate import evaluate
@@ -317,22 +329,22 @@ def test_training_with_an_encoder_file_and_fine_tuning_from_a_run(cityscapes_run
     from seglib.training.train import copy_weights, train
 
     root = cityscapes_run["root"]
-    encoder("mobilenetv2").save_weights(tmp_path / "enc.weights.h5")
+    encoder("mobilenet").save_weights(tmp_path / "enc.weights.h5")
     earlier = cityscapes_run["run"].run_dir
     lines = []  # the encoder file is loaded first, then the earlier run's weights replace all of it
-    tuned = train(TrainConfig(str(root / "prepared"), str(tmp_path / "tuned"), backbone="mobilenetv2", epochs=1,
+    tuned = train(TrainConfig(str(root / "prepared"), str(tmp_path / "tuned"), backbone="mobilenet", epochs=1,
                               encoder_weights=str(tmp_path / "enc.weights.h5"), init_from=str(earlier)),
                   verbose=0, log=lines.append)
     assert tuned.stop_reason == "finished" and lines[0].startswith(f"started from {earlier}: ")
     assert json.loads(RunDir(tuned.run_dir).config.read_text())["encoder_weights"] == str(tmp_path / "enc.weights.h5")
     from seglib.training.model import build_model, load_keras_model
 
-    fresh = build_model("unet", "mobilenetv2", 19, (64, 128), None)
+    fresh = build_model("unet", "mobilenet", 19, (64, 128), None)
     assert copy_weights(fresh, RunDir(earlier).model)["kept_new"] == []
     for new, old in zip(fresh.weights, load_keras_model(RunDir(earlier).model).weights, strict=True):
         assert np.array_equal(np.asarray(new), np.asarray(old))
-    with pytest.raises(ValueError, match=r"a unet/mobilenetv2 model; this run is fpn/mobilenetv2"):
-        train(TrainConfig(str(root / "prepared"), str(tmp_path / "other"), arch="fpn", backbone="mobilenetv2",
+    with pytest.raises(ValueError, match=r"a unet/mobilenet model; this run is fpn/mobilenet"):
+        train(TrainConfig(str(root / "prepared"), str(tmp_path / "other"), arch="fpn", backbone="mobilenet",
                           encoder_weights=None, init_from=str(earlier)))
 
 

@@ -42,7 +42,7 @@ def test_commands_into_a_file_print_their_own_lines_one_per_epoch_and_debug_show
     cli = [sys.executable, "-m", "seglib"]
     with open(tmp_path / "out.txt", "w") as out:
         done = subprocess.run([*cli, "train", str(small_prepared), str(tmp_path / "run"), "--epochs", "2",
-                               "--backbone", "mobilenetv2", "--encoder-weights", "none"], stdout=out,
+                               "--backbone", "mobilenet", "--encoder-weights", "none"], stdout=out,
                               stderr=subprocess.PIPE, text=True)
     assert done.returncode == 0, done.stderr
     printed = (tmp_path / "out.txt").read_text()
@@ -69,7 +69,7 @@ def test_train_writes_a_complete_run(trained):
     assert len(rows) == 8 and losses[-1] < losses[0]
     assert {"val_loss", "pixel_accuracy", "mean_iou", "val_mean_iou"} <= set(rows[0])
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["backbone"] == "mobilenetv2" and config["num_classes"] == 10 and config["device"]["kind"] == "cpu"
+    assert config["backbone"] == "mobilenet" and config["num_classes"] == 10 and config["device"]["kind"] == "cpu"
     assert {"tensorflow", "keras", "seglib"} <= set(config["versions"])
     info = json.loads((run_dir / "run.json").read_text())
     assert info["stop_reason"] == "finished" and info["epochs_run"] == 8 and len(info["seconds_per_epoch"]) == 8
@@ -198,7 +198,7 @@ def test_a_finished_run_is_replaced_only_when_asked_a_corrupt_backup_is_named_an
                                                   "early_best": 1.0, "early_wait": 0, "early_best_epoch": 1}))
     (epoch / "model.weights.h5").write_bytes(b"\x89HDF\r\n\x1a\n damaged")
     write_marker(broken, "run")
-    config = TrainConfig(str(prepared), str(broken), backbone="mobilenetv2", epochs=3, encoder_weights=None)
+    config = TrainConfig(str(prepared), str(broken), backbone="mobilenet", epochs=3, encoder_weights=None)
     with pytest.raises(ValueError, match=r"epoch-0002/model.weights.h5: corrupt training backup .*--overwrite"):
         train(config, verbose=0)
     config.overwrite = True
@@ -219,7 +219,7 @@ def test_a_finished_run_is_replaced_only_when_asked_a_corrupt_backup_is_named_an
     for stale in ("metrics.json", "confusion.npy", "model_int8.tflite", "export.json"):  # from the earlier model
         (run_dir / stale).write_text("old")
     (run_dir / "notes.md").write_text("mine")
-    run = train(TrainConfig(str(prepared), str(run_dir), backbone="mobilenetv2", epochs=3, lr=1e12,
+    run = train(TrainConfig(str(prepared), str(run_dir), backbone="mobilenet", epochs=3, lr=1e12,
                             encoder_weights=None, overwrite=True), verbose=0)
     info = json.loads((run_dir / "run.json").read_text())
     assert run.stop_reason.startswith("nan") and info["stop_reason"].startswith("nan")
@@ -324,7 +324,7 @@ def test_a_full_disk_stops_training_with_one_line_and_it_resumes_after_space_is_
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         run_dir = disk / "run"
-        cmd = [sys.executable, "-m", "seglib", "train", str(small_prepared), str(run_dir), "--backbone", "mobilenetv2",
+        cmd = [sys.executable, "-m", "seglib", "train", str(small_prepared), str(run_dir), "--backbone", "mobilenet",
                "--epochs", "4", "--patience", "4", "--encoder-weights", "none"]
         full = subprocess.run(cmd, capture_output=True, text=True)
         assert full.returncode == 2, full.stderr[-3000:]

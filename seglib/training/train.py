@@ -167,8 +167,10 @@ def _train(config: TrainConfig, placement, checked: Checked, run: RunDir, out: R
             metrics=make_metrics(palette.k, palette.ignore_index),
             jit_compile=config.jit_compile,
         )
+        # the optimizer's variables made here, not inside the first training step: tf.function traces a
+        # step that creates variables twice (about a third of a small run's first epoch on a CPU)
+        model.optimizer.build(model.trainable_variables)
         if backup:  # resume: the weights and the optimizer's state of the last backed-up epoch
-            model.optimizer.build(model.trainable_variables)
             try:
                 model.load_weights(backup[0].weights)
             except Exception as exc:  # noqa: BLE001 - h5py and Keras raise several kinds for a damaged file
