@@ -108,6 +108,23 @@ def exported_run(trained, tmp_path_factory, worker_id) -> Path:
 
 
 @pytest.fixture
+def seglib_cli(capsys):
+    """``run(*args)``: the ``seglib`` command line run in this process, as a ``CompletedProcess``
+    which has imported TensorFlow already (a ``python -m seglib`` process pays about 7 s for that). An
+    uncaught exception fails the test, as a traceback would. Tests of what a process prints at start-up,
+    of signals or of a stand-in package start a process instead."""
+    from seglib.cli import main
+
+    def run(*args) -> subprocess.CompletedProcess:
+        capsys.readouterr()
+        status = main([str(a) for a in args])
+        out, err = capsys.readouterr()
+        return subprocess.CompletedProcess(["seglib", *map(str, args)], status, out, err)
+
+    return run
+
+
+@pytest.fixture
 def declared_png():
     """``make(path, width, height)``: a tiny valid PNG whose header declares a 16-bit RGBA image of
     that size (a decompression bomb when large)."""

@@ -95,7 +95,7 @@ def test_the_command_line_takes_merge_and_drop_and_says_what_is_wrong(cityscapes
 
 
 @pytest.mark.slow
-def test_evaluate_full_size_scores_the_predictions_against_the_source_label_files(tmp_path, prepared_dir):
+def test_evaluate_full_size_scores_the_predictions_against_the_source_label_files(tmp_path, prepared_dir, seglib_cli):
     """Cityscapes-shaped scenes of 128x256 prepared at 64x128 with merged classes: the full-size
     figure counts every scored pixel of the source label files, next to the prepared-size one."""
     from seglib.training.config import TrainConfig
@@ -105,8 +105,7 @@ def test_evaluate_full_size_scores_the_predictions_against_the_source_label_file
     prepare(tmp_path / "cs", tmp_path / "prepared", size="64x128", progress=False, merge=MERGE, drop="train")
     run = train(TrainConfig(str(tmp_path / "prepared"), str(tmp_path / "run"), backbone="mobilenet", epochs=1,
                             batch_size=4, encoder_weights=None), verbose=0)
-    done = subprocess.run([sys.executable, "-m", "seglib", "evaluate", str(run.run_dir), str(tmp_path / "prepared"),
-                           "--full-size"], capture_output=True, text=True)
+    done = seglib_cli("evaluate", run.run_dir, tmp_path / "prepared", "--full-size")
     assert done.returncode == 0, done.stderr
     assert "at the source labels' size (128x256): pixel accuracy" in done.stdout
     metrics = json.loads((run.run_dir / "metrics.json").read_text())

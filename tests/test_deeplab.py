@@ -114,7 +114,7 @@ def test_it_learns_a_small_task():
 
 @pytest.mark.tf_lines
 @pytest.mark.slow
-def test_a_deeplab_run_trains_resumes_evaluates_exports_and_serves(tmp_path):
+def test_a_deeplab_run_trains_resumes_evaluates_exports_and_serves(tmp_path, seglib_cli):
     """The command line on 64x128 Cityscapes-shaped data; interrupted after its first epoch, then resumed."""
     from fastapi.testclient import TestClient
 
@@ -151,11 +151,9 @@ def test_a_deeplab_run_trains_resumes_evaluates_exports_and_serves(tmp_path):
     assert "epoch 1/3" not in done.stdout and "epoch 2/3" in done.stdout  # resumed after epoch 1
     info = json.loads(run_dir.info.read_text())
     assert info["epochs_run"] == 3 and info["parameters"] > 1e6
-    done = subprocess.run([*cli, "evaluate", str(run_dir.root), str(tmp_path / "prepared")], capture_output=True,
-                          text=True)
+    done = seglib_cli("evaluate", run_dir.root, tmp_path / "prepared")
     assert done.returncode == 0 and "mean IoU" in done.stdout, done.stderr
-    done = subprocess.run([*cli, "export", str(run_dir.root), "--formats", "fp32,fp16,int8,onnx",
-                           "--calibration-images", "8"], capture_output=True, text=True)
+    done = seglib_cli("export", run_dir.root, "--formats", "fp32,fp16,int8,onnx", "--calibration-images", "8")
     assert done.returncode == 0, done.stderr
     exported = json.loads(run_dir.export.read_text())["formats"]
     assert set(exported) == {"fp32", "fp16", "int8", "onnx"}

@@ -178,19 +178,22 @@ def test_a_batch_runs_as_tasks_on_a_local_ray_instance(synth_dir, tmp_path):
 
     from seglib.runs.batch import run_batch
 
-    config = tiny_batch(tmp_path, synth_dir, [{"name": "lr1", "LR": 1e-3}, {"name": "lr2", "LR": 2e-3}], "onray")
+    # two tasks, one of which fails as it starts training: one training is enough to show a run finish there
+    config = tiny_batch(tmp_path, synth_dir, [{"name": "lr1", "LR": 1e-3}, {"name": "broken", "BACKBONE": "nosuchnet"}],
+                        "onray")
     ray.init(num_cpus=2, include_dashboard=False, configure_logging=False)
     try:
         lines = []
         index = run_batch(config, tmp_path, ray="auto", echo=lines.append)
     finally:
         ray.shutdown()
-    for name in ("lr1", "lr2"):
-        status = json.loads((tmp_path / "reports" / "onray" / name / "status.json").read_text())
-        assert status["status"] == "finished" and status["pid"] != os.getpid(), status
-        assert (tmp_path / "artifacts" / "onray" / name / "metrics.json").exists()  # 03_evaluate_export ran there
+    good, broken = (json.loads((tmp_path / "reports" / "onray" / name / "status.json").read_text())
+                    for name in ("lr1", "broken"))
+    assert good["status"] == "finished" and good["pid"] != os.getpid(), good
+    assert (tmp_path / "artifacts" / "onray" / "lr1" / "metrics.json").exists()  # 03_evaluate_export ran there
+    assert broken["status"] == "failed" and "nosuchnet" in broken["error"] and broken["pid"] not in (os.getpid(), None)
     assert any("2 runs on Ray cluster auto" in line for line in lines)
-    assert index.exists() and ">lr2<" in index.read_text()
+    assert index.exists() and ">lr1<" in index.read_text() and ">broken<" in index.read_text()
 
 
 def test_parallel_runs_get_a_gpu_each_or_share_one_taking_memory_as_needed_or_a_cpu_share():

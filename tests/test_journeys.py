@@ -1,5 +1,5 @@
-"""The journeys as users walk them, with only size, epoch and count parameters shrunk (and no
-ImageNet download, which this machine cannot make):
+"""The journeys as users walk them, with only size, epoch and count parameters shrunk (one export
+format of the default three, and no ImageNet download, which this machine cannot make):
 
 - the three notebooks run by hand in order with their defaults, from a copy of ``notebooks/``
   (01 with the README's ``papermill -f params.yaml`` form), ending with the run's report;
@@ -31,7 +31,7 @@ from seglib.runs.notebooks import NOTEBOOKS
 REPO = NOTEBOOKS.parent
 SHRUNK_PREPARE = {"SIZE": 64, "SYNTH_COUNT": 40, "SAMPLE_PIXELS": 20_000, "N_EXAMPLES": 2}
 SHRUNK_TRAIN = {"EPOCHS": 2, "ENCODER_WEIGHTS": "none"}
-SHRUNK_EVALUATE = {"CALIBRATION_IMAGES": 8, "EVAL_IMAGES": 8, "N_EXAMPLES": 2}
+SHRUNK_EVALUATE = {"CALIBRATION_IMAGES": 8, "EVAL_IMAGES": 8, "N_EXAMPLES": 2, "FORMATS": "int8"}
 
 
 def papermill(notebook: Path, output: Path, cwd: Path, parameters: dict, **popen):

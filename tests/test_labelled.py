@@ -4,8 +4,6 @@ from a run, learning-rate schedules, TensorBoard and user callbacks."""
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 from pathlib import Path
 
 import cv2
@@ -224,7 +222,7 @@ def test_the_learning_rate_warms_up_linearly_then_follows_the_schedule():
 
 
 def test_evaluate_export_predict_and_serve_keep_the_shape_and_leave_ignored_pixels_out(cityscapes_run, labelled,
-                                                                                      tmp_path):
+                                                                                      tmp_path, seglib_cli):
     from seglib.inference.evaluate import evaluate
     from seglib.inference.export import export_run
 
@@ -237,8 +235,7 @@ def test_evaluate_export_predict_and_serve_keep_the_shape_and_leave_ignored_pixe
     exported = export_run(run_dir, formats=["int8"], calibration_images=8, latency_repeats=2)
     assert exported["formats"]["int8"]["agreement"] > 0.5
     photo = next((labelled / "cityscapes" / "leftImg8bit" / "val").rglob("*.png"))  # 2:1, like real Cityscapes
-    done = subprocess.run([sys.executable, "-m", "seglib", "predict", str(RunDir(run_dir).tflite("int8")), str(photo),
-                           str(tmp_path / "out")], capture_output=True, text=True)
+    done = seglib_cli("predict", RunDir(run_dir).tflite("int8"), photo, tmp_path / "out")
     assert done.returncode == 0, done.stderr
     mask = cv2.imread(str(tmp_path / "out" / f"{photo.stem}_mask.png"))
     assert mask.shape == (64, 128, 3)  # the whole photo, not its left half: a 2:1 photo for a 64x128 model

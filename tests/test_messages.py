@@ -2,8 +2,6 @@
 from __future__ import annotations
 
 import shutil
-import subprocess
-import sys
 
 import cv2
 import pytest
@@ -26,15 +24,15 @@ def test_an_unknown_cityscapes_label_id_is_reported_with_its_file_or_counted_as_
     assert summary["skipped_count"] == 1 and summary["skipped"][0]["file"] == str(bad)
 
 
-def test_evaluate_names_a_cut_short_array_and_a_dataset_of_another_size(trained, synth_dir, tmp_path):
-    cli = [sys.executable, "-m", "seglib", "evaluate", str(trained / "run")]
+def test_evaluate_names_a_cut_short_array_and_a_dataset_of_another_size(trained, synth_dir, tmp_path, seglib_cli):
+    cli = ["evaluate", trained / "run"]
     shutil.copytree(trained / "prepared", tmp_path / "cut")
     labels = tmp_path / "cut" / "test" / "labels.npy"
     labels.write_bytes(labels.read_bytes()[: labels.stat().st_size // 2])
-    done = subprocess.run([*cli, str(tmp_path / "cut")], capture_output=True, text=True)
+    done = seglib_cli(*cli, tmp_path / "cut")
     assert done.returncode == 2 and done.stderr.startswith(f"error: {labels}: unreadable or cut short")
     prepare(synth_dir, tmp_path / "small", size=32, sample_pixels_count=20_000, progress=False)
-    done = subprocess.run([*cli, str(tmp_path / "small")], capture_output=True, text=True)
+    done = seglib_cli(*cli, tmp_path / "small")
     assert done.returncode == 2 and f"the model takes 64x64 images, {tmp_path / 'small'} holds 32x32" in done.stderr
 
 
