@@ -55,7 +55,7 @@ def shared_sample() -> Path:
 
 def once_per_session(tmp_path_factory, worker_id: str, name: str, build) -> Path:
     """A folder ``build(folder)`` fills, built once for the whole session: under pytest-xdist
-    (``make test`` runs two workers) the first worker to ask builds it while the others wait, then
+    (``make test`` runs three workers) the first worker to ask builds it while the others wait, then
     all read the same folder. Tests treat it as read-only."""
     if worker_id == "master":  # no xdist
         folder = tmp_path_factory.mktemp(name)
