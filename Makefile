@@ -42,7 +42,7 @@ endif
 # The suite runs on TEST_WORKERS pytest-xdist workers (one module's tests stay on one worker, so a
 # module's fixtures are made once; the slowest modules are handed out first, tests/conftest.py):
 # most of its time is process, kernel and graph start-up and waits, which three workers overlap even on
-# 2 cores (measured here: 10.5 min with three, 11.6 with two). TEST_WORKERS=0 runs it in one process.
+# 2 cores (docs/development.md). TEST_WORKERS=0 runs it in one process.
 TEST_WORKERS ?= 3
 # --durations: the slowest tests of every run, so that a slow test is seen the day it lands.
 PYTEST := -m pytest -n $(TEST_WORKERS) --dist loadscope --no-loadscope-reorder --durations=15 --durations-min=1
@@ -93,6 +93,7 @@ bench: install
 bench-demo: install
 	$(PY) bench/demo_accuracy.py
 
-# Removes only what these targets made: the venvs and the demo's outputs.
+# Removes only what these targets made: the venvs, the demo's outputs and coverage's.
 clean:
-	rm -rf .venv .venv-tf2.18 data/synthetic data/prepared/synthetic-k10-128px-* artifacts/demo reports/demo
+	rm -rf .venv .venv-tf2.18 data/synthetic data/prepared/synthetic-k10-128px-* artifacts/demo reports/demo \
+		reports/coverage .coverage .coverage.*
