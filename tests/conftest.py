@@ -111,8 +111,8 @@ def exported_run(trained, tmp_path_factory, worker_id) -> Path:
 
 @pytest.fixture
 def seglib_cli(capsys):
-    """``run(*args)``: the ``seglib`` command line run in this process, as a ``CompletedProcess``
-    which has imported TensorFlow already (a ``python -m seglib`` process pays about 7 s for that). An
+    """``run(*args) -> CompletedProcess``: the ``seglib`` command line run in this test process, which
+    has TensorFlow imported already (a ``python -m seglib`` process pays about 7 s for that). An
     uncaught exception fails the test, as a traceback would. Tests of what a process prints at start-up,
     of signals or of a stand-in package start a process instead."""
     from seglib.cli import main
