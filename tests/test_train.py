@@ -4,6 +4,7 @@ import json
 import math
 import subprocess
 import sys
+from dataclasses import fields
 
 import numpy as np
 import pytest
@@ -12,7 +13,7 @@ from seglib.data.prepare import prepare
 from seglib.data.splits import open_split
 from seglib.training.checks import validate
 from seglib.training.config import TrainConfig
-from seglib.training.losses import class_weights
+from seglib.training.losses import LOSSES, class_weights
 from seglib.training.train import load_model, train
 
 
@@ -93,6 +94,19 @@ def test_bad_parameters_fail_before_training(small_prepared, tmp_path, change, m
     with pytest.raises((ValueError, FileNotFoundError), match=message):
         validate(config)
     assert not (tmp_path / "run").exists()
+
+
+def test_the_registries_give_the_choices_and_an_unknown_name_lists_the_known_ones():
+    from seglib.training.losses import make_loss
+    from seglib.training.model import ARCHITECTURES, architecture
+
+    choices = {f.name: f.metadata.get("choices") for f in fields(TrainConfig)}
+    assert choices["arch"] == tuple(ARCHITECTURES) and choices["loss"] == tuple(LOSSES)
+    with pytest.raises(ValueError, match="unknown architecture 'segnet'; choose one of unet, fpn, linknet, pspnet, "
+                                         "deeplabv3plus"):
+        architecture("segnet")
+    with pytest.raises(ValueError, match="unknown loss 'hinge'; choose one of ce, weighted_ce, dice, ce_dice, ohem"):
+        make_loss("hinge", 4)
 
 
 def test_palette_mismatch_is_refused(small_prepared, synth_dir, tmp_path):
@@ -271,7 +285,7 @@ def test_bad_prepared_arrays_are_refused_before_run_dir_is_made(small_prepared, 
 
 
 @pytest.mark.tf_lines
-@pytest.mark.parametrize("name", ["ce", "weighted_ce", "dice", "ce_dice", "ohem"])
+@pytest.mark.parametrize("name", list(LOSSES))
 def test_losses_are_finite_differentiable_and_prefer_the_truth(name):
     import tensorflow as tf
 

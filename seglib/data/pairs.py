@@ -145,6 +145,17 @@ def parse_size(size) -> tuple[int, int]:
     return height, width
 
 
+SIZE_STEP = 32  # every model halves H and W five times: prepared data's H and W are multiples of this
+
+
+def check_size_step(height: int, width: int, what: str, step: int = SIZE_STEP,
+                    rule: str = f"multiples of {SIZE_STEP} (the models halve them five times)") -> None:
+    """The one check of "H and W multiples of ``step``": a :class:`DatasetError` ``"{what}: H and W
+    must be {rule}"`` otherwise."""
+    if min(height, width) < step or height % step or width % step:
+        raise DatasetError(f"{what}: H and W must be {rule}")
+
+
 def size_text(size) -> int | str:
     """A size as users write it: ``256`` for square, ``"256x512"`` (H x W) otherwise."""
     height, width = parse_size(size)

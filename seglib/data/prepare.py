@@ -24,15 +24,12 @@ from seglib.data.cityscapes import nearest_label_names
 from seglib.data.classmap import ClassMap, merged_counts, parse_class_map, remapped, resolve
 from seglib.data.idmasks import LabelledSet, find_labelled, read_labelled, settle_classes
 from seglib.data.labels import Labeller
-from seglib.data.pairs import MAX_PIXELS, DatasetError, parse_size, size_text, split_files
+from seglib.data.pairs import MAX_PIXELS, SIZE_STEP, DatasetError, check_size_step, parse_size, size_text, split_files
 from seglib.data.palette import Palette, close_classes, fit_palette, sample_pixels
 from seglib.data.reading import Reading, label_split, pixel_shares, read_split, summary_record
 from seglib.data.splits import write_file_list
 from seglib.fsutil import atomic_write_json, save_concatenated, staged_dir
 from seglib.layout import SPLITS, PreparedDir
-
-SIZE_STEP = 32  # the U-Net halves the image five times
-
 
 SAMPLE_BYTES_PER_PIXEL = 24  # the drawn RGB pixels, their keys for np.unique and its sort, with room to spare
 SPLIT_BYTES_PER_PIXEL = 7  # a split in memory while prepared: photo and mask RGB, labels
@@ -67,9 +64,8 @@ def checked_size(size) -> tuple[int, int]:
         height, width = parse_size(size)
     except ValueError as exc:
         raise DatasetError(f"--size: {exc}") from None
-    if min(height, width) < SIZE_STEP or height % SIZE_STEP or width % SIZE_STEP:
-        raise DatasetError(f"--size {size_text((height, width))}: H and W must be multiples of {SIZE_STEP} (the "
-                           "models halve them five times), e.g. 128, 256 or 256x512")
+    check_size_step(height, width, f"--size {size_text((height, width))}",
+                    rule=f"multiples of {SIZE_STEP} (the models halve them five times), e.g. 128, 256 or 256x512")
     return height, width
 
 

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import numpy as np
 
+from seglib.data.pairs import check_size_step
 from seglib.data.palette import Palette
 from seglib.data.splits import open_split
 from seglib.fsutil import read_marker
@@ -28,7 +29,7 @@ class Checked:
 
 def check_split(prepared_dir: str | os.PathLike, split: str, palette: Palette) -> tuple[int, tuple[int, int]]:
     """Check a prepared split's arrays before any training: uint8 images (N, H, W, 3) and labels
-    (N, H, W) of one size, H and W multiples of 32, a source for each row, and every label (all rows)
+    (N, H, W) of one size, H and W multiples of SIZE_STEP, a source for each row, and every label (all rows)
     a class of the palette or its ignore index. Returns (rows, (H, W))."""
     where = PreparedDir(prepared_dir).split(split).images.parent
     try:
@@ -44,9 +45,8 @@ def check_split(prepared_dir: str | os.PathLike, split: str, palette: Palette) -
     if len(data.files) != len(images) or len(images) == 0:
         raise ValueError(f"{where}: {len(images)} rows but {len(data.files)} source files; prepare the data again")
     height, width = images.shape[1:3]
-    if height % 32 or width % 32:
-        raise ValueError(f"{where}: images are {height}x{width}; the models need H and W multiples of 32 "
-                         "(prepare with --size 128 or --size 256x512)")
+    check_size_step(height, width, f"{where}: images are {height}x{width}; prepare them again (--size 128 or "
+                    "--size 256x512)")
     for start in range(0, len(labels), 256):  # every row once, through the memory map, a block at a time
         block = np.asarray(labels[start:start + 256])
         bad = (block >= palette.k) & (block != (palette.ignore_index if palette.ignore_index is not None else -1))
@@ -75,7 +75,7 @@ def run_state(run_dir: str | os.PathLike) -> str:
 
 def validate(config: TrainConfig) -> Checked:
     """Check everything that can be checked before any training (and before RUN_DIR is made)."""
-    from seglib.training.model import available_backbones, check_input_size
+    from seglib.training.model import check_backbone, check_encoder_weights, check_input_size
 
     prepared = PreparedDir(config.prepared_dir)
     if not prepared.palette.exists() or not prepared.split("train").labels.exists():
@@ -94,15 +94,11 @@ def validate(config: TrainConfig) -> Checked:
     if not (0 < config.ohem_threshold <= 1 and 0 < config.ohem_min_kept <= 1):
         raise ValueError(f"ohem threshold and min kept must be in (0, 1], got {config.ohem_threshold} and "
                          f"{config.ohem_min_kept}")
-    if config.backbone not in available_backbones():
-        raise ValueError(f"unknown backbone {config.backbone!r}; choose one of: {', '.join(available_backbones())}")
+    check_backbone(config.arch, config.backbone)
     if not 0 <= config.warmup_epochs < config.epochs:
         raise ValueError(f"warmup epochs must be at least 0 and fewer than the epochs ({config.epochs}), "
                          f"got {config.warmup_epochs}")
-    weights = config.encoder_weights
-    if weights not in (None, "imagenet") and not Path(weights).is_file():
-        raise FileNotFoundError(f"{weights}: no such encoder weights file (--encoder-weights takes imagenet, none or "
-                                "the path of a weights file)")
+    check_encoder_weights(config.encoder_weights)
     palette = Palette.load(prepared.palette)
     (rows, size), (_, val_size) = (check_split(prepared.root, split, palette) for split in ("train", "val"))
     if size != val_size:

@@ -6,9 +6,9 @@ from __future__ import annotations
 from dataclasses import dataclass, field, fields
 
 from seglib.training.distribute import STRATEGIES
+from seglib.training.losses import LOSSES
 from seglib.training.model import ARCHITECTURES
 
-LOSSES = ("ce", "weighted_ce", "dice", "ce_dice", "ohem")
 MONITORS = ("val_loss", "val_pixel_accuracy", "val_mean_iou")
 LR_SCHEDULES = ("constant", "cosine", "plateau")
 TYPES = {"str": str, "str | None": str, "int": int, "float": float, "bool": bool}
@@ -25,7 +25,7 @@ class TrainConfig:
                                         "notebook": "../data/prepared/default"})
     run_dir: str = field(metadata={"help": "the run's folder (resumed if unfinished)",
                                    "notebook": "../artifacts/default"})
-    arch: str = _p("unet", "the model", ARCHITECTURES)
+    arch: str = _p("unet", "the model", tuple(ARCHITECTURES))
     backbone: str = _p("resnet34", "the encoder (segmentation-models' backbones)")
     epochs: int = _p(50, "at most this many epochs (early stopping may end sooner)")
     batch_size: int = _p(8, "images per step (per replica)")
@@ -37,8 +37,7 @@ class TrainConfig:
     init_from: str | None = _p(None, "none, or an earlier run's folder: start from its model (fine-tune)",
                                notebook="none")
     augment: bool = _p(False, "random flips, scale-crops, brightness and contrast")
-    loss: str = _p("ce", "cross-entropy, class-weighted CE, soft Dice, CE + Dice, or OHEM CE (hard pixels only)",
-                   LOSSES)
+    loss: str = _p("ce", ", ".join(help for _, help in LOSSES.values()), tuple(LOSSES))
     ohem_threshold: float = _p(0.7, "ohem: train on the pixels whose true-class probability is below this")
     ohem_min_kept: float = _p(1 / 16, "ohem: and on at least this share of a batch's pixels, the hardest")
     lr_schedule: str = _p("constant", "cosine: to 1% of lr at the last epoch; plateau: halve on plateaus",

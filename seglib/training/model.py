@@ -1,5 +1,6 @@
-"""The segmentation model: a U-Net (or FPN, Linknet, PSPNet) from segmentation-models, with the backbone's own input
-preprocessing built in as the model's first layer.
+"""The segmentation model: an architecture of the registry :data:`ARCHITECTURES` (U-Net, FPN, Linknet, PSPNet from
+segmentation-models; DeepLabV3+) on an encoder, with the backbone's own input preprocessing built in as the model's
+first layer.
 
 The model takes RGB images with values in [0, 255] (float or uint8 cast to float). The
 backbone's ``preprocess_input`` (identity for ResNets, [-1, 1] for MobileNet, ImageNet
@@ -14,9 +15,14 @@ import os
 os.environ.setdefault("SM_FRAMEWORK", "tf.keras")  # segmentation-models on Keras 3 needs tf.keras mode
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import math  # noqa: E402
+from collections.abc import Callable  # noqa: E402
+from dataclasses import dataclass  # noqa: E402
 from pathlib import Path  # noqa: E402
 
 import numpy as np  # noqa: E402
+
+from seglib.data.pairs import SIZE_STEP, check_size_step  # noqa: E402
 
 
 def _sm():
@@ -27,10 +33,6 @@ def _sm():
     with contextlib.redirect_stdout(io.StringIO()):
         import segmentation_models as sm
     return sm
-
-
-def available_backbones() -> list[str]:
-    return sorted(_sm().Backbones.models_names())
 
 
 def preprocessing_affine(backbone: str) -> tuple[np.ndarray, np.ndarray]:
@@ -51,32 +53,99 @@ def preprocessing_affine(backbone: str) -> tuple[np.ndarray, np.ndarray]:
     return matrix.astype(np.float32), bias.astype(np.float32)
 
 
-ARCHITECTURES = ("unet", "fpn", "linknet", "pspnet", "deeplabv3plus")
-# What H and W must be multiples of beyond the 32 of prepared data (the U-Net's five halvings), and why.
-SIZE_RULES = {"pspnet": (48, "multiples of 48 (PSPNet's pooling) and of 32 (prepared data): 96, 192, 288"),
-              "deeplabv3plus": (16, "multiples of 16 (its ASPP runs at 1/16 of the input) and of 32 (prepared data)")}
+def _segmentation_models(name: str):
+    """A builder for one of segmentation-models' own architectures (``Unet``, ``FPN``, ...)."""
+    def build(backbone: str, classes: int, activation: str, encoder_weights, input_shape):
+        weights_file = encoder_weights not in (None, "imagenet")
+        net = getattr(_sm(), name)(backbone, classes=classes, activation=activation,
+                                   encoder_weights=None if weights_file else encoder_weights, input_shape=input_shape)
+        if weights_file:
+            load_encoder_weights(net, backbone, encoder_weights)
+        return net
+    return build
 
 
-def size_rule(arch: str) -> int:
-    return SIZE_RULES.get(arch, (32,))[0]
+def _deeplab(backbone: str, classes: int, activation: str, encoder_weights, input_shape):
+    """DeepLabV3+ on the encoder segmentation-models builds for ``backbone``, on its stride-16 and
+    stride-4 features (the U-Net's skip connections)."""
+    from seglib.training.deeplab import deeplabv3plus
+
+    net = encoder(backbone, encoder_weights, input_shape)
+    layers = [net.get_layer(name=f) if isinstance(f, str) else net.get_layer(index=f)
+              for f in _sm().Backbones.get_feature_layers(backbone, n=4)]  # strides 16, 8, 4, 2
+    high, low = layers[0], layers[2]
+    if (high.output.shape[1], low.output.shape[1]) != (input_shape[0] // 16, input_shape[0] // 4):
+        raise ValueError(f"deeplabv3plus: the {backbone} encoder has no stride-16 and stride-4 features; "
+                         "use e.g. mobilenetv2, resnet34 or efficientnetb0")
+    return deeplabv3plus(net, high, low, classes, activation)
+
+
+@dataclass(frozen=True)
+class Architecture:
+    """One kind of model, as the registry :data:`ARCHITECTURES` holds it.
+
+    Args:
+        build: ``(backbone, classes, activation, encoder_weights, input_shape) -> keras.Model`` (the
+            network without seglib's preprocessing layer).
+        size_step: H and W must be multiples of this, and of :data:`SIZE_STEP` (prepared data).
+        size_why: why, for the error message.
+        encoders: ``() -> names`` of the backbones it takes.
+        exports: the formats ``export`` makes of it.
+    """
+
+    build: Callable
+    size_step: int = SIZE_STEP
+    size_why: str = "the encoder halves them five times"
+    encoders: Callable[[], list[str]] = lambda: sorted(_sm().Backbones.models_names())
+    exports: tuple[str, ...] = ("fp32", "fp16", "int8", "onnx")
+
+
+# Every architecture seglib builds: the choices of --arch, its checks and docs/architectures.md derive from it.
+ARCHITECTURES = {
+    "unet": Architecture(_segmentation_models("Unet")),
+    "fpn": Architecture(_segmentation_models("FPN")),
+    "linknet": Architecture(_segmentation_models("Linknet")),
+    "pspnet": Architecture(_segmentation_models("PSPNet"), 48, "PSPNet's pooling"),
+    "deeplabv3plus": Architecture(_deeplab, 16, "its ASPP runs at 1/16 of the input"),
+}
+
+
+def architecture(name: str) -> Architecture:
+    """The registry's entry for ``name``; a one-line error listing the known ones otherwise."""
+    if name not in ARCHITECTURES:
+        raise ValueError(f"unknown architecture {name!r}; choose one of {', '.join(ARCHITECTURES)}")
+    return ARCHITECTURES[name]
+
+
+def check_backbone(arch: str, backbone: str) -> None:
+    """``backbone`` is an encoder ``arch`` takes; a one-line error listing them otherwise."""
+    known = architecture(arch).encoders()
+    if backbone not in known:
+        raise ValueError(f"unknown backbone {backbone!r} for {arch}; choose one of: {', '.join(known)}")
+
+
+def check_encoder_weights(encoder_weights: str | None) -> None:
+    """``imagenet``, ``None`` or an existing file (the three things --encoder-weights takes)."""
+    if encoder_weights not in (None, "imagenet") and not Path(encoder_weights).is_file():
+        raise FileNotFoundError(f"{encoder_weights}: no such encoder weights file (--encoder-weights takes imagenet, "
+                                "none or the path of a weights file)")
 
 
 def check_input_size(arch: str, size) -> tuple[int, int]:
     """``(H, W)`` of ``size`` (an int for square) when ``arch`` accepts it; a one-line error otherwise."""
-    if arch not in ARCHITECTURES:
-        raise ValueError(f"unknown architecture {arch!r}; choose one of {', '.join(ARCHITECTURES)}")
+    entry = architecture(arch)
     height, width = (size, size) if isinstance(size, int) else (int(size[0]), int(size[1]))
-    step, rule = SIZE_RULES.get(arch, (32, "multiples of 32"))
-    if height < step or width < step or height % step or width % step or height % 32 or width % 32:
-        raise ValueError(f"{arch} cannot take {height}x{width} images: H and W must be {rule}")
+    step = math.lcm(entry.size_step, SIZE_STEP)
+    rule = f"multiples of {entry.size_step} ({entry.size_why})" + (
+        f" and of {SIZE_STEP} (prepared data): {step}, {2 * step}, {3 * step}" if entry.size_step != SIZE_STEP else "")
+    check_size_step(height, width, f"{arch} cannot take {height}x{width} images", step, rule)
     return height, width
 
 
 def build_model(arch: str = "unet", backbone: str = "resnet34", num_classes: int = 10, input_size=256,
                 encoder_weights: str | None = "imagenet", activation: str = "softmax", bn_momentum: float = 0.9):
-    """A segmentation-models ``arch`` (unet, fpn, linknet, pspnet) or DeepLabV3+ (:mod:`.deeplab`) on a
-    ``backbone`` encoder; input
-    (H, W, 3) RGB in [0, 255], ``input_size`` an int (square) or ``(H, W)``.
+    """An ``arch`` of :data:`ARCHITECTURES` on a ``backbone`` encoder, input (H, W, 3) RGB in [0, 255],
+    ``input_size`` an int (square) or ``(H, W)``.
 
     ``encoder_weights``: ``"imagenet"`` (segmentation-models downloads the file once), ``None``
     (random init: what tests use, no downloads here) or the path of a local weights file of the
@@ -88,49 +157,22 @@ def build_model(arch: str = "unet", backbone: str = "resnet34", num_classes: int
     """
     import keras
 
-    sm = _sm()
-    if backbone not in sm.Backbones.models_names():
-        raise ValueError(f"unknown backbone {backbone!r}; choose one of: {', '.join(available_backbones())}")
+    check_backbone(arch, backbone)
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
     height, width = check_input_size(arch, input_size)
-    weights_file = encoder_weights not in (None, "imagenet")
-    if weights_file and not Path(encoder_weights).is_file():
-        raise FileNotFoundError(f"{encoder_weights}: no such encoder weights file (--encoder-weights takes "
-                                "imagenet, none or the path of a weights file)")
+    check_encoder_weights(encoder_weights)
     matrix, bias = preprocessing_affine(backbone)
     inputs = keras.Input((height, width, 3), name="image")
     preprocess = keras.layers.Conv2D(3, 1, name="preprocess", trainable=False, dtype="float32")
     x = preprocess(inputs)
     preprocess.set_weights([matrix.reshape(1, 1, 3, 3), bias])
-    if arch == "deeplabv3plus":
-        net = _deeplab(backbone, num_classes, activation, encoder_weights, (height, width, 3))
-    else:
-        factory = {"unet": sm.Unet, "fpn": sm.FPN, "linknet": sm.Linknet, "pspnet": sm.PSPNet}[arch]
-        net = factory(backbone, classes=num_classes, activation=activation,
-                      encoder_weights=None if weights_file else encoder_weights, input_shape=(height, width, 3))
-        if weights_file:
-            load_encoder_weights(net, backbone, encoder_weights)
+    net = architecture(arch).build(backbone, num_classes, activation, encoder_weights, (height, width, 3))
     for layer in net.layers:
         if isinstance(layer, keras.layers.BatchNormalization):
             layer.momentum = bn_momentum
     outputs = keras.layers.Activation("linear", dtype="float32", name="probabilities")(net(x))
     return keras.Model(inputs, outputs, name=f"{arch}_{backbone}")
-
-
-def _deeplab(backbone: str, classes: int, activation: str, weights, input_shape):
-    """DeepLabV3+ on the encoder segmentation-models builds for ``backbone``, on its stride-16 and
-    stride-4 features (the U-Net's skip connections)."""
-    from seglib.training.deeplab import deeplabv3plus
-
-    net = encoder(backbone, weights, input_shape)
-    layers = [net.get_layer(name=f) if isinstance(f, str) else net.get_layer(index=f)
-              for f in _sm().Backbones.get_feature_layers(backbone, n=4)]  # strides 16, 8, 4, 2
-    high, low = layers[0], layers[2]
-    if (high.output.shape[1], low.output.shape[1]) != (input_shape[0] // 16, input_shape[0] // 4):
-        raise ValueError(f"deeplabv3plus: the {backbone} encoder has no stride-16 and stride-4 features; "
-                         "use e.g. mobilenetv2, resnet34 or efficientnetb0")
-    return deeplabv3plus(net, high, low, classes, activation)
 
 
 def encoder(backbone: str, weights_path: str | os.PathLike | None = None, input_shape=(None, None, 3)):
