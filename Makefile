@@ -82,9 +82,9 @@ lab: install
 lint: install
 	$(PY) -m ruff check seglib tests bench
 
-# Notebook 02's parameters cell from the training config (seglib/training/config.py), after adding a parameter.
+# The notebooks' parameters cells from the parameter dataclasses (TrainConfig, PrepareConfig, ...), after adding one.
 notebooks: install
-	$(PY) -c "from seglib.runs.notebooks import write_train_parameters; print(write_train_parameters())"
+	$(PY) -c "from seglib.runs.notebooks import write_parameters; print(*write_parameters(), sep='\\n')"
 
 bench: install
 	$(PY) bench/prepare.py

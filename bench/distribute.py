@@ -50,7 +50,7 @@ def timed_epoch(model, data) -> float:
 def batch_seconds(data: Path, root: Path, parallel: int, size: int) -> float:
     config = {"name": f"parallel{parallel}", "parameters": {
         "DATA_DIR": str(data), "SIZE": size, "SAMPLE_PIXELS": 20_000, "EPOCHS": 3, "ENCODER_WEIGHTS": None,
-        "BACKBONE": "mobilenetv2", "FORMATS": "int8", "CALIBRATION_IMAGES": 8, "EVAL_IMAGES": 8, "N_EXAMPLES": 2},
+        "BACKBONE": "mobilenetv2", "FORMATS": "int8", "CALIBRATION_IMAGES": 8, "EVAL_IMAGES": 8, "EXAMPLES": 2},
         "runs": [{"name": "a", "LR": 1e-3}, {"name": "b", "LR": 2e-3}]}
     started = time.perf_counter()
     run_batch(config, root, parallel=parallel, echo=lambda line: None)

@@ -79,7 +79,7 @@ def main() -> None:
     for _ in range(args.rounds):  # interleaved so machine noise hits all alike
         decode_times.append(timed(decode_only))
         prepare_times.append(timed(lambda: phases.append(prepare(data_dir, work / "prepared", progress=False))))
-        fast_times.append(timed(lambda: prepare(data_dir, work / "fast", resolve_edges=False, progress=False)))
+        fast_times.append(timed(lambda: prepare(data_dir, work / "fast", edge_resolution=False, progress=False)))
     decode_rate = len(files) / statistics.median(decode_times)
     prepare_rate = len(files) / statistics.median(prepare_times)
     fast_rate = len(files) / statistics.median(fast_times)

@@ -5,23 +5,19 @@ import argparse
 import json
 import os
 import sys
-from dataclasses import MISSING, fields
 from pathlib import Path
 
 from seglib.data.pairs import MAX_PIXELS
+from seglib.parameters import NONE_WORDS, add_arguments
 from seglib.quiet import DEBUG_ENV, sigterm_to_main_thread
-from seglib.training.config import TYPES, TrainConfig
+from seglib.training.config import TrainConfig
 
 
 def _cmd_prepare(args) -> int:
-    from seglib.data.datasets import resolve_data_dir
-    from seglib.data.prepare import prepare
+    from seglib.data.config import PrepareConfig
+    from seglib.data.prepare import prepare_dataset
 
-    summary = prepare(resolve_data_dir(args.data_dir, kaggle_cache=args.kaggle_cache), args.out_dir,
-                      clusters=args.clusters, seed=args.seed, size=args.size, val_fraction=args.val_fraction,
-                      sample_pixels_count=args.sample_pixels, skip_bad=args.skip_bad,
-                      resolve_edges=not args.no_edge_resolution, workers=args.workers, progress=not args.quiet,
-                      max_pixels=args.max_pixels, merge=args.merge, drop=args.drop)
+    summary = prepare_dataset(PrepareConfig.from_args(args), progress=not args.quiet)
     counts, params = summary["counts"], summary["parameters"]
     k = params.get("clusters", params.get("classes"))
     print(f"prepared {args.out_dir}: train {counts['train']}, val {counts['val']}, test {counts['test']} "
@@ -77,27 +73,10 @@ def _cmd_train(args) -> int:
         from seglib.runs.colab import local_copy
         from seglib.training.train import train
 
-    values = {f.name: getattr(args, f.name) for f in fields(TrainConfig)}
-    if args.reduce_lr:
-        values["lr_schedule"] = "plateau"
-    run = train(TrainConfig(**values), log=print if args.quiet else None, verbose=0 if args.quiet else "auto",
+    run = train(TrainConfig.from_args(args), log=print if args.quiet else None, verbose=0 if args.quiet else "auto",
                 local_copy=local_copy)
     print(f"{run.run_dir}: {run.stop_reason}; {run.epochs_run} epochs, best epoch {run.best_epoch}")
     return 0
-
-
-def _config_arguments(parser: argparse.ArgumentParser, config) -> None:
-    """A flag per field of ``config`` (a dataclass), from its default, type, choices and help; fields
-    without a default are positional."""
-    for f in fields(config):
-        help = f.metadata["help"].replace("%", "%%")
-        if f.default is MISSING:
-            parser.add_argument(f.name, help=help)
-        elif f.type == "bool":
-            parser.add_argument("--" + f.name.replace("_", "-"), action="store_true", help=help)
-        else:
-            parser.add_argument("--" + f.name.replace("_", "-"), type=TYPES[f.type], default=f.default,
-                                choices=f.metadata["choices"], help=help)
 
 
 def _cmd_evaluate(args) -> int:
@@ -118,7 +97,7 @@ def _cmd_demo(args) -> int:
     from seglib.runs.index import best_run, run_results
     from seglib.runs.sweep import load_config, unfinished_runs
 
-    weights = None if args.encoder_weights.lower() == "none" else args.encoder_weights
+    weights = args.encoder_weights
     _interrupt_on_sigterm()
     index = run_demo(args.out, args.data, encoder_weights=weights, resume=args.resume)
     batch = load_config(demo_config(args.out, args.data, weights), args.out)
@@ -135,7 +114,8 @@ def _cmd_demo(args) -> int:
 def _cmd_export(args) -> int:
     from seglib.inference.export import export_run
 
-    result = export_run(args.run_dir, formats=args.formats.split(","), calibration_images=args.calibration_images)
+    result = export_run(args.run_dir, formats=args.formats, calibration_images=args.calibration_images,
+                        prepared_dir=args.prepared_dir, eval_images=args.eval_images)
     print(f"latency: median (p10-p90) of one image; keras: the {result['keras']['call']}; TFLite models run with "
           f"{result['runtime']}")
     for fmt, info in {"keras": result["keras"], **result["formats"]}.items():
@@ -174,7 +154,7 @@ def _cmd_serve(args) -> int:
 def _cmd_report(args) -> int:
     from seglib.reporting.report import write_run_report
 
-    html = write_run_report(args.run_dir, args.out, prepared_dir=args.prepared_dir, n_examples=args.examples)
+    html = write_run_report(args.run_dir, args.report_dir, prepared_dir=args.prepared_dir, examples=args.examples)
     print(f"report: {html}")
     return 0
 
@@ -227,39 +207,14 @@ def _cmd_purity(args) -> int:
     return 0
 
 
-def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="python -m seglib", description=__doc__)
-    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
-    sub = parser.add_subparsers(dest="command", required=True)
+def _prepare_arguments(p) -> None:
+    from seglib.data.config import PrepareConfig
 
-    p = sub.add_parser("prepare", help="split pairs, fit the K-Means palette (or read id masks), write the prepared "
-                       "dataset")
-    p.add_argument("data_dir", help="pairs (Kaggle layout train/ val/, a flat folder, or kaggle:OWNER/NAME), images/ + "
-                   "masks/ of class ids (optionally under train/ val/ test/, with classes.json), or the official "
-                   "Cityscapes leftImg8bit/ + gtFine/")
-    p.add_argument("out_dir")
-    p.add_argument("--clusters", type=int, default=10)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--size", default="256", help="side (256) or H x W (256x512); multiples of 32")
-    p.add_argument("--val-fraction", type=float, default=0.2)
-    p.add_argument("--sample-pixels", type=int, default=200_000)
-    p.add_argument("--skip-bad", action="store_true",
-                   help="skip unreadable/invalid pairs (or masks with undeclared ids) and list them")
-    p.add_argument("--no-edge-resolution", action="store_true",
-                   help="label by nearest palette colour only (faster, less accurate at class borders)")
-    p.add_argument("--workers", type=int, default=None)
-    p.add_argument("--kaggle-cache", default="data/kaggle", help="where kaggle: datasets are downloaded once")
-    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS,
-                   help="image files over this many pixels are bad files (checked in the header, before decoding)")
-    p.add_argument("--merge", action="append", metavar="NEW=A,B", help="join classes A, B, ... (names or ids) into "
-                   "class NEW, e.g. \"vehicle=car,truck,bus\" (repeat for more)")
-    p.add_argument("--drop", action="append", metavar="A", help="turn class A into the ignore label 255 (repeat, or "
-                   "comma-separate)")
+    add_arguments(p, PrepareConfig)
     p.add_argument("--quiet", action="store_true", help="no progress bar")
-    p.set_defaults(func=_cmd_prepare)
 
-    p = sub.add_parser("synth", help="generate synthetic street scenes: pairs in the Kaggle layout, or images with "
-                       "id masks")
+
+def _synth_arguments(p) -> None:
     p.add_argument("out_dir")
     p.add_argument("--count", type=int, default=200)
     p.add_argument("--seed", type=int, default=0)
@@ -267,54 +222,55 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--size", default="256", help="pairs: side of each half (pairs are 2*size x size); folders and "
                    "cityscapes: H x W, e.g. 128x256")
     p.add_argument("--quiet", action="store_true")
-    p.set_defaults(func=_cmd_synth)
 
-    p = sub.add_parser("train", help="train a model on a prepared dataset into RUN_DIR (resumes if unfinished)")
-    _config_arguments(p, TrainConfig)
-    p.add_argument("--reduce-lr", action="store_true", help="the same as --lr-schedule plateau")
+
+def _train_arguments(p) -> None:
+    add_arguments(p, TrainConfig)
     p.add_argument("--quiet", action="store_true", help="one line per epoch instead of Keras' progress bar")
-    p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("fetch-weights", help="download a backbone's ImageNet encoder file once (needs internet), "
-                       "for --encoder-weights PATH on machines without")
+
+def _fetch_weights_arguments(p) -> None:
     p.add_argument("backbone")
     p.add_argument("out", help="file or folder to write it to")
-    p.set_defaults(func=_cmd_fetch_weights)
 
-    p = sub.add_parser("evaluate", help="metrics of a run's best model on a prepared split")
-    p.add_argument("run_dir")
-    p.add_argument("prepared_dir")
-    p.add_argument("--split", default="test", choices=["train", "val", "test"])
-    p.add_argument("--full-size", action="store_true", help="also score the predictions resized to the source label "
-                   "files (data prepared from id masks or Cityscapes), as Cityscapes benchmarks do")
-    p.set_defaults(func=_cmd_evaluate)
 
-    p = sub.add_parser(
-        "demo", help="synthetic pairs -> a batch of two small runs -> reports/demo/index.html (make demo)"
-    )
+def _evaluate_arguments(p) -> None:
+    from seglib.inference.config import EvaluateConfig
+
+    add_arguments(p, EvaluateConfig, only=("run_dir", "prepared_dir", "split", "full_size"))
+
+
+def _export_arguments(p) -> None:
+    from seglib.inference.config import EvaluateConfig
+
+    add_arguments(p, EvaluateConfig, only=("run_dir", "prepared_dir", "formats", "calibration_images", "eval_images"))
+
+
+def _report_arguments(p) -> None:
+    from seglib.reporting.config import ReportConfig, ShowConfig
+
+    add_arguments(p, ReportConfig)
+    add_arguments(p, ShowConfig)
+
+
+def _demo_arguments(p) -> None:
     p.add_argument("--out", default=".", help="folder that gets data/, artifacts/ and reports/")
     p.add_argument("--resume", action="store_true", help="keep runs that finished in an earlier demo")
     p.add_argument("--data", default=None, help="pairs to use instead of generated synthetic ones")
-    p.add_argument("--encoder-weights", default="none", help="none (offline) or imagenet")
-    p.set_defaults(func=_cmd_demo)
+    p.add_argument("--encoder-weights", default=None, type=lambda v: None if v.lower() in NONE_WORDS else v,
+                   help="none (offline, the default) or imagenet")
 
-    p = sub.add_parser("export", help="TFLite fp32/fp16/int8 (and ONNX) models of a run, with measured parity and "
-                                      "latency")
-    p.add_argument("run_dir")
-    p.add_argument("--formats", default="fp32,fp16,int8", help="comma-separated: fp32, fp16, int8, onnx")
-    p.add_argument("--calibration-images", type=int, default=100)
-    p.set_defaults(func=_cmd_export)
 
-    p = sub.add_parser("predict", help="colour masks and overlays for an image, a pair, a folder or a video")
+def _predict_arguments(p) -> None:
     p.add_argument("model", help="RUN_DIR/model.keras or RUN_DIR/model_<fmt>.tflite")
     p.add_argument("input")
     p.add_argument("out_dir")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="larger images are skipped (header check)")
     p.add_argument("--every", type=int, default=1, help="video: predict one frame in N, the others reuse its mask")
     p.add_argument("--overwrite", action="store_true", help="replace files in OUT_DIR that seglib did not write")
-    p.set_defaults(func=_cmd_predict)
 
-    p = sub.add_parser("serve", help="serve a trained run over HTTP: a browser page at /, POST /predict, /health")
+
+def _serve_arguments(p) -> None:
     p.add_argument("run_dir")
     p.add_argument("--model", default="int8", choices=["int8", "fp16", "fp32", "onnx", "keras"],
                    help="which of the run's models (the exports need `export` first)")
@@ -324,18 +280,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", type=int, default=8, help="requests that may wait for a runner; more get 503")
     p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="larger images get 413 (header check)")
     p.add_argument("--max-bytes", type=int, default=20_000_000, help="larger uploads get 413")
-    p.set_defaults(func=_cmd_serve)
 
-    p = sub.add_parser("report", help="write a trained run's self-contained HTML report (reports/<run>/report.html)")
-    p.add_argument("run_dir")
-    p.add_argument("--out", default=None, help="folder for report.html (default reports/<run name>)")
-    p.add_argument("--prepared-dir", default=None, help="default: the prepared dataset the run was trained on")
-    p.add_argument("--examples", type=int, default=4, help="test images in the prediction grid")
-    p.set_defaults(func=_cmd_report)
 
-    p = sub.add_parser(
-        "batch", help="run the notebooks for each run of a YAML batch config; reports/<batch>/index.html"
-    )
+def _batch_arguments(p) -> None:
     p.add_argument("config", help="YAML: name, parameters (shared), runs (each a name plus overrides)")
     p.add_argument("--only", action="append", metavar="NAME", help="run only this run (repeat or comma-separate)")
     p.add_argument("--resume", action="store_true", help="skip runs that finished; continue interrupted training")
@@ -346,18 +293,56 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--ray", default=None, metavar="ADDRESS",
                    help="run each run as a task on a Ray cluster (ADDRESS, auto, or local to start one here)")
     p.add_argument("--wait-timeout", type=float, default=120, help="seconds to wait for the Ray cluster")
-    p.set_defaults(func=_cmd_batch)
 
-    p = sub.add_parser("colab-badges", help="fill the README's Open-in-Colab badges from the GitHub remote")
+
+def _colab_badges_arguments(p) -> None:
     p.add_argument("--repo", default=None, help="GitHub URL (default: git remote origin)")
     p.add_argument("--branch", default="main")
     p.add_argument("--readme", default="README.md")
-    p.set_defaults(func=_cmd_colab_badges)
 
-    p = sub.add_parser("purity", help="label purity of a prepared split against the true ids/ beside the pairs")
+
+def _purity_arguments(p) -> None:
     p.add_argument("prepared_dir")
     p.add_argument("--split", default="test")
-    p.set_defaults(func=_cmd_purity)
+
+
+# The commands in the order --help lists them: (name, help, its arguments, what it runs).
+COMMANDS = [
+    ("prepare", "split pairs, fit the K-Means palette (or read id masks), write the prepared dataset",
+     _prepare_arguments, _cmd_prepare),
+    ("synth", "generate synthetic street scenes: pairs in the Kaggle layout, or images with id masks",
+     _synth_arguments, _cmd_synth),
+    ("train", "train a model on a prepared dataset into RUN_DIR (resumes if unfinished)", _train_arguments, _cmd_train),
+    ("fetch-weights", "download a backbone's ImageNet encoder file once (needs internet), for --encoder-weights PATH "
+     "on machines without", _fetch_weights_arguments, _cmd_fetch_weights),
+    ("evaluate", "metrics of a run's best model on a prepared split", _evaluate_arguments, _cmd_evaluate),
+    ("demo", "synthetic pairs -> a batch of two small runs -> reports/demo/index.html (make demo)", _demo_arguments,
+     _cmd_demo),
+    ("export", "TFLite fp32/fp16/int8 (and ONNX) models of a run, with measured parity and latency",
+     _export_arguments, _cmd_export),
+    ("predict", "colour masks and overlays for an image, a pair, a folder or a video", _predict_arguments,
+     _cmd_predict),
+    ("serve", "serve a trained run over HTTP: a browser page at /, POST /predict, /health", _serve_arguments,
+     _cmd_serve),
+    ("report", "write a trained run's self-contained HTML report (reports/<run>/report.html)", _report_arguments,
+     _cmd_report),
+    ("batch", "run the notebooks for each run of a YAML batch config; reports/<batch>/index.html", _batch_arguments,
+     _cmd_batch),
+    ("colab-badges", "fill the README's Open-in-Colab badges from the GitHub remote", _colab_badges_arguments,
+     _cmd_colab_badges),
+    ("purity", "label purity of a prepared split against the true ids/ beside the pairs", _purity_arguments,
+     _cmd_purity),
+]
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="python -m seglib", description=__doc__)
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
+    sub = parser.add_subparsers(dest="command", required=True)
+    for name, help, arguments, run in COMMANDS:
+        p = sub.add_parser(name, help=help)
+        arguments(p)
+        p.set_defaults(func=run)
     return parser
 
 

@@ -54,6 +54,15 @@ def read_bounded(path: str | os.PathLike, limit: int) -> bytes:
     return data
 
 
+def read_json(path: str | os.PathLike):
+    """A JSON file (a run's config.json, a dataset's summary.json, ...); a one-line error naming the
+    file when it cannot be parsed (cut short, or not JSON)."""
+    try:
+        return json.loads(Path(path).read_text(encoding="utf-8"))
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not valid JSON ({exc}); the file is damaged or cut short") from None
+
+
 def atomic_write_bytes(path: str | os.PathLike, data: bytes) -> None:
     """Write ``data`` to a temp file beside ``path``, then rename it into place."""
     path = Path(path)

@@ -18,7 +18,7 @@ from seglib.runs.batch import run_batch
 from seglib.runs.sweep import BatchError, load_config
 
 TINY = {"SIZE": 64, "SAMPLE_PIXELS": 20_000, "EPOCHS": 2, "ENCODER_WEIGHTS": None, "BACKBONE": "mobilenet",
-        "FORMATS": "int8", "CALIBRATION_IMAGES": 8, "EVAL_IMAGES": 8, "N_EXAMPLES": 2}
+        "FORMATS": "int8", "CALIBRATION_IMAGES": 8, "EVAL_IMAGES": 8, "EXAMPLES": 2}
 
 
 def write_config(path, runs, **shared):
@@ -78,7 +78,7 @@ def test_runs_with_the_same_data_setting_share_one_prepared_dataset(tmp_path):
     batch = load_config(
         {
             "parameters": {"DATA_DIR": "d", "SIZE": 64, "SYNTH_COUNT": 10},
-            "runs": [{"name": "a"}, {"name": "b", "LR": 0.01, "N_EXAMPLES": 1}, {"name": "c", "SIZE": 128}],
+            "runs": [{"name": "a"}, {"name": "b", "LR": 0.01, "EXAMPLES": 1}, {"name": "c", "SIZE": 128}],
         },
         tmp_path,
     )

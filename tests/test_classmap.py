@@ -53,8 +53,8 @@ def test_merged_and_dropped_cityscapes_labels_are_the_merged_train_ids_on_every_
 
 
 def test_kmeans_classes_merge_by_index_and_the_labels_follow(synth_dir, tmp_path):
-    plain = prepare(synth_dir, tmp_path / "plain", clusters=6, size=32, sample_pixels_count=20_000, progress=False)
-    merged = prepare(synth_dir, tmp_path / "merged", clusters=6, size=32, sample_pixels_count=20_000, progress=False,
+    plain = prepare(synth_dir, tmp_path / "plain", clusters=6, size=32, sample_pixels=20_000, progress=False)
+    merged = prepare(synth_dir, tmp_path / "merged", clusters=6, size=32, sample_pixels=20_000, progress=False,
                      merge="first=0,3", drop="5")
     expected = np.array([0, 1, 2, 0, 3, 255] + [255] * 250, np.uint8)
     for split in ("train", "test"):

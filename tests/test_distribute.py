@@ -26,7 +26,7 @@ def prepared(tmp_path_factory):
 
     root = tmp_path_factory.mktemp("distribute")
     generate(root / "pairs", count=40, seed=4, size=64, progress=False)
-    prepare(root / "pairs", root / "prepared", size=64, sample_pixels_count=20_000, progress=False)
+    prepare(root / "pairs", root / "prepared", size=64, sample_pixels=20_000, progress=False)
     return root / "prepared"
 
 

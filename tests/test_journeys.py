@@ -29,9 +29,9 @@ from seglib.runs import notebooks
 from seglib.runs.notebooks import NOTEBOOKS
 
 REPO = NOTEBOOKS.parent
-SHRUNK_PREPARE = {"SIZE": 64, "SYNTH_COUNT": 40, "SAMPLE_PIXELS": 20_000, "N_EXAMPLES": 2}
+SHRUNK_PREPARE = {"SIZE": 64, "SYNTH_COUNT": 40, "SAMPLE_PIXELS": 20_000, "EXAMPLES": 2}
 SHRUNK_TRAIN = {"EPOCHS": 2, "ENCODER_WEIGHTS": "none"}
-SHRUNK_EVALUATE = {"CALIBRATION_IMAGES": 8, "EVAL_IMAGES": 8, "N_EXAMPLES": 2, "FORMATS": "int8"}
+SHRUNK_EVALUATE = {"CALIBRATION_IMAGES": 8, "EVAL_IMAGES": 8, "EXAMPLES": 2, "FORMATS": "int8"}
 
 
 def papermill(notebook: Path, output: Path, cwd: Path, parameters: dict, **popen):

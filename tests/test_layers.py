@@ -9,7 +9,7 @@ SEGLIB = Path(__file__).resolve().parents[1] / "seglib"
 DOCS = SEGLIB.parent / "docs" / "development.md"
 # bottom to top; a module may import from its own stage and the ones below it
 STAGES = ["ground", "data", "training", "inference", "reporting", "runs", "cli"]
-GROUND = {"seglib", "seglib.layout", "seglib.fsutil", "seglib.quiet"}
+GROUND = {"seglib", "seglib.layout", "seglib.fsutil", "seglib.quiet", "seglib.parameters"}
 
 
 def stage_of(module: str) -> str:

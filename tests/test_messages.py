@@ -31,7 +31,7 @@ def test_evaluate_names_a_cut_short_array_and_a_dataset_of_another_size(trained,
     labels.write_bytes(labels.read_bytes()[: labels.stat().st_size // 2])
     done = seglib_cli(*cli, tmp_path / "cut")
     assert done.returncode == 2 and done.stderr.startswith(f"error: {labels}: unreadable or cut short")
-    prepare(synth_dir, tmp_path / "small", size=32, sample_pixels_count=20_000, progress=False)
+    prepare(synth_dir, tmp_path / "small", size=32, sample_pixels=20_000, progress=False)
     done = seglib_cli(*cli, tmp_path / "small")
     assert done.returncode == 2 and f"the model takes 64x64 images, {tmp_path / 'small'} holds 32x32" in done.stderr
 

@@ -1,10 +1,13 @@
 """The notebooks as files: stripped, parameterised as Colab forms papermill reads, defaults that
 chain, and the kernel they run in. (Running them is in test_journeys.py and test_batch.py.)"""
+import argparse
 import json
 import re
 import sys
+from dataclasses import MISSING
 
 import nbformat
+import pytest
 
 from seglib.runs import notebooks
 from seglib.runs.notebooks import NOTEBOOKS
@@ -33,23 +36,68 @@ def test_parameters_are_colab_form_fields_that_papermill_reads():
         assert all(not str(v).startswith("#") for v in values.values()), values
 
 
-def test_the_training_parameters_are_the_training_configs_fields():
-    """Notebook 02's parameters cell is written from TrainConfig (``make notebooks``), so the notebook,
-    the ``train`` flags and batch configs take the same parameters with the same defaults."""
+@pytest.mark.parametrize("name", [notebooks.PREPARE, notebooks.TRAIN, notebooks.EVALUATE])
+def test_each_notebooks_parameters_cell_is_written_from_its_parameter_dataclasses(name):
+    """``make notebooks`` writes each parameters cell from the dataclasses (TrainConfig, PrepareConfig,
+    EvaluateConfig, ReportConfig, ShowConfig); papermill reads back exactly their notebook defaults."""
+    import ast
+
+    import papermill as pm
+
+    nb = nbformat.read(NOTEBOOKS / f"{name}.ipynb", as_version=4)
+    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
+    assert cell.source == notebooks.parameters_cell(name), "run `make notebooks` after changing a parameter"
+    found = pm.inspect_notebook(str(NOTEBOOKS / f"{name}.ipynb"))
+    found = {k: ast.literal_eval(v["default"]) for k, v in found.items()}
+    assert found == notebooks.parameters(name)
+
+
+@pytest.mark.parametrize("commands, configs", [
+    ([["prepare", "D", "O"]], ("PrepareConfig",)),
+    ([["train", "P", "R"]], ("TrainConfig",)),
+    ([["evaluate", "R"], ["export", "R"], ["report", "R"]], ("EvaluateConfig", "ReportConfig", "ShowConfig")),
+])
+def test_the_flags_and_the_notebooks_take_the_same_parameters_with_the_same_defaults(commands, configs):
+    """One name and one default per parameter: each command's flags are its dataclass's fields, and
+    their defaults are the notebook's, except the documented notebook-only defaults (paths seen from
+    notebooks/, the synthetic scenes notebook 01 makes on its first run, INIT_FROM's "none")."""
     from dataclasses import fields
 
+    import seglib
     from seglib.cli import build_parser
-    from seglib.training.config import TrainConfig
 
-    nb = nbformat.read(NOTEBOOKS / f"{notebooks.TRAIN}.ipynb", as_version=4)
-    cell = next(c for c in nb.cells if "parameters" in c.metadata.get("tags", []))
-    assert cell.source == notebooks.train_parameters_cell(), "run `make notebooks` after changing TrainConfig"
-    values = notebooks.parameters(notebooks.TRAIN)
-    assert list(values) == [f.name.upper() for f in fields(TrainConfig)]
-    from_notebook = TrainConfig.from_parameters(values)
-    flags = vars(build_parser().parse_args(["train", values["PREPARED_DIR"], values["RUN_DIR"]]))
-    from_cli = TrainConfig(**{f.name: flags[f.name] for f in fields(TrainConfig)})
-    assert from_notebook == from_cli == TrainConfig(values["PREPARED_DIR"], values["RUN_DIR"])
+    flags = {}
+    for argv in commands:
+        flags |= vars(build_parser().parse_args(argv))
+    for config in (getattr(seglib, name) for name in configs):
+        assert not {f.name for f in fields(config)} - set(flags), f"{config.__name__}: a field without a flag"
+        from_flags = config.from_args(argparse.Namespace(**flags))
+        for f in fields(config):
+            if "notebook" not in f.metadata and f.default is not MISSING:
+                assert getattr(from_flags, f.name) == f.default == notebooks.parameters(
+                    next(n for n in (notebooks.PREPARE, notebooks.TRAIN, notebooks.EVALUATE)
+                         if config in notebooks.parameter_configs(n)))[f.name.upper()], f.name
+    assert notebooks.parameters(notebooks.PREPARE)["SKIP_BAD"] is False  # one default everywhere (docs/own-data.md)
+
+
+def test_a_value_of_the_wrong_type_or_out_of_range_is_refused_where_it_enters_naming_the_parameter(tmp_path):
+    from seglib import PrepareConfig, TrainConfig
+    from seglib.cli import main
+    from seglib.runs.sweep import BatchError, load_config
+
+    with pytest.raises(ValueError, match=r"EPOCHS \(--epochs\): expected an integer, got inf"):
+        TrainConfig("p", "r", epochs=float("inf"))
+    with pytest.raises(ValueError, match=r"VAL_FRACTION \(--val-fraction\): must be less than 1, got 1.5"):
+        PrepareConfig.from_parameters({**notebooks.parameters(notebooks.PREPARE), "VAL_FRACTION": 1.5})
+    assert TrainConfig("p", "r", encoder_weights="None", init_from="").encoder_weights is None  # "none" once
+    sweep = tmp_path / "s.yaml"
+    sweep.write_text("runs:\n  - name: a\n    EPOCHS: .inf\n")
+    with pytest.raises(BatchError, match=r"s.yaml: run 'a': EPOCHS \(--epochs\): expected an integer, got inf"):
+        load_config(sweep)
+    sweep.write_text("parameters:\n  OHEM_THRESHOLD: 1.0e+308\nruns:\n  - name: a\n")
+    with pytest.raises(BatchError, match=r"parameters: OHEM_THRESHOLD \(--ohem-threshold\): must be at most 1, got"):
+        load_config(sweep)
+    assert main(["prepare", "d", "o", "--clusters", "300"]) == 2
 
 
 def test_defaults_chain_01_to_02_to_03():

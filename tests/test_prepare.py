@@ -166,7 +166,7 @@ def test_a_killed_prepare_leaves_no_temp_folder_behind_on_the_next_run(synth_dir
     import signal
 
     script = (f"from seglib.data.prepare import prepare; prepare({str(synth_dir)!r}, {str(tmp_path / 'out')!r}, "
-              "size=32, sample_pixels_count=20000, progress=False, workers=1)")
+              "size=32, sample_pixels=20000, progress=False, workers=1)")
     killed = subprocess.Popen([sys.executable, "-c", script])
     deadline = time.time() + 120
     while not list(tmp_path.glob(".out.tmp-*/train")):
@@ -207,7 +207,7 @@ def test_skipped_training_file_palette_uses_kept_masks(messy_dir, tmp_path):
 
     splits, _, _ = split_files(messy_dir)
     assert {"corrupt.jpg", "square.png"} & {p.name for p in splits["train"]}  # a bad file is in train
-    prepare(messy_dir, tmp_path / "out", size=64, skip_bad=True, sample_pixels_count=5000, progress=False)
+    prepare(messy_dir, tmp_path / "out", size=64, skip_bad=True, sample_pixels=5000, progress=False)
     kept = open_split(tmp_path / "out", "train").files
     assert len(kept) < len(splits["train"])
     masks = np.stack([read_pair(f, 64)[1] for f in kept])
@@ -235,14 +235,14 @@ def test_the_k_means_sample_is_bounded_by_the_masks_and_by_memory(synth_dir, tmp
         DatasetError,
         match=r"--sample-pixels 2000000000: the K-Means sample needs about \d+ MB, more than half of the 100 MB",
     ):
-        prepare(synth_dir, tmp_path / "huge", size=256, sample_pixels_count=2_000_000_000, progress=False)
+        prepare(synth_dir, tmp_path / "huge", size=256, sample_pixels=2_000_000_000, progress=False)
     assert not list(tmp_path.iterdir())  # refused before any work: nothing written, no temp folder
     monkeypatch.setattr(psutil, "virtual_memory", lambda: types.SimpleNamespace(available=10_000_000))  # 10 MB free
     with pytest.raises(DatasetError, match=r"the 38 training pairs need about 17 MB of memory at --size 256"):
         prepare(synth_dir, tmp_path / "huge", size=256, progress=False)
     assert not list(tmp_path.iterdir())
     monkeypatch.undo()
-    summary = prepare(synth_dir, tmp_path / "small", size=32, sample_pixels_count=10_000_000, progress=False)
+    summary = prepare(synth_dir, tmp_path / "small", size=32, sample_pixels=10_000_000, progress=False)
     held = summary["counts"]["train"] * 32 * 32
     assert summary["parameters"]["sample_pixels"] == held  # at most what the training masks hold
     assert json.loads((tmp_path / "small" / "palette.json").read_text())["sample_pixels"] == held

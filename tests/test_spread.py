@@ -14,7 +14,7 @@ import pytest
 
 # exports are tested elsewhere (tests/test_export.py, the batch in tests/test_batch.py): none here
 TINY = {"SIZE": 64, "SAMPLE_PIXELS": 20_000, "EPOCHS": 1, "ENCODER_WEIGHTS": None, "BACKBONE": "mobilenet",
-        "FORMATS": "", "N_EXAMPLES": 2}
+        "FORMATS": "", "EXAMPLES": 2}
 
 
 def environment(**extra) -> dict:

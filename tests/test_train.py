@@ -83,9 +83,9 @@ def test_train_writes_a_complete_run(trained):
 
 @pytest.mark.parametrize("change, message", [
     ({"backbone": "resnet999"}, "unknown backbone"),
-    ({"batch_size": 0}, "batch size"),
+    ({"batch_size": 0}, r"BATCH_SIZE \(--batch-size\): must be at least 1, got 0"),
     ({"prepared_dir": "/nonexistent/prepared"}, "not a prepared dataset"),
-    ({"loss": "hinge"}, "unknown loss"),
+    ({"loss": "hinge"}, r"LOSS \(--loss\): unknown value 'hinge'; choose one of ce, "),
 ])
 def test_bad_parameters_fail_before_training(small_prepared, tmp_path, change, message):
     config = TrainConfig(str(small_prepared), str(tmp_path / "run"), encoder_weights=None)

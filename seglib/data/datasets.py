@@ -26,7 +26,7 @@ def is_kaggle(data_dir) -> bool:
 
 
 def resolve_data_dir(data_dir: str | os.PathLike, synth_count: int | None = None, seed: int = 0,
-                     kaggle_cache: str | os.PathLike = "../data/kaggle", log=print) -> Path:
+                     kaggle_cache: str | os.PathLike = "../data/kaggle", log=print, progress: bool = True) -> Path:
     """The folder of pairs that ``data_dir`` names, fetching or generating it first if needed.
     ``kaggle_cache``'s default is the project's ``data/kaggle`` seen from ``notebooks/``."""
     if is_kaggle(data_dir):
@@ -39,7 +39,7 @@ def resolve_data_dir(data_dir: str | os.PathLike, synth_count: int | None = None
                                 "or kaggle:OWNER/NAME)")
     from seglib.data.synthetic import generate
 
-    info = generate(path, count=synth_count, seed=seed)
+    info = generate(path, count=synth_count, seed=seed, progress=progress)
     log(f"generated {info['count']} synthetic pairs in {path} (train {info['train']}, val {info['val']})")
     return path
 

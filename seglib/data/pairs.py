@@ -276,8 +276,6 @@ def split_files(data_dir: str | os.PathLike, val_fraction: float = 0.2, seed: in
     data_dir = Path(data_dir)
     if not data_dir.is_dir():
         raise DatasetError(f"{data_dir}: data folder not found")
-    if not 0 <= val_fraction < 1:
-        raise DatasetError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     rng = np.random.default_rng(seed)
     if (data_dir / "train").is_dir():
         if not (data_dir / "val").is_dir():

@@ -22,14 +22,16 @@ import numpy as np
 
 from seglib.data.cityscapes import nearest_label_names
 from seglib.data.classmap import ClassMap, merged_counts, parse_class_map, remapped, resolve
+from seglib.data.config import PrepareConfig
 from seglib.data.idmasks import LabelledSet, find_labelled, read_labelled, settle_classes
 from seglib.data.labels import Labeller
-from seglib.data.pairs import MAX_PIXELS, SIZE_STEP, DatasetError, check_size_step, parse_size, size_text, split_files
+from seglib.data.pairs import SIZE_STEP, DatasetError, check_size_step, parse_size, size_text, split_files
 from seglib.data.palette import Palette, close_classes, fit_palette, sample_pixels
 from seglib.data.reading import Reading, label_split, pixel_shares, read_split, summary_record
 from seglib.data.splits import write_file_list
 from seglib.fsutil import atomic_write_json, save_concatenated, staged_dir
 from seglib.layout import SPLITS, PreparedDir
+from seglib.parameters import checked_values
 
 SAMPLE_BYTES_PER_PIXEL = 24  # the drawn RGB pixels, their keys for np.unique and its sort, with room to spare
 SPLIT_BYTES_PER_PIXEL = 7  # a split in memory while prepared: photo and mask RGB, labels
@@ -78,40 +80,49 @@ def _check_source_is_safe(data_dir, out_dir: Path) -> None:
                            "choose an output folder outside the data")
 
 
-def prepare(
-    data_dir: str | os.PathLike,
-    out_dir: str | os.PathLike,
-    clusters: int = 10,
-    seed: int = 0,
-    size: int | str | tuple[int, int] = 256,
-    val_fraction: float = 0.2,
-    sample_pixels_count: int = 200_000,
-    skip_bad: bool = False,
-    resolve_edges: bool = True,
-    workers: int | None = None,
-    progress: bool = True,
-    max_pixels: int = MAX_PIXELS,
-    merge=None,
-    drop=None,
-) -> dict:
-    """Prepare ``data_dir`` into ``out_dir``; returns the summary (also written as summary.json).
+def prepare_dataset(config: PrepareConfig, progress: bool = True, log=print) -> dict:
+    """Prepare ``config.data_dir`` into ``config.out_dir`` (fetching a ``kaggle:`` dataset or generating
+    ``synth_count`` synthetic scenes first where it says so); what ``prepare`` and notebook 01 run.
 
-    ``resolve_edges=False`` labels by nearest colour only: about 10x faster labelling, lower
+    Example:
+        ``summary = prepare_dataset(PrepareConfig("data/synthetic", "data/prepared/default", synth_count=200))``
+    """
+    from dataclasses import asdict
+
+    from seglib.data.datasets import resolve_data_dir
+
+    values = asdict(config)
+    data_dir = resolve_data_dir(values.pop("data_dir"), synth_count=values.pop("synth_count"), seed=config.seed,
+                                kaggle_cache=values.pop("kaggle_cache"), log=log, progress=progress)
+    return prepare(data_dir, values.pop("out_dir"), progress=progress, **values)
+
+
+D = PrepareConfig  # the defaults below are PrepareConfig's
+
+
+def prepare(data_dir: str | os.PathLike, out_dir: str | os.PathLike, clusters: int = D.clusters, seed: int = D.seed,
+            size: int | str | tuple[int, int] = D.size, val_fraction: float = D.val_fraction,
+            sample_pixels: int = D.sample_pixels, skip_bad: bool = D.skip_bad,
+            edge_resolution: bool = D.edge_resolution, workers: int | None = D.workers, progress: bool = True,
+            max_pixels: int = D.max_pixels, merge=D.merge, drop=D.drop) -> dict:
+    """Prepare ``data_dir`` into ``out_dir``; returns the summary (also written as summary.json).
+    The parameters are :class:`~seglib.data.config.PrepareConfig`'s.
+
+    ``edge_resolution=False`` labels by nearest colour only: about 10x faster labelling, lower
     label quality at class borders (see ``seglib.data.labels``). Image files over ``max_pixels`` are
     bad files (refused from their header, before decoding). ``merge`` (``"NEW=A,B"`` items) and
     ``drop`` (class names or ids) map the classes (:mod:`seglib.data.classmap`).
     """
     started = time.perf_counter()
+    checked_values(PrepareConfig, clusters=clusters, seed=seed, val_fraction=val_fraction, sample_pixels=sample_pixels,
+                   workers=workers, max_pixels=max_pixels)
     class_map = parse_class_map(merge, drop)
-    if not 2 <= clusters <= 255:
-        raise DatasetError(f"--clusters must be between 2 and 255, got {clusters}")
     size = checked_size(size)
-    if sample_pixels_count < clusters:
-        raise DatasetError(f"--sample-pixels must be at least --clusters ({clusters}), got {sample_pixels_count}")
+    if sample_pixels < clusters:
+        raise DatasetError(f"SAMPLE_PIXELS (--sample-pixels): must be at least CLUSTERS ({clusters}), got "
+                           f"{sample_pixels}")
     out_dir = Path(out_dir)
     _check_source_is_safe(data_dir, out_dir)
-    if not 0 <= val_fraction < 1:
-        raise DatasetError(f"--val-fraction must be in [0, 1), got {val_fraction}")
     workers = workers or min(8, os.cpu_count() or 1)
     reading = Reading(size, workers, progress, skip_bad, max_pixels)
     labelled = find_labelled(data_dir, val_fraction, seed)
@@ -122,50 +133,57 @@ def prepare(
             resolve(class_map, list(labelled.classes.names))
         return prepare_labelled(labelled, data_dir, out_dir, reading, seed, val_fraction, started, class_map)
     splits, layout, ignored = split_files(data_dir, val_fraction, seed)
-    sample_pixels_count = _sample_size(sample_pixels_count, len(splits["train"]), size)
+    sample_pixels = _sample_size(sample_pixels, len(splits["train"]), size)
     _check_splits(data_dir, splits, val_fraction)
+    parameters = {"clusters": clusters, "seed": seed, "size": size_text(size), "val_fraction": val_fraction,
+                  "sample_pixels": sample_pixels, "skip_bad": skip_bad, "edge_resolution": edge_resolution,
+                  **(class_map.record() if class_map else {})}
     with staged_dir(out_dir, PreparedDir) as tmp:
-        prepared = PreparedDir(tmp)
-        # 1. read the training pairs (photos written, masks kept for the sample and the labels)
-        kept, counts = {}, {}
-        kept["train"], masks = read_split(splits["train"], prepared.split("train"), reading, "train")
-        if not kept["train"]:
-            raise DatasetError(f"{data_dir}: no usable training pairs (all {len(reading.skipped)} files were bad)")
-        read = time.perf_counter()
-        # 2. fit the palette on pixels drawn from the flat parts of the training masks
-        palette = fit_palette(sample_pixels(masks, sample_pixels_count, seed, workers=workers), clusters, seed)
-        palette.names = nearest_label_names(palette.centroids)
-        labeller = Labeller(palette, resolve_edges)
-        palette, lut, members = remapped(palette, class_map) if class_map else (palette, None, None)
-        fitted = time.perf_counter()
-        # 3. label every split (val and test read now) and write the labels
-        for name in SPLITS:
-            if name != "train":
-                kept[name], masks = read_split(splits[name], prepared.split(name), reading, name)
-                if not kept[name]:
-                    raise DatasetError(f"{data_dir}: every {name} pair was bad ({len(splits[name])} skipped); a run "
-                                       "needs pairs in train, val and test")
-            counts[name] = label_split(labeller, masks, prepared.split(name).labels, reading, name, lut)
-            write_file_list(prepared.split(name).files, kept[name])
-        del masks
-        classes = {name: merged_counts(c, members) if members else c for name, c in counts.items()}
-        shares = {name: pixel_shares(classes[name]) for name in SPLITS}
-        labelled = time.perf_counter()
+        summary = _prepare_pairs(PreparedDir(tmp), data_dir, (splits, layout, ignored), reading, parameters, class_map)
+        summary["timings_s"]["total"] = round(time.perf_counter() - started, 3)
+        atomic_write_json(PreparedDir(tmp).summary, summary)
+    return summary
 
-        palette.save(prepared.palette)
-        summary = summary_record(data_dir, layout, {
-            "clusters": clusters, "seed": seed, "size": size_text(size), "val_fraction": val_fraction,
-            "sample_pixels": sample_pixels_count, "skip_bad": skip_bad, "resolve_edges": resolve_edges,
-            **(class_map.record() if class_map else {}),
-        }, kept, reading, ignored, shares, {
-            "read_train": round(read - started, 3),
-            "fit": round(fitted - read, 3),
-            "read_and_label": round(labelled - fitted, 3),
-            "total": round(time.perf_counter() - started, 3),
-        })
-        summary["palette_warnings"] = close_classes(palette)
-        summary["ignored_pixels"] = {name: int(counts[name].sum() - classes[name].sum()) for name in SPLITS}
-        atomic_write_json(prepared.summary, summary)
+
+def _prepare_pairs(prepared: PreparedDir, data_dir, found: tuple, reading: Reading, parameters: dict,
+                   class_map: ClassMap) -> dict:
+    """The three phases of preparing pairs into ``prepared`` (a staged folder); ``found``: the splits'
+    files, the layout and the ignored files (:func:`split_files`). Returns the summary."""
+    splits, layout, ignored = found
+    started = time.perf_counter()
+    # 1. read the training pairs (photos written, masks kept for the sample and the labels)
+    kept, counts = {}, {}
+    kept["train"], masks = read_split(splits["train"], prepared.split("train"), reading, "train")
+    if not kept["train"]:
+        raise DatasetError(f"{data_dir}: no usable training pairs (all {len(reading.skipped)} files were bad)")
+    read = time.perf_counter()
+    # 2. fit the palette on pixels drawn from the flat parts of the training masks
+    seed = parameters["seed"]
+    pixels = sample_pixels(masks, parameters["sample_pixels"], seed, workers=reading.workers)
+    palette = fit_palette(pixels, parameters["clusters"], seed)
+    palette.names = nearest_label_names(palette.centroids)
+    labeller = Labeller(palette, parameters["edge_resolution"])
+    palette, lut, members = remapped(palette, class_map) if class_map else (palette, None, None)
+    fitted = time.perf_counter()
+    # 3. label every split (val and test read now) and write the labels
+    for name in SPLITS:
+        if name != "train":
+            kept[name], masks = read_split(splits[name], prepared.split(name), reading, name)
+            if not kept[name]:
+                raise DatasetError(f"{data_dir}: every {name} pair was bad ({len(splits[name])} skipped); a run "
+                                   "needs pairs in train, val and test")
+        counts[name] = label_split(labeller, masks, prepared.split(name).labels, reading, name, lut)
+        write_file_list(prepared.split(name).files, kept[name])
+    del masks
+    classes = {name: merged_counts(c, members) if members else c for name, c in counts.items()}
+    palette.save(prepared.palette)
+    summary = summary_record(data_dir, layout, parameters, kept, reading, ignored,
+                             {name: pixel_shares(classes[name]) for name in SPLITS}, {
+                                 "read_train": round(read - started, 3),
+                                 "fit": round(fitted - read, 3),
+                                 "read_and_label": round(time.perf_counter() - fitted, 3)})
+    summary["palette_warnings"] = close_classes(palette)
+    summary["ignored_pixels"] = {name: int(counts[name].sum() - classes[name].sum()) for name in SPLITS}
     return summary
 
 

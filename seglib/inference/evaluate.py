@@ -5,25 +5,48 @@ from __future__ import annotations
 
 import io
 import os
+from pathlib import Path
 
 import numpy as np
 
 from seglib.data.palette import Palette
-from seglib.fsutil import atomic_write_bytes, atomic_write_json
+from seglib.fsutil import atomic_write_bytes, atomic_write_json, read_json
+from seglib.inference.config import EvaluateConfig
 from seglib.layout import PreparedDir, RunDir
+from seglib.parameters import checked_values
 from seglib.training.metrics import image_ious, scores, update_confusion
 
 
-def evaluate(run_dir: str | os.PathLike, prepared_dir: str | os.PathLike, split: str = "test",
-             batch_size: int = 8, full_size: bool = False) -> dict:
+def run_prepared_dir(run_dir: str | os.PathLike, prepared_dir: str | os.PathLike | None = None) -> Path:
+    """The prepared dataset a run is scored on: ``prepared_dir``, or (None) the one it was trained on."""
+    if prepared_dir is not None:
+        return Path(prepared_dir)
+    run = RunDir(run_dir)
+    if not run.config.exists():
+        raise FileNotFoundError(f"{run.root}: not a trained run (no {run.config.name}; train first)")
+    return Path(read_json(run.config)["prepared_dir"])
+
+
+E = EvaluateConfig  # the defaults below are EvaluateConfig's
+
+
+def evaluate(run_dir: str | os.PathLike, prepared_dir: str | os.PathLike | None = E.prepared_dir,
+             split: str = E.split, batch_size: int = 8, full_size: bool = E.full_size) -> dict:
     """Stream ``split`` through the run's best model; writes and returns the metrics. ``full_size``:
     also score each prediction resized to its source label file against that file (the
-    Cityscapes protocol), as ``metrics["full_size"]``."""
+    Cityscapes protocol), as ``metrics["full_size"]``. The parameters are
+    :class:`~seglib.inference.config.EvaluateConfig`'s.
+
+    Example:
+        ``metrics = evaluate("artifacts/default", split="val")`` (on the data the run was trained on)
+    """
     from seglib.training.train import load_model
 
+    checked_values(EvaluateConfig, split=split, full_size=full_size)
     run = RunDir(run_dir)
     if not run.model.exists():
         raise FileNotFoundError(f"{run.model}: no model (train first)")
+    prepared_dir = run_prepared_dir(run_dir, prepared_dir)
     palette = Palette.load(run.palette)
     data_palette = Palette.load(PreparedDir(prepared_dir).palette)
     if data_palette.k != palette.k:

@@ -10,7 +10,6 @@ from 1.3.0 on need macOS 15.2), TensorFlow's own, deprecated ``tf.lite.Interpret
 """
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import tempfile
@@ -21,8 +20,11 @@ from pathlib import Path
 import numpy as np
 
 from seglib.data.splits import open_split
-from seglib.fsutil import atomic_write_bytes, atomic_write_json, staged_file
+from seglib.fsutil import atomic_write_bytes, atomic_write_json, read_json, staged_file
+from seglib.inference.config import EvaluateConfig
+from seglib.inference.evaluate import run_prepared_dir
 from seglib.layout import RunDir
+from seglib.parameters import NONE_WORDS, checked_values
 from seglib.quiet import filtered_stderr
 from seglib.training.metrics import scores, update_confusion
 
@@ -163,44 +165,76 @@ def latency_ms(fn, image, repeats: int) -> dict:
             "latency_repeats": repeats}
 
 
-def export_run(run_dir: str | os.PathLike, formats=FORMATS, calibration_images: int = 100,
-               prepared_dir: str | os.PathLike | None = None, eval_images: int | None = None,
-               threads: int = 2, latency_repeats: int = 20, seed: int = 0) -> dict:
-    """Write ``RUN_DIR/model_<fmt>.tflite`` for each format and ``RUN_DIR/export.json``
-    (:class:`seglib.layout.RunDir`)."""
-    import tensorflow as tf
-
-    from seglib.training.train import load_model
-
-    run = RunDir(run_dir)
-    formats = list(formats)
+def export_formats(formats) -> list[str]:
+    """The formats of ``--formats`` (``"fp32,int8"``, a list, or none/empty for no export), checked."""
+    if isinstance(formats, str):
+        formats = [] if formats.strip().lower() in NONE_WORDS else formats.split(",")
+    formats = [f.strip() for f in formats]
     unknown = [f for f in formats if f not in EXPORTS]
     if unknown:
-        raise ValueError(f"unknown format(s) {', '.join(unknown)}; choose from {', '.join(EXPORTS)}")
+        raise ValueError(f"FORMATS (--formats): unknown format(s) {', '.join(unknown)}; choose from "
+                         f"{', '.join(EXPORTS)}")
+    return formats
+
+
+E = EvaluateConfig  # the defaults below are EvaluateConfig's
+
+
+def export_run(run_dir: str | os.PathLike, formats=E.formats, calibration_images: int = E.calibration_images,
+               prepared_dir: str | os.PathLike | None = E.prepared_dir, eval_images: int | None = E.eval_images,
+               threads: int = 2, latency_repeats: int = 20, seed: int = 0) -> dict:
+    """Write ``RUN_DIR/model_<fmt>.tflite`` (or ``.onnx``) for each format and ``RUN_DIR/export.json``
+    (:class:`seglib.layout.RunDir`): each model's size, its argmax agreement with the Keras model and its
+    mean IoU on the first ``eval_images`` test images, and its latency on one image.
+
+    Example:
+        ``result = export_run("artifacts/default", formats="int8,onnx")``
+    """
+    from seglib.training.model import architecture
+    from seglib.training.train import load_model
+
+    checked_values(EvaluateConfig, calibration_images=calibration_images, eval_images=eval_images)
+    run = RunDir(run_dir)
+    formats = export_formats(formats)
     if not run.config.exists():
         raise FileNotFoundError(f"{run.root}: not a trained run (no {run.config.name}; train first)")
-    config = json.loads(run.config.read_text())
-    prepared_dir = Path(prepared_dir or config["prepared_dir"])
-    k, ignore = config["num_classes"], config.get("ignore_index")
-    from seglib.training.model import keras_predictor
+    config = read_json(run.config)
+    arch = config.get("arch", "unet")
+    refused = [f for f in formats if f not in architecture(arch).exports]
+    if refused:
+        raise ValueError(f"FORMATS (--formats): {arch} does not export to {', '.join(refused)}; it exports to "
+                         f"{', '.join(architecture(arch).exports)}")
+    data = _export_data(run_prepared_dir(run.root, prepared_dir), calibration_images, eval_images, seed)
+    return _export_formats(run, load_model(run.root), formats, data, config, threads, latency_repeats)
 
-    model = load_model(run.root)
+
+def _export_data(prepared_dir: Path, calibration_images: int, eval_images: int | None, seed: int) -> dict:
+    """The representative (calibration) images drawn from train, and the test images and labels the
+    exports are scored on."""
     train = open_split(prepared_dir, "train")
-    rng = np.random.default_rng(seed)
-    rows = np.sort(rng.permutation(len(train))[: min(calibration_images, len(train))])
-    representative = np.asarray(train.images[rows], np.float32)
+    rows = np.sort(np.random.default_rng(seed).permutation(len(train))[: min(calibration_images, len(train))])
     test = open_split(prepared_dir, "test")
     n_eval = len(test) if eval_images is None else min(eval_images, len(test))
-    images = np.asarray(test.images[:n_eval], np.float32)
-    truth = np.asarray(test.labels[:n_eval])
+    return {"representative": np.asarray(train.images[rows], np.float32),
+            "images": np.asarray(test.images[:n_eval], np.float32), "truth": np.asarray(test.labels[:n_eval])}
 
-    compiled = keras_predictor(model)  # the baseline: the call seglib predicts and serves with
-    keras_pred = np.concatenate([compiled(images[i : i + 8]).argmax(-1) for i in range(0, n_eval, 8)])
+
+def _export_formats(run: RunDir, model, formats: list[str], data: dict, config: dict, threads: int,
+                    repeats: int) -> dict:
+    """Score the Keras model (the baseline: the call seglib predicts and serves with), then write and
+    score each format from one SavedModel; ``export.json`` written last."""
+    import tensorflow as tf
+
+    from seglib.training.model import keras_predictor
+
+    images, truth, k, ignore = data["images"], data["truth"], config["num_classes"], config.get("ignore_index")
+    compiled = keras_predictor(model)
+    keras_pred = _argmax(compiled, images)
     keras_cm = update_confusion(np.zeros((k, k), np.int64), truth, keras_pred, ignore)
-    keras_latency = latency_ms(compiled, images[:1], latency_repeats)
-    result = {"eval_images": n_eval, "calibration_images": len(rows), "threads": threads, "runtime": None,
-              "keras": {"mean_iou": scores(keras_cm)["mean_iou"], **keras_latency,
-                        "file_bytes": run.model.stat().st_size, "call": KERAS_CALL},
+    keras_latency = latency_ms(compiled, images[:1], repeats)
+    result = {"eval_images": len(images), "calibration_images": len(data["representative"]), "threads": threads,
+              "runtime": None, "keras": {"mean_iou": scores(keras_cm)["mean_iou"], **keras_latency,
+                                         "file_bytes": run.model.stat().st_size, "call": KERAS_CALL},
               "formats": {}}
     saved = Path(tempfile.mkdtemp(prefix=".saved_model-", dir=run.root))
     try:
@@ -217,17 +251,15 @@ def export_run(run_dir: str | os.PathLike, formats=FORMATS, calibration_images: 
                 export_onnx(model, path, images)
                 exported = OnnxModel(path, threads)
             else:
-                atomic_write_bytes(path, convert(saved, fmt, representative if fmt == "int8" else None))
+                atomic_write_bytes(path, convert(saved, fmt, data["representative"] if fmt == "int8" else None))
                 exported = TFLiteModel(path, threads)
                 result["runtime"] = exported.runtime
-            pred = np.concatenate([exported.predict(images[i : i + 8]).argmax(-1) for i in range(0, n_eval, 8)])
+            pred = _argmax(exported.predict, images)
             cm = update_confusion(np.zeros((k, k), np.int64), truth, pred, ignore)
             result["formats"][fmt] = {
-                "file": path.name, "file_bytes": path.stat().st_size,
-                "size_vs_fp32": None,
-                "agreement": float((pred == keras_pred).mean()),
-                "mean_iou": scores(cm)["mean_iou"],
-                **latency_ms(exported.predict_one, images[0], latency_repeats),
+                "file": path.name, "file_bytes": path.stat().st_size, "size_vs_fp32": None,
+                "agreement": float((pred == keras_pred).mean()), "mean_iou": scores(cm)["mean_iou"],
+                **latency_ms(exported.predict_one, images[0], repeats),
                 **({"runtime": exported.runtime} if fmt == "onnx" else {}),
             }
     finally:
@@ -238,3 +270,8 @@ def export_run(run_dir: str | os.PathLike, formats=FORMATS, calibration_images: 
         info["latency_vs_keras"] = info["latency_ms"] / keras_latency["latency_ms"]
     atomic_write_json(run.export, result)
     return result
+
+
+def _argmax(predict, images: np.ndarray, batch: int = 8) -> np.ndarray:
+    """The predicted classes of ``images``, ``batch`` at a time."""
+    return np.concatenate([predict(images[i : i + batch]).argmax(-1) for i in range(0, len(images), batch)])

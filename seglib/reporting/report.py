@@ -10,19 +10,21 @@ from __future__ import annotations
 import base64
 import html
 import io
-import json
 import os
 import re
+from dataclasses import dataclass
 from datetime import datetime, timezone
 from importlib import resources
 from pathlib import Path
 
-from seglib.fsutil import atomic_write_text, read_marker, write_marker
+from seglib.fsutil import atomic_write_text, read_json, read_marker, write_marker
 from seglib.layout import PreparedDir, RunDir, RunReportDir
+from seglib.parameters import checked_values
+from seglib.reporting.config import ReportConfig, ShowConfig
 
 
 def _read_json(path: Path) -> dict | None:
-    return json.loads(path.read_text()) if path.exists() else None
+    return read_json(path) if path.exists() else None
 
 
 def figure_png(fig) -> str:
@@ -50,99 +52,160 @@ def _palette_table(palette, summary) -> str:
     return _table(frame, escape=False)
 
 
-def write_run_report(run_dir: str | os.PathLike, out_dir: str | os.PathLike | None = None,
-                     prepared_dir: str | os.PathLike | None = None, n_examples: int = 4) -> Path:
-    """Write ``out_dir/report.html`` (default ``reports/<run name>/``) for a trained run: its
+def default_report_dir(run_dir: str | os.PathLike) -> Path:
+    """``reports/<run name>`` beside the ``artifacts/`` folder that holds the run (the project's
+    ``reports/``, from the command line and from the notebooks alike); for a run kept elsewhere,
+    ``reports/<run name>`` in the current folder."""
+    run = Path(run_dir).resolve()
+    return (run.parent.parent if run.parent.name == "artifacts" else Path()) / "reports" / run.name
+
+
+def write_run_report(run_dir: str | os.PathLike, report_dir: str | os.PathLike | None = ReportConfig.report_dir,
+                     prepared_dir: str | os.PathLike | None = ReportConfig.prepared_dir,
+                     examples: int = ShowConfig.examples) -> Path:
+    """Write ``report_dir/report.html`` (default :func:`default_report_dir`) for a trained run: its
     parameters and environment, the data, training, test metrics, predictions and the TFLite
     export. Evaluates the run first if it has no ``metrics.json``; the export section needs
-    ``export.json``. Returns the path of the report."""
-    from seglib.data.palette import Palette
-    from seglib.data.splits import open_split
-    from seglib.inference.evaluate import best_and_worst, evaluate, predict_rows
-    from seglib.reporting import figures, tables
-    from seglib.training.train import load_model
+    ``export.json``. Returns the path of the report.
 
+    Example:
+        ``html = write_run_report("artifacts/default")``  # reports/default/report.html
+    """
+    from seglib.inference.evaluate import evaluate, run_prepared_dir
+
+    checked_values(ShowConfig, examples=examples)
     run = RunDir(run_dir)
-    config = _read_json(run.config)
-    if config is None or not run.model.exists():
+    if not run.config.exists() or not run.model.exists():
         raise FileNotFoundError(
             f"{run.root}: not a trained run (no {run.config.name} or {run.model.name}; train first)"
         )
-    out = RunReportDir(out_dir if out_dir is not None else Path("reports") / run.root.resolve().name)
+    out = RunReportDir(report_dir if report_dir is not None else default_report_dir(run.root))
     marker = read_marker(out.root)
     if out.report.exists() and (marker is None or marker.get("kind") != RunReportDir.KIND):
-        raise FileExistsError(f"{out.report}: exists and was not written by seglib; choose another --out folder")
-    prepared_dir = Path(prepared_dir or config["prepared_dir"])
-    metrics = _read_json(run.metrics) or evaluate(run.root, prepared_dir)
-    split = metrics.get("split", "test")
-    summary = _read_json(PreparedDir(prepared_dir).summary)
-    run_info = _read_json(run.info) or {}
-    exported = _read_json(run.export)
-    palette = Palette.load(run.palette)
-    name = run.root.resolve().name
-
-    sections: list[tuple[str, str, str]] = []  # (anchor, title, body)
-    headline = {"pixel accuracy": metrics["pixel_accuracy"], "mean IoU": metrics["mean_iou"],
-                "mean Dice": metrics["mean_dice"], "epochs": run_info.get("epochs_run"),
-                "stopped": run_info.get("stop_reason"), "trained on": config["device"]["kind"]}
-    if exported and "int8" in exported["formats"]:
-        headline["int8 latency ms"] = exported["formats"]["int8"]["latency_ms"]
-    sections.append(("summary", f"Summary ({split} split)", _table(tables.key_values(headline, "value").T)))
-    sections.append(("parameters", "Parameters", _table(tables.parameters(config, summary))))
-    sections.append(("environment", "Environment", _table(tables.environment(config, exported))))
-
-    data = []
-    if summary:
-        data.append(_table(tables.splits(summary)))
-        data.append(_table(tables.dataset(summary)))
-        if summary.get("skipped"):
-            data.append("<h3>Skipped files</h3>" + _table(tables.skipped(summary)))
-    warnings = tables.palette_warnings(summary or {})
-    data += [f'<p class="warning">Palette warning: {html.escape(w)}</p>' for w in warnings]
-    data.append("<h3>Palette</h3>" + _palette_table(palette, summary))
-    if summary:
-        data.append(figure_png(figures.class_shares(summary, palette)))
-    sections.append(("data", "Data", "\n".join(data)))
-
-    training = [_table(tables.training(run_info))] if run_info else []
-    if run.history.exists():
-        training += [figure_png(figures.training_curves(run.root)), _table(tables.history(run.root))]
-    sections.append(("training", "Training", "\n".join(training) or "<p>No training history.</p>"))
-
-    sections.append(("metrics", f"Metrics on the {split} split", "\n".join([
-        _table(tables.overall_metrics(metrics)),
-        "<h3>Per class</h3>" + _table(tables.per_class(metrics, palette)),
-        figure_png(figures.class_iou(metrics, palette)),
-        figure_png(figures.confusion_matrix(_confusion(run), palette)),
-    ])))
-
-    model = load_model(run.root)
-    rows = list(range(min(n_examples, len(open_split(prepared_dir, split)))))
-    examples = figures.predictions(*predict_rows(model, prepared_dir, split, rows), palette,
-                                   titles=[f"#{r}" for r in rows])
-    picked = best_and_worst(metrics)
-    extremes = figures.predictions(*predict_rows(model, prepared_dir, split, [r for r, _ in picked]), palette,
-                                   titles=[t for _, t in picked])
-    sections.append(("predictions", "Predictions", figure_png(examples)
-                     + "<h3>Best and worst images by mean IoU</h3>" + figure_png(extremes)))
-
-    if exported:
-        sections.append(("export", "TFLite export", _table(tables.export(exported)) + (
-            f"<p>Agreement: share of {split} pixels whose class matches the Keras model's, on "
-            f"{exported['eval_images']} images. Latency: one image, median and 10th-90th percentile of "
-            f"{exported['keras'].get('latency_repeats', '')} runs; TFLite models ran with "
-            f"{html.escape(str(exported.get('runtime')))} on {exported['threads']} threads.</p>")))
-
+        raise FileExistsError(f"{out.report}: exists and was not written by seglib; choose another --report-dir")
+    prepared_dir = run_prepared_dir(run.root, prepared_dir)
+    facts = RunFacts(run, read_json(run.config), _read_json(run.metrics) or evaluate(run.root, prepared_dir),
+                     _read_json(run.info) or {}, _read_json(run.export), prepared_dir,
+                     _read_json(PreparedDir(prepared_dir).summary))
+    sections = [*_overview(facts), _data_section(facts), _training_section(facts), _metrics_section(facts),
+                _predictions_section(facts, examples), *_export_section(facts)]
     nav = " · ".join(f'<a href="#{a}">{html.escape(t)}</a>' for a, t, _ in sections)
     body = "\n".join(f'<h2 id="{a}">{html.escape(t)}</h2>\n{b}' for a, t, b in sections)
     page = resources.files(__package__).joinpath("report.html").read_text(encoding="utf-8").format(
-        name=html.escape(name), created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
+        name=html.escape(run.root.resolve().name), created=datetime.now(timezone.utc).strftime("%Y-%m-%d %H:%M UTC"),
         run_dir=html.escape(str(run.root.resolve())), nav=nav, body=body)
     out.root.mkdir(parents=True, exist_ok=True)
     if marker is None:
         write_marker(out.root, RunReportDir.KIND)
     atomic_write_text(out.report, page)
     return out.report
+
+
+@dataclass
+class RunFacts:
+    """What a report is made from: the run's files as read once."""
+
+    run: RunDir
+    config: dict
+    metrics: dict
+    info: dict  # run.json
+    exported: dict | None
+    prepared_dir: Path
+    summary: dict | None  # the prepared dataset's
+
+    @property
+    def split(self) -> str:
+        return self.metrics.get("split", "test")
+
+    @property
+    def palette(self):
+        from seglib.data.palette import Palette
+
+        return Palette.load(self.run.palette)
+
+
+def _overview(facts: RunFacts) -> list[tuple[str, str, str]]:
+    """The summary, parameters and environment sections: (anchor, title, body) each."""
+    from seglib.reporting import tables
+
+    metrics, info = facts.metrics, facts.info
+    headline = {"pixel accuracy": metrics["pixel_accuracy"], "mean IoU": metrics["mean_iou"],
+                "mean Dice": metrics["mean_dice"], "epochs": info.get("epochs_run"),
+                "stopped": info.get("stop_reason"), "trained on": facts.config["device"]["kind"]}
+    if facts.exported and "int8" in facts.exported["formats"]:
+        headline["int8 latency ms"] = facts.exported["formats"]["int8"]["latency_ms"]
+    return [("summary", f"Summary ({facts.split} split)", _table(tables.key_values(headline, "value").T)),
+            ("parameters", "Parameters", _table(tables.parameters(facts.config, facts.summary))),
+            ("environment", "Environment", _table(tables.environment(facts.config, facts.exported)))]
+
+
+def _data_section(facts: RunFacts) -> tuple[str, str, str]:
+    from seglib.reporting import figures, tables
+
+    summary, palette, data = facts.summary, facts.palette, []
+    if summary:
+        data.append(_table(tables.splits(summary)))
+        data.append(_table(tables.dataset(summary)))
+        if summary.get("skipped"):
+            data.append("<h3>Skipped files</h3>" + _table(tables.skipped(summary)))
+    data += [f'<p class="warning">Palette warning: {html.escape(w)}</p>'
+             for w in tables.palette_warnings(summary or {})]
+    data.append("<h3>Palette</h3>" + _palette_table(palette, summary))
+    if summary:
+        data.append(figure_png(figures.class_shares(summary, palette)))
+    return "data", "Data", "\n".join(data)
+
+
+def _training_section(facts: RunFacts) -> tuple[str, str, str]:
+    from seglib.reporting import figures, tables
+
+    training = [_table(tables.training(facts.info))] if facts.info else []
+    if facts.run.history.exists():
+        training += [figure_png(figures.training_curves(facts.run.root)), _table(tables.history(facts.run.root))]
+    return "training", "Training", "\n".join(training) or "<p>No training history.</p>"
+
+
+def _metrics_section(facts: RunFacts) -> tuple[str, str, str]:
+    from seglib.reporting import figures, tables
+
+    metrics, palette = facts.metrics, facts.palette
+    return "metrics", f"Metrics on the {facts.split} split", "\n".join([
+        _table(tables.overall_metrics(metrics)),
+        "<h3>Per class</h3>" + _table(tables.per_class(metrics, palette)),
+        figure_png(figures.class_iou(metrics, palette)),
+        figure_png(figures.confusion_matrix(_confusion(facts.run), palette)),
+    ])
+
+
+def _predictions_section(facts: RunFacts, examples: int) -> tuple[str, str, str]:
+    """The first ``examples`` images of the split, then the best and worst by mean IoU."""
+    from seglib.data.splits import open_split
+    from seglib.inference.evaluate import best_and_worst, predict_rows
+    from seglib.reporting import figures
+    from seglib.training.train import load_model
+
+    model, prepared_dir, split, palette = load_model(facts.run.root), facts.prepared_dir, facts.split, facts.palette
+    rows = list(range(min(examples, len(open_split(prepared_dir, split)))))
+    first = figures.predictions(*predict_rows(model, prepared_dir, split, rows), palette,
+                                titles=[f"#{r}" for r in rows])
+    picked = best_and_worst(facts.metrics)
+    extremes = figures.predictions(*predict_rows(model, prepared_dir, split, [r for r, _ in picked]), palette,
+                                   titles=[t for _, t in picked])
+    return ("predictions", "Predictions", figure_png(first) + "<h3>Best and worst images by mean IoU</h3>"
+            + figure_png(extremes))
+
+
+def _export_section(facts: RunFacts) -> list[tuple[str, str, str]]:
+    from seglib.reporting import tables
+
+    exported = facts.exported
+    if not exported:
+        return []
+    return [("export", "TFLite export", _table(tables.export(exported)) + (
+        f"<p>Agreement: share of {facts.split} pixels whose class matches the Keras model's, on "
+        f"{exported['eval_images']} images. Latency: one image, median and 10th-90th percentile of "
+        f"{exported['keras'].get('latency_repeats', '')} runs; TFLite models ran with "
+        f"{html.escape(str(exported.get('runtime')))} on {exported['threads']} threads.</p>"))]
 
 
 def _confusion(run: RunDir):

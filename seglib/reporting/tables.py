@@ -13,7 +13,7 @@ from seglib.reporting.figures import class_names
 from seglib.training.config import TrainConfig
 
 TRAINING_KEYS = [f.name for f in fields(TrainConfig) if f.name not in ("prepared_dir", "run_dir")]
-DATA_KEYS = ("clusters", "classes", "ignore_index", "size", "seed", "val_fraction", "sample_pixels", "resolve_edges",
+DATA_KEYS = ("clusters", "classes", "ignore_index", "size", "seed", "val_fraction", "sample_pixels", "edge_resolution",
              "skip_bad")
 
 
@@ -73,7 +73,7 @@ def dataset(summary: dict) -> pd.DataFrame:
             "seed": params.get("seed"),
             "val fraction": params.get("val_fraction"),
             "sampled pixels": params.get("sample_pixels"),
-            "edge resolution": params.get("resolve_edges"),
+            "edge resolution": params.get("edge_resolution", params.get("resolve_edges")),  # its earlier name
             "skipped bad files": summary.get("skipped_count", 0),
             "ignored non-image files": len(summary.get("ignored_files", [])),
             "images or masks without a partner": len(summary.get("unmatched", [])),

@@ -10,7 +10,6 @@ and only progress lines (:data:`PROGRESS`) are passed on as they come.
 """
 from __future__ import annotations
 
-import ast
 import functools
 import json
 import logging
@@ -32,55 +31,43 @@ def notebook_path(name: str) -> Path:
     return path
 
 
-def parameters(name: str) -> dict:
-    """The notebook's parameters cell as ``{NAME: default}`` (defaults that are not plain
-    literals come back as their source text)."""
-    return dict(_parameters(name))
-
-
-@functools.cache
-def _parameters(name: str) -> dict:  # read once per process: a batch asks for each notebook per run
-    import papermill as pm
-
-    found = pm.inspect_notebook(str(notebook_path(name)))
-    values = {}
-    for key, info in found.items():
-        try:
-            values[key] = ast.literal_eval(info["default"])
-        except (ValueError, SyntaxError):
-            values[key] = info["default"]
-    return values
-
-
-def train_parameters_cell() -> str:
-    """Notebook 02's parameters cell, one line per field of :class:`~seglib.training.config.TrainConfig`
-    (as a Colab form field with its help); ``make notebooks`` writes it into the notebook."""
-    from dataclasses import MISSING, fields
-
+def parameter_configs(name: str) -> tuple[type, ...]:
+    """The parameter dataclasses whose fields are notebook ``name``'s parameters, in the cell's order."""
+    from seglib.data.config import PrepareConfig
+    from seglib.inference.config import EvaluateConfig
+    from seglib.reporting.config import ReportConfig, ShowConfig
     from seglib.training.config import TrainConfig
 
-    kinds = {"int": "integer", "float": "number", "bool": "boolean"}
-    lines = ["# @title Parameters",
-             "# papermill and Colab's form set these; paths are relative to the notebooks/ folder"]
-    for f in fields(TrainConfig):
-        value = f.metadata.get("notebook", f.default)
-        assert value is not MISSING, f"{f.name}: a parameter without a default needs a notebook default"
-        form = json.dumps(list(f.metadata["choices"])) if f.metadata.get("choices") else \
-            f'{{type:"{kinds.get(f.type, "string")}"}}'
-        text = json.dumps(value) if isinstance(value, str) else repr(value)
-        lines.append(f"{f.name.upper()} = {text}  # @param {form}  {f.metadata['help']}")
-    return "\n".join(lines)
+    return {PREPARE: (PrepareConfig, ShowConfig), TRAIN: (TrainConfig,),
+            EVALUATE: (EvaluateConfig, ReportConfig, ShowConfig)}[name]
 
 
-def write_train_parameters() -> Path:
-    """Rewrite notebook 02's parameters cell from the training config."""
+def parameters(name: str) -> dict:
+    """Notebook ``name``'s parameters as ``{NAME: default}``: what its parameters cell holds (written
+    from :func:`parameter_configs` by ``make notebooks``; ``tests/test_notebooks.py`` holds them equal)."""
+    from seglib.parameters import notebook_defaults
+
+    return notebook_defaults(*parameter_configs(name))
+
+
+def parameters_cell(name: str) -> str:
+    from seglib.parameters import parameters_cell as cell
+
+    return cell(*parameter_configs(name))
+
+
+def write_parameters() -> list[Path]:
+    """Rewrite every notebook's parameters cell from its parameter dataclasses (``make notebooks``)."""
     import nbformat
 
-    path = notebook_path(TRAIN)
-    nb = nbformat.read(path, as_version=4)
-    next(c for c in nb.cells if "parameters" in c.metadata.get("tags", [])).source = train_parameters_cell()
-    nbformat.write(nb, path)
-    return path
+    written = []
+    for name in (PREPARE, TRAIN, EVALUATE):
+        path = notebook_path(name)
+        nb = nbformat.read(path, as_version=4)
+        next(c for c in nb.cells if "parameters" in c.metadata.get("tags", [])).source = parameters_cell(name)
+        nbformat.write(nb, path)
+        written.append(path)
+    return written
 
 
 def kernel_name() -> str:

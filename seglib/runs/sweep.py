@@ -15,13 +15,14 @@ from pathlib import Path
 from seglib.data.datasets import is_kaggle
 from seglib.fsutil import TooBig, atomic_write_text, pid_alive, read_bounded
 from seglib.layout import BatchDir, RunDir, RunReportDir
+from seglib.parameters import checked_value, field_of, notebook_defaults
 from seglib.runs import notebooks
 
 SET_BY_BATCH = {"OUT_DIR", "PREPARED_DIR", "RUN_DIR", "REPORT_DIR", "OVERWRITE"}  # the batch chooses these per run
 # Relative paths in a config are relative to the current directory; these words are not paths.
-PATH_PARAMETERS = {"DATA_DIR", "ENCODER_WEIGHTS", "INIT_FROM"}
+PATH_PARAMETERS = {"DATA_DIR", "ENCODER_WEIGHTS", "INIT_FROM", "KAGGLE_CACHE"}
 NOT_PATHS = {None, "", "none", "null", "imagenet"}
-DISPLAY_ONLY = {"N_EXAMPLES"}  # do not make a data setting distinct
+NOT_DATA = {"EXAMPLES", "WORKERS", "KAGGLE_CACHE"}  # change how data is shown or made, not the data: one setting
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
 
@@ -116,9 +117,8 @@ def load_config(config: str | os.PathLike | dict, root: str | os.PathLike = ".")
     if not _NAME.match(name):
         raise BatchError(f"{source}: batch name {name!r} must be letters, digits, '.', '_' or '-'")
 
-    known = set().union(*(notebooks.parameters(nb) for nb in (notebooks.PREPARE, notebooks.TRAIN, notebooks.EVALUATE)))
     shared = dict(raw.get("parameters") or {})
-    _check_keys(shared, known, f"{source}: parameters")
+    _check_parameters(shared, f"{source}: parameters")
     runs_raw = raw.get("runs")
     if not isinstance(runs_raw, list) or not runs_raw:
         raise BatchError(f"{source}: 'runs' must be a non-empty list of runs, each with a 'name'")
@@ -133,7 +133,7 @@ def load_config(config: str | os.PathLike | dict, root: str | os.PathLike = ".")
             raise BatchError(f"{source}: run name {run_name!r} appears twice")
         seen.add(run_name)
         overrides = {k: v for k, v in entry.items() if k != "name"}
-        _check_keys(overrides, known, f"{source}: run {run_name!r}")
+        _check_parameters(overrides, f"{source}: run {run_name!r}")
         parameters = {**shared, **overrides}
         for key in PATH_PARAMETERS & parameters.keys():
             value = parameters[key]
@@ -152,22 +152,30 @@ def load_config(config: str | os.PathLike | dict, root: str | os.PathLike = ".")
                  source=source)
 
 
-def _check_keys(values: dict, known: set, where: str) -> None:
+def _check_parameters(values: dict, where: str) -> None:
+    """Every key a notebook parameter the batch does not choose itself, every value of its type and
+    in its range (:mod:`seglib.parameters`): a bad sweep fails before anything runs."""
     reserved = SET_BY_BATCH & values.keys()
     if reserved:
         raise BatchError(f"{where}: {sorted(reserved)} are chosen by the batch for each run; remove them")
-    unknown = set(values) - known
+    configs = tuple(c for nb in (notebooks.PREPARE, notebooks.TRAIN, notebooks.EVALUATE)
+                    for c in notebooks.parameter_configs(nb))
+    unknown = [key for key in values if field_of(configs, key) is None]
     if unknown:
-        raise BatchError(
-            f"{where}: unknown parameters {sorted(unknown)}; the notebooks take {sorted(known - SET_BY_BATCH)}"
-        )
+        known = sorted(set(notebook_defaults(*configs)) - SET_BY_BATCH)
+        raise BatchError(f"{where}: unknown parameters {sorted(unknown)}; the notebooks take {known}")
+    for key, value in values.items():
+        try:
+            values[key] = checked_value(field_of(configs, key), value)
+        except ValueError as exc:
+            raise BatchError(f"{where}: {exc}") from None
 
 
 def data_setting(run: Run) -> tuple[str, dict]:
     """(folder name, parameters) of the prepared dataset a run needs: runs with the same data
     parameters share one."""
     defaults = notebooks.parameters(notebooks.PREPARE)
-    values = {k: run.parameters.get(k, v) for k, v in defaults.items() if k not in SET_BY_BATCH | DISPLAY_ONLY}
+    values = {k: run.parameters.get(k, v) for k, v in defaults.items() if k not in SET_BY_BATCH | NOT_DATA}
     if "DATA_DIR" not in run.parameters and not is_kaggle(values["DATA_DIR"]):  # relative to notebooks/
         values["DATA_DIR"] = str((notebooks.NOTEBOOKS / values["DATA_DIR"]).resolve())
     digest = hashlib.sha1(json.dumps(values, sort_keys=True, default=str).encode()).hexdigest()[:8]

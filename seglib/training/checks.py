@@ -14,6 +14,7 @@ from seglib.data.palette import Palette
 from seglib.data.splits import open_split
 from seglib.fsutil import read_marker
 from seglib.layout import BackupEpochDir, PreparedDir, RunDir
+from seglib.parameters import checked_value
 from seglib.training.config import TrainConfig
 
 
@@ -80,23 +81,11 @@ def validate(config: TrainConfig) -> Checked:
     prepared = PreparedDir(config.prepared_dir)
     if not prepared.palette.exists() or not prepared.split("train").labels.exists():
         raise FileNotFoundError(f"{prepared.root}: not a prepared dataset (run `python -m seglib prepare` first)")
-    for f in fields(config):
-        choices = f.metadata.get("choices")
-        if choices and getattr(config, f.name) not in choices:
-            raise ValueError(f"unknown {f.name.replace('_', ' ')} {getattr(config, f.name)!r}; choose one of "
-                             f"{', '.join(choices)}")
-    if config.batch_size < 1:
-        raise ValueError(f"batch size must be at least 1, got {config.batch_size}")
-    if config.epochs < 1:
-        raise ValueError(f"epochs must be at least 1, got {config.epochs}")
-    if not config.lr > 0:
-        raise ValueError(f"learning rate must be positive, got {config.lr}")
-    if not (0 < config.ohem_threshold <= 1 and 0 < config.ohem_min_kept <= 1):
-        raise ValueError(f"ohem threshold and min kept must be in (0, 1], got {config.ohem_threshold} and "
-                         f"{config.ohem_min_kept}")
+    for f in fields(config):  # values set after the config was made are checked too
+        checked_value(f, getattr(config, f.name))
     check_backbone(config.arch, config.backbone)
-    if not 0 <= config.warmup_epochs < config.epochs:
-        raise ValueError(f"warmup epochs must be at least 0 and fewer than the epochs ({config.epochs}), "
+    if not config.warmup_epochs < config.epochs:
+        raise ValueError(f"WARMUP_EPOCHS (--warmup-epochs): must be fewer than the epochs ({config.epochs}), "
                          f"got {config.warmup_epochs}")
     check_encoder_weights(config.encoder_weights)
     palette = Palette.load(prepared.palette)
