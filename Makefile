@@ -82,9 +82,10 @@ lab: install
 lint: install
 	$(PY) -m ruff check seglib tests bench
 
-# The notebooks' parameters cells from the parameter dataclasses (TrainConfig, PrepareConfig, ...), after adding one.
+# The notebooks' parameters cells from the parameter dataclasses (TrainConfig, PrepareConfig, ...) and the docs'
+# tables of architectures and losses from their registries, after adding one.
 notebooks: install
-	$(PY) -c "from seglib.runs.notebooks import write_parameters; print(*write_parameters(), sep='\\n')"
+	$(PY) -c "from seglib.runs.notebooks import write_docs_tables, write_parameters; print(*write_parameters(), write_docs_tables(), sep='\\n')"
 
 bench: install
 	$(PY) bench/prepare.py

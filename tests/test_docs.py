@@ -87,3 +87,12 @@ def test_the_list_of_behaviours_is_the_suite():
         assert targets, f"{module}::{name}: say where it went"
         for target, test in targets:
             assert (target, test) in collected if test else (REPO / target).exists(), f"{module}::{name} -> {target}"
+
+
+def test_the_docs_tables_of_architectures_and_losses_are_their_registries():
+    """docs/notebooks.md shows the registries as they are (``make notebooks`` writes the tables)."""
+    from seglib.runs.notebooks import DOCS, docs_tables
+
+    text = DOCS.read_text()
+    for name, table in docs_tables().items():
+        assert f"<!-- {name} -->\n{table}\n<!-- /{name} -->" in text, f"run `make notebooks`: the {name} table"

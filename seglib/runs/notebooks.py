@@ -70,6 +70,27 @@ def write_parameters() -> list[Path]:
     return written
 
 
+DOCS = NOTEBOOKS.parent / "docs" / "notebooks.md"
+
+
+def docs_tables() -> dict[str, str]:
+    """The tables docs/notebooks.md shows of the registries, by their marker's name."""
+    from seglib.training.losses import losses_table
+    from seglib.training.model import architectures_table
+
+    return {"architectures": architectures_table(), "losses": losses_table()}
+
+
+def write_docs_tables(path: Path = DOCS) -> Path:
+    """Rewrite the tables between ``<!-- name -->`` and ``<!-- /name -->`` in ``path`` (``make notebooks``)."""
+    text = path.read_text()
+    for name, table in docs_tables().items():
+        text = re.sub(rf"(<!-- {name} -->\n)(?:.*?\n)?(<!-- /{name} -->)",
+                      lambda m, table=table: f"{m.group(1)}{table}\n{m.group(2)}", text, flags=re.S)
+    path.write_text(text)
+    return path
+
+
 def kernel_name() -> str:
     """A Jupyter kernel that runs *this* Python (so the notebooks import this seglib).
 

@@ -114,6 +114,12 @@ LOSSES = {
 }
 
 
+def losses_table() -> str:
+    """The registry as a Markdown table (docs/notebooks.md, written by ``make notebooks``)."""
+    return "\n".join(["| `--loss` | what | its factory |", "|---|---|---|"] + [
+        f"| `{name}` | {help} | `{factory.__name__}` |" for name, (factory, help) in LOSSES.items()])
+
+
 def make_loss(name: str, num_classes: int, weights=None, ignore_index: int | None = None,
               ohem_threshold: float = 0.7, ohem_min_kept: float = 1 / 16):
     """The training loss ``name`` of :data:`LOSSES`; pixels labelled ``ignore_index`` add nothing to it."""

@@ -110,6 +110,18 @@ ARCHITECTURES = {
 }
 
 
+def architectures_table() -> str:
+    """The registry as a Markdown table (docs/notebooks.md, written by ``make notebooks``)."""
+    rows = ["| `--arch` | H and W multiples of | encoders (`--backbone`) | exports |", "|---|---|---|---|"]
+    for name, entry in ARCHITECTURES.items():
+        step = math.lcm(entry.size_step, SIZE_STEP)
+        why = f"{step} ({entry.size_step}: {entry.size_why})" if entry.size_step != SIZE_STEP else f"{step}"
+        encoders = entry.encoders()
+        rows.append(f"| `{name}` | {why} | {len(encoders)} ({', '.join(encoders[:3])}, ...) | "
+                    f"{', '.join(entry.exports)} |")
+    return "\n".join(rows)
+
+
 def architecture(name: str) -> Architecture:
     """The registry's entry for ``name``; a one-line error listing the known ones otherwise."""
     if name not in ARCHITECTURES:
