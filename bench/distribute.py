@@ -20,7 +20,6 @@ import tempfile
 import time
 from pathlib import Path
 
-os.environ.setdefault("SEGLIB_CPU_DEVICES", "2")  # before TensorFlow starts: two logical CPUs without GPUs
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from seglib.data.prepare import prepare  # noqa: E402
@@ -69,7 +68,7 @@ def main() -> int:
         tmp = Path(tmp)
         generate(tmp / "pairs", count=args.images, seed=0, size=args.size, progress=False)
         prepare(tmp / "pairs", tmp / "prepared", size=args.size, val_fraction=0.1, progress=False)
-        placements = {name: make_strategy(name) for name in ("default", "mirrored")}
+        placements = {name: make_strategy(name, cpu_devices=2) for name in ("default", "mirrored")}  # 2 logical CPUs
         print(f"U-Net/MobileNetV2 at {args.size} px, global batch {args.global_batch}; mirrored over "
               f"{placements['mirrored'].replicas} devices: {', '.join(placements['mirrored'].devices)}")
         n_train = len(make_dataset(tmp / "prepared", "train", 1))

@@ -5,6 +5,7 @@ import argparse
 import json
 import os
 import sys
+from functools import partial
 from pathlib import Path
 
 from seglib.data.pairs import MAX_PIXELS
@@ -73,8 +74,9 @@ def _cmd_train(args) -> int:
         from seglib.runs.colab import local_copy
         from seglib.training.train import train
 
+    copy = partial(local_copy, cache=args.local_cache) if args.local_cache else None
     run = train(TrainConfig.from_args(args), log=print if args.quiet else None, verbose=0 if args.quiet else "auto",
-                local_copy=local_copy)
+                local_copy=copy)
     print(f"{run.run_dir}: {run.stop_reason}; {run.epochs_run} epochs, best epoch {run.best_epoch}")
     return 0
 
@@ -226,6 +228,8 @@ def _synth_arguments(p) -> None:
 
 def _train_arguments(p) -> None:
     add_arguments(p, TrainConfig)
+    p.add_argument("--local-cache", metavar="DIR", help="read a copy of the prepared data made once in DIR (on Colab "
+                   "the local disk: reads through the Drive mount are slow)")
     p.add_argument("--quiet", action="store_true", help="one line per epoch instead of Keras' progress bar")
 
 

@@ -4,7 +4,8 @@ without a GPU, "E0000 ... failed call to cuInit". absl writes them to stderr bef
 applies (TF_CPP_MIN_LOG_LEVEL does not reach them, and absl reads no environment variable), so the
 first import of TensorFlow in a seglib process, and its device set-up, run with file descriptor 2
 read through a pipe: those lines are dropped, every other line is written on to stderr.
-``SEGLIB_DEBUG=1`` (``python -m seglib --debug``) keeps everything.
+``SEGLIB_DEBUG=1`` (``python -m seglib --debug``) keeps everything: an environment variable, the one
+of seglib's own, because the notebook kernels and run processes a command starts must inherit it.
 The threads that import starts never take SIGTERM (:func:`sigterm_to_main_thread`).
 """
 from __future__ import annotations

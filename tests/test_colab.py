@@ -10,7 +10,7 @@ from pathlib import Path
 import nbformat
 import pytest
 
-from seglib.runs.colab import CELL, CELL_TAG, LOCAL_CACHE_ENV, cell_with
+from seglib.runs.colab import CELL, CELL_TAG, cell_with
 from seglib.runs.notebooks import NOTEBOOKS
 
 
@@ -51,7 +51,6 @@ def colab(monkeypatch, tmp_path):
         return subprocess.CompletedProcess(cmd, 0, "", "")
 
     monkeypatch.setattr(subprocess, "run", fake_run)
-    monkeypatch.delenv(LOCAL_CACHE_ENV, raising=False)
     monkeypatch.chdir(tmp_path)
     return state
 
@@ -69,7 +68,7 @@ def test_blank_drive_clones_the_code_to_its_own_folder_and_works_on_drive(colab,
     assert colab.commands == [["git", "clone", "--depth", "1", "https://example.org/seglib.git", str(code)]]
     assert Path.cwd() == drive / "notebooks"  # ../data, ../artifacts, ../reports are on Drive
     assert not (drive / "pyproject.toml").exists()  # the code is not put into the outputs folder
-    assert os.environ[LOCAL_CACHE_ENV] == str(tmp_path / "MyDrive" / "local-cache")
+    assert not {k for k in os.environ if k.startswith("SEGLIB")}  # settings travel as arguments, not environment
 
 
 def test_drive_with_data_only_is_left_as_it_is(colab, tmp_path):
@@ -138,19 +137,19 @@ def test_elsewhere_the_cell_does_nothing(monkeypatch, tmp_path):
     assert "drive" not in namespace
 
 
-def test_training_reads_a_local_copy_of_prepared_data_when_the_cell_asked_for_one(prepared_dir, tmp_path,
-                                                                                  monkeypatch):
-    from seglib.runs.colab import local_copy
+def test_training_on_colab_reads_a_local_copy_of_prepared_data_made_once(prepared_dir, tmp_path, monkeypatch):
+    from seglib.runs.colab import colab_local_copy, local_copy
 
-    monkeypatch.delenv(LOCAL_CACHE_ENV, raising=False)
-    assert local_copy(prepared_dir) == prepared_dir  # not on Colab: read in place
-    monkeypatch.setenv(LOCAL_CACHE_ENV, str(tmp_path / "cache"))
-    copy = local_copy(prepared_dir)
+    monkeypatch.delitem(sys.modules, "google.colab", raising=False)
+    assert colab_local_copy(tmp_path / "cache") is None  # not on Colab: read in place
+    monkeypatch.setitem(sys.modules, "google.colab", types.ModuleType("google.colab"))
+    copy = colab_local_copy(tmp_path / "cache")(prepared_dir)
     assert copy.parent == tmp_path / "cache" and (copy / "train" / "images.npy").read_bytes() == \
         (prepared_dir / "train" / "images.npy").read_bytes()
     stamp = (copy / "summary.json").stat().st_mtime_ns
-    assert local_copy(prepared_dir) == copy and (copy / "summary.json").stat().st_mtime_ns == stamp  # once
-    assert local_copy(copy) == copy  # already local
+    assert local_copy(prepared_dir, tmp_path / "cache") == copy
+    assert (copy / "summary.json").stat().st_mtime_ns == stamp  # once
+    assert local_copy(copy, tmp_path / "cache") == copy  # already local
 
 
 def test_colab_badges_for_a_github_remote_fill_the_readme_block(tmp_path):

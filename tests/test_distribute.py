@@ -72,8 +72,8 @@ def test_mirrored_over_two_cpu_devices_matches_the_default_strategy_and_resumes_
                                              "8"), env=environment(), stdout=subprocess.PIPE, stderr=subprocess.PIPE,
                                text=True)
     run_dir = tmp_path / "mirrored"
-    mirrored = train_command(prepared, run_dir, "--strategy", "mirrored", epochs=4)
-    first = subprocess.Popen(mirrored, env=environment(SEGLIB_CPU_DEVICES="2"), stdout=subprocess.DEVNULL,
+    mirrored = train_command(prepared, run_dir, "--strategy", "mirrored", "--cpu-devices", "2", epochs=4)
+    first = subprocess.Popen(mirrored, env=environment(), stdout=subprocess.DEVNULL,
                              stderr=subprocess.DEVNULL)
     wait_for(RunDir(run_dir).backup_epoch(2).state, first)
     first.send_signal(signal.SIGKILL)
@@ -81,7 +81,7 @@ def test_mirrored_over_two_cpu_devices_matches_the_default_strategy_and_resumes_
     assert not RunDir(run_dir).info.exists()
     done_before = len(history(run_dir))
     assert 2 <= done_before < 4
-    second = subprocess.run(mirrored, env=environment(SEGLIB_CPU_DEVICES="2"), capture_output=True, text=True)
+    second = subprocess.run(mirrored, env=environment(), capture_output=True, text=True)
     assert second.returncode == 0, second.stderr[-2000:]
     out, err = default.communicate(timeout=600)
     assert default.returncode == 0, err
@@ -147,7 +147,7 @@ def test_the_strategy_is_chosen_for_the_machine_and_tf_config_is_checked(monkeyp
     from seglib.training.distribute import cluster, is_chief, make_strategy
 
     monkeypatch.delenv("TF_CONFIG", raising=False)
-    for variable in ("COLAB_TPU_ADDR", "TPU_NAME", "SEGLIB_CPU_DEVICES"):
+    for variable in ("COLAB_TPU_ADDR", "TPU_NAME"):
         monkeypatch.delenv(variable, raising=False)
     auto = make_strategy("auto")  # no GPU and no TPU here: one device
     assert auto.name == "default" and auto.replicas == 1 and auto.chief

@@ -78,3 +78,46 @@ def test_each_stage_lists_its_modules_in_all():
         exec(compile((package / "__init__.py").read_text(), str(package), "exec"), namespace)
         modules = {p.stem for p in package.glob("*.py") if p.stem != "__init__"}
         assert sorted(namespace["__all__"]) == sorted(modules), package.name
+
+
+def test_no_function_runs_past_60_lines_unless_a_comment_says_why_it_is_one_piece():
+    """Functions a reader follows from the top: split into named steps past ~60 lines."""
+    long = []
+    for path in SEGLIB.rglob("*.py"):
+        lines = path.read_text().splitlines()
+        for node in ast.walk(ast.parse("\n".join(lines))):
+            if (isinstance(node, (ast.FunctionDef, ast.AsyncFunctionDef)) and node.end_lineno - node.lineno >= 60
+                    and "one piece" not in " ".join(lines[node.lineno - 3:node.lineno + 3])):
+                long.append(f"{module_name(path)}.{node.name}: {node.end_lineno - node.lineno + 1} lines")
+    assert not long, long
+
+
+def test_no_environment_variable_carries_state_between_seglibs_own_functions():
+    """State is passed as arguments. The one variable of seglib's own is SEGLIB_DEBUG (seglib/quiet.py):
+    the notebook kernels and run processes a command starts must inherit --debug."""
+    found = {}
+    for path in SEGLIB.rglob("*.py"):
+        text = path.read_text()  # os.environ[...] / .get(...) with SEGLIB_..., or an X_ENV = "SEGLIB_..." constant
+        names = set(re.findall(r"environ.*?[\"'](SEGLIB_[A-Z_]+)[\"']|_ENV = [\"'](SEGLIB_[A-Z_]+)[\"']", text))
+        if names:
+            found[module_name(path)] = {a or b for a, b in names}
+    assert found == {"seglib.quiet": {"SEGLIB_DEBUG"}}
+
+
+def test_the_public_api_is_seglibs_namespace_loaded_on_first_use():
+    """``from seglib import train`` and the like, every name a docstring with an example or Args;
+    ``import seglib`` imports no TensorFlow."""
+    import subprocess
+    import sys
+
+    code = ("import sys, seglib; assert 'tensorflow' not in sys.modules; "
+            "from seglib import PrepareConfig, TrainConfig, train; assert 'tensorflow' not in sys.modules; "
+            "print(sorted(seglib.__all__))")
+    done = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True)
+    assert done.returncode == 0, done.stderr
+    import seglib
+
+    for name in seglib.__all__[1:]:
+        assert getattr(seglib, name).__doc__, name
+    with pytest.raises(AttributeError, match="no attribute 'nope'"):
+        seglib.nope  # noqa: B018

@@ -42,7 +42,7 @@ def test_a_parallel_batch_runs_at_once_each_pinned_and_a_failing_run_does_not_st
     assert good["started"] < broken["finished"] and broken["started"] < good["finished"]  # at the same time
     assert any(line.startswith("batch par: 2 runs on 2 processes") for line in lines)
     assert lines[-1] == f"batch par: {index}"
-    assert any(line.startswith("good: finished in") for line in lines)
+    assert any(line.startswith("[1/2] good: finished in") for line in lines)
     assert f"good [{threads} CPU threads]: epoch 1/1" in capfd.readouterr().out
     html = index.read_text()
     assert ">good<" in html and ">broken<" in html and "nosuchnet" in html
@@ -100,7 +100,7 @@ def test_a_parallel_batch_whose_data_cannot_be_prepared_marks_its_runs_failed_he
         status = json.loads((tmp_path / "reports" / "nodata" / name / "status.json").read_text())
         assert status["status"] == "failed" and status["step"] == "01_prepare_data"
         assert status["pid"] == os.getpid()  # never sent to a run process
-    assert any(line.startswith("a: FAILED in 01_prepare_data") for line in lines)
+    assert any(line.startswith("[1/2] a: FAILED in 01_prepare_data") for line in lines)
     assert any(line.startswith("batch nodata: 0 runs on 2 processes") for line in lines)
 
 

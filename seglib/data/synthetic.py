@@ -64,18 +64,42 @@ def _rgb(*values) -> np.ndarray:
 
 
 def render_scene(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray, np.ndarray]:
-    """One street scene: ``(photo RGB uint8, labelIds uint8)``, both ``size`` x ``size``."""
+    """One street scene: ``(photo RGB uint8, labelIds uint8)``, both ``size`` x ``size``. Painted back to
+    front: sky, buildings, the ground, then trees, poles, cars and people from far to near."""
     c = _Canvas(size, rng)
-    s = size / 256.0
     yy = np.linspace(0, 1, size, dtype=np.float32)[:, None, None]
-    horizon = size * rng.uniform(0.38, 0.5)
-    vx = size * rng.uniform(0.35, 0.65)
-
+    street = _Street(size, horizon=size * rng.uniform(0.38, 0.5), vx=size * rng.uniform(0.35, 0.65))
     # Sky: blue gradient, or overcast grey (which looks like buildings and roads).
     sky = _rgb(110, 160, 215) if rng.random() < 0.7 else _rgb(175, 178, 185)
     c.paint(np.ones((size, size), bool), SKY, sky * (1.15 - 0.35 * yy) + c.noise(4, 8))
+    _paint_buildings(c, rng, street)
+    _paint_ground(c, rng, street)
+    painters = {"tree": _paint_tree, "pole": _paint_pole, "car": _paint_car, "person": _paint_person}
+    for kind, y, x in sorted(_place_objects(rng, street), key=lambda o: o[1]):  # far to near
+        painters[kind](c, rng, street, x, y)
+    # Lighting and sensor noise.
+    xx = np.linspace(-1, 1, size, dtype=np.float32)[None, :, None]
+    photo = c.photo * rng.uniform(0.7, 1.2) * (1 + rng.uniform(-0.15, 0.15) * xx)
+    photo += rng.normal(0, 4, photo.shape).astype(np.float32)
+    return np.clip(photo, 0, 255).astype(np.uint8), c.ids
 
-    # Buildings along the skyline, some gaps; windows in a grid.
+
+class _Street:
+    """The scene's perspective: the horizon, the vanishing point, the road's and sidewalks' half widths
+    at the bottom edge (set by :func:`_paint_ground`)."""
+
+    def __init__(self, size: int, horizon: float, vx: float):
+        self.size, self.s, self.horizon, self.vx = size, size / 256.0, horizon, vx
+        self.half_base = self.walk = 0.0
+
+    def depth(self, y: float) -> float:
+        """0 at the horizon, 1 at the bottom edge."""
+        return max((y - self.horizon) / (self.size - self.horizon), 0.05)
+
+
+def _paint_buildings(c: _Canvas, rng, street: _Street) -> None:
+    """Buildings along the skyline, some gaps; windows in a grid."""
+    size, s, horizon = street.size, street.s, street.horizon
     x = -rng.uniform(0, 30) * s
     while x < size:
         width = rng.uniform(25, 80) * s
@@ -91,11 +115,13 @@ def render_scene(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray,
             c.paint(body, BUILDING, tex)
         x += width
 
-    # Ground: road trapezoid to the vanishing point, sidewalks beside it, terrain beyond.
-    half_base = size * rng.uniform(0.45, 0.8)
+
+def _paint_ground(c: _Canvas, rng, street: _Street) -> None:
+    """Road trapezoid to the vanishing point with a dashed centre line, sidewalks beside it, terrain beyond."""
+    size, s, vx, ground_y = street.size, street.s, street.vx, street.horizon
+    street.half_base = half_base = size * rng.uniform(0.45, 0.8)
     apex = 0.04 * size
-    walk = half_base * rng.uniform(0.35, 0.7)
-    ground_y = horizon
+    street.walk = walk = half_base * rng.uniform(0.35, 0.7)
     terrain = _rgb(125, 135, 70) * rng.uniform(0.8, 1.15) + c.noise(48, 10)
     c.paint(c.region(_poly([(0, ground_y), (size, ground_y), (size, size), (0, size)])), TERRAIN, terrain)
     sidewalk_poly = [(vx - apex * 1.6, ground_y), (vx + apex * 1.6, ground_y),
@@ -115,9 +141,11 @@ def render_scene(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray,
         dash = c.region(_poly([(vx - w0, y0), (vx + w0, y0), (vx + w1, y1), (vx - w1, y1)])) & (c.ids == ROAD)
         c.photo[dash] = _rgb(225, 225, 215)
 
-    def depth(y):  # 0 at the horizon, 1 at the bottom edge
-        return max((y - horizon) / (size - horizon), 0.05)
 
+def _place_objects(rng, street: _Street) -> list[tuple[str, float, float]]:
+    """``(kind, y of its foot, x)`` of the trees, poles, cars and people."""
+    size, s, horizon, vx = street.size, street.s, street.horizon, street.vx
+    half_base, walk, depth = street.half_base, street.walk, street.depth
     objects = []
     for _ in range(rng.integers(2, 6)):  # trees on both sides
         side = rng.choice([-1, 1])
@@ -134,81 +162,59 @@ def render_scene(rng: np.random.Generator, size: int = 256) -> tuple[np.ndarray,
         side = rng.choice([-1, 1])
         y = rng.uniform(horizon + 6, size * 0.98)
         objects.append(("person", y, vx + side * (half_base + walk * rng.uniform(0.2, 0.8)) * depth(y)))
+    return objects
 
-    for kind, y, x in sorted(objects, key=lambda o: o[1]):  # far to near
-        d = depth(y)
-        if kind == "tree":
-            r = rng.uniform(18, 34) * s * (0.6 + d)
-            blobs = [
-                (x + rng.uniform(-r, r) * 0.6, y - r * rng.uniform(1.0, 2.2), r * rng.uniform(0.5, 0.9))
-                for _ in range(5)
-            ]
-            region = c.region(_circles(blobs))
-            tex = _rgb(60, 105, 40) * rng.uniform(0.7, 1.2) + c.noise(int(size / 3), 28)
-            c.paint(region, VEGETATION, tex)
-        elif kind == "pole":
-            h, w = rng.uniform(90, 150) * s * d, max(6 * s, 8 * s * d)  # wide enough for flat pixels at half size
-            c.paint(c.region(_poly([(x - w / 2, y - h), (x + w / 2, y - h), (x + w / 2, y), (x - w / 2, y)])),
-                    POLE, _rgb(115, 115, 118) * rng.uniform(0.8, 1.2) + c.noise(16, 4))
-            if rng.random() < 0.7:
-                r = max(2.5, 9 * s * d)
-                sign = _rgb(*rng.choice([[230, 200, 30], [40, 80, 190], [200, 40, 40], [235, 235, 235]]))
-                if rng.random() < 0.5:
-                    region = c.region(_circles([(x, y - h, r)]))
-                else:
-                    region = c.region(
-                        _poly([(x - r, y - h - r), (x + r, y - h - r), (x + r, y - h + r), (x - r, y - h + r)])
-                    )
-                c.paint(region, SIGN, sign + c.noise(8, 5))
-        elif kind == "car":
-            w = rng.uniform(70, 100) * s * d
-            h = w * rng.uniform(0.55, 0.75)
-            body_colour = _rgb(
-                *rng.choice(
-                    [[180, 30, 30], [30, 50, 140], [200, 200, 205], [40, 40, 45], [120, 120, 125], [20, 90, 60]]
-                )
-            )
-            region = c.region(
-                _poly(
-                    [
-                        (x - w / 2, y - h * 0.55),
-                        (x + w / 2, y - h * 0.55),
-                        (x + w / 2, y - h * 0.1),
-                        (x - w / 2, y - h * 0.1),
-                    ]
-                )
-            )
-            cabin = c.region(
-                _poly(
-                    [
-                        (x - w * 0.35, y - h),
-                        (x + w * 0.35, y - h),
-                        (x + w * 0.45, y - h * 0.55),
-                        (x - w * 0.45, y - h * 0.55),
-                    ]
-                )
-            )
-            wheels = c.region(_circles([(x + sx * w * 0.32, y - h * 0.12, h * 0.14) for sx in (-1, 1)]))
-            tex = body_colour * rng.uniform(0.8, 1.1) + c.noise(16, 6)
-            c.paint(region, CAR, tex)
-            c.paint(cabin, CAR, tex * 0.45 + _rgb(20, 25, 35))
-            c.paint(wheels, CAR, _rgb(25, 25, 25) + c.noise(8, 3))
-        else:  # person
-            h = rng.uniform(45, 70) * s * d
-            w = h * 0.28
-            clothes = _rgb(*rng.integers(20, 160, 3))
-            body = c.region(
-                _poly([(x - w / 2, y - h * 0.82), (x + w / 2, y - h * 0.82), (x + w * 0.35, y), (x - w * 0.35, y)])
-            )
-            head = c.region(_circles([(x, y - h * 0.9, h * 0.09)]))
-            c.paint(body, PERSON, clothes + c.noise(8, 8))
-            c.paint(head, PERSON, _rgb(200, 160, 130) + c.noise(8, 6))
 
-    # Lighting and sensor noise.
-    xx = np.linspace(-1, 1, size, dtype=np.float32)[None, :, None]
-    photo = c.photo * rng.uniform(0.7, 1.2) * (1 + rng.uniform(-0.15, 0.15) * xx)
-    photo += rng.normal(0, 4, photo.shape).astype(np.float32)
-    return np.clip(photo, 0, 255).astype(np.uint8), c.ids
+def _paint_tree(c: _Canvas, rng, street: _Street, x: float, y: float) -> None:
+    s, d = street.s, street.depth(y)
+    r = rng.uniform(18, 34) * s * (0.6 + d)
+    blobs = [(x + rng.uniform(-r, r) * 0.6, y - r * rng.uniform(1.0, 2.2), r * rng.uniform(0.5, 0.9)) for _ in range(5)]
+    tex = _rgb(60, 105, 40) * rng.uniform(0.7, 1.2) + c.noise(int(street.size / 3), 28)
+    c.paint(c.region(_circles(blobs)), VEGETATION, tex)
+
+
+def _paint_pole(c: _Canvas, rng, street: _Street, x: float, y: float) -> None:
+    """A pole, most with a round or square sign on top."""
+    s, d = street.s, street.depth(y)
+    h, w = rng.uniform(90, 150) * s * d, max(6 * s, 8 * s * d)  # wide enough for flat pixels at half size
+    c.paint(c.region(_poly([(x - w / 2, y - h), (x + w / 2, y - h), (x + w / 2, y), (x - w / 2, y)])),
+            POLE, _rgb(115, 115, 118) * rng.uniform(0.8, 1.2) + c.noise(16, 4))
+    if rng.random() < 0.7:
+        r = max(2.5, 9 * s * d)
+        sign = _rgb(*rng.choice([[230, 200, 30], [40, 80, 190], [200, 40, 40], [235, 235, 235]]))
+        if rng.random() < 0.5:
+            region = c.region(_circles([(x, y - h, r)]))
+        else:
+            region = c.region(_poly([(x - r, y - h - r), (x + r, y - h - r), (x + r, y - h + r), (x - r, y - h + r)]))
+        c.paint(region, SIGN, sign + c.noise(8, 5))
+
+
+def _paint_car(c: _Canvas, rng, street: _Street, x: float, y: float) -> None:
+    """A body, a darker cabin and two wheels, all car."""
+    s, d = street.s, street.depth(y)
+    w = rng.uniform(70, 100) * s * d
+    h = w * rng.uniform(0.55, 0.75)
+    body_colour = _rgb(*rng.choice([[180, 30, 30], [30, 50, 140], [200, 200, 205], [40, 40, 45], [120, 120, 125],
+                                    [20, 90, 60]]))
+    region = c.region(_poly([(x - w / 2, y - h * 0.55), (x + w / 2, y - h * 0.55), (x + w / 2, y - h * 0.1),
+                             (x - w / 2, y - h * 0.1)]))
+    cabin = c.region(_poly([(x - w * 0.35, y - h), (x + w * 0.35, y - h), (x + w * 0.45, y - h * 0.55),
+                            (x - w * 0.45, y - h * 0.55)]))
+    wheels = c.region(_circles([(x + sx * w * 0.32, y - h * 0.12, h * 0.14) for sx in (-1, 1)]))
+    tex = body_colour * rng.uniform(0.8, 1.1) + c.noise(16, 6)
+    c.paint(region, CAR, tex)
+    c.paint(cabin, CAR, tex * 0.45 + _rgb(20, 25, 35))
+    c.paint(wheels, CAR, _rgb(25, 25, 25) + c.noise(8, 3))
+
+
+def _paint_person(c: _Canvas, rng, street: _Street, x: float, y: float) -> None:
+    h = rng.uniform(45, 70) * street.s * street.depth(y)
+    w = h * 0.28
+    clothes = _rgb(*rng.integers(20, 160, 3))
+    body = c.region(_poly([(x - w / 2, y - h * 0.82), (x + w / 2, y - h * 0.82), (x + w * 0.35, y), (x - w * 0.35, y)]))
+    head = c.region(_circles([(x, y - h * 0.9, h * 0.09)]))
+    c.paint(body, PERSON, clothes + c.noise(8, 8))
+    c.paint(head, PERSON, _rgb(200, 160, 130) + c.noise(8, 6))
 
 
 def colour_mask(ids: np.ndarray) -> np.ndarray:

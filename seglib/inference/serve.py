@@ -130,19 +130,27 @@ def memory_bound(threads: int = 2, queue_size: int = 8, max_pixels: int = MAX_PI
 
 def create_app(run_dir: str | os.PathLike, model: str = "int8", threads: int = 2, queue_size: int = 8,
                max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES):
-    """The FastAPI app serving ``run_dir`` (see the module docstring)."""
-    from fastapi import FastAPI, HTTPException, Request
-    from fastapi.exceptions import RequestValidationError
-    from fastapi.responses import HTMLResponse, JSONResponse, Response
-    from starlette.exceptions import HTTPException as StarletteHTTPException
+    """The FastAPI app serving ``run_dir`` (see the module docstring): JSON errors, the page and the
+    run's facts, and ``/predict``."""
+    from fastapi import FastAPI
 
     run = RunDir(run_dir)
     pool = ModelPool(run.root, model, threads, queue_size)
-    started = time.time()
     app = FastAPI(title="seglib", docs_url=None, redoc_url=None, openapi_url=None)
+    _error_handlers(app)
+    _read_routes(app, run, pool)
+    _predict_route(app, pool, max_pixels, max_bytes)
+    app.state.pool = pool
+    return app
 
-    def read_json(path: Path) -> dict | None:
-        return json.loads(path.read_text()) if path.exists() else None
+
+def _error_handlers(app) -> None:
+    """Every error a JSON ``{"error": ...}``: HTTP errors as raised, bad query parameters 400, anything
+    else 500 with the traceback in the service's log only."""
+    from fastapi import Request
+    from fastapi.exceptions import RequestValidationError
+    from fastapi.responses import JSONResponse
+    from starlette.exceptions import HTTPException as StarletteHTTPException
 
     @app.exception_handler(StarletteHTTPException)
     async def http_error(request: Request, exc: StarletteHTTPException):
@@ -157,6 +165,16 @@ def create_app(run_dir: str | os.PathLike, model: str = "int8", threads: int = 2
     async def internal_error(request: Request, exc: Exception):
         log.exception("%s %s failed", request.method, request.url.path)
         return JSONResponse({"error": "internal error (see the service's log)"}, status_code=500)
+
+
+def _read_routes(app, run: RunDir, pool: ModelPool) -> None:
+    """``/`` (the browser page), ``/health`` and ``/metadata`` (the palette, parameters and metrics)."""
+    from fastapi.responses import HTMLResponse
+
+    started = time.time()
+
+    def read_json(path: Path) -> dict | None:
+        return json.loads(path.read_text()) if path.exists() else None
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -181,6 +199,14 @@ def create_app(run_dir: str | os.PathLike, model: str = "int8", threads: int = 2
                         if k in metrics} if metrics else None,
         }
 
+
+def _predict_route(app, pool: ModelPool, max_pixels: int, max_bytes: int) -> None:
+    """``POST /predict``: a place taken before the upload is read (503 when none is free), the upload
+    bounded, the work on a worker thread."""
+    from fastapi import HTTPException, Request
+    from fastapi.responses import JSONResponse, Response
+    from starlette.concurrency import run_in_threadpool
+
     @app.post("/predict")
     async def predict(request: Request, pair: bool = False, output: str = "mask", alpha: float | None = None,
                       mask: bool = False):
@@ -190,8 +216,6 @@ def create_app(run_dir: str | os.PathLike, model: str = "int8", threads: int = 2
         declared = request.headers.get("content-length")
         if declared and declared.isdigit() and int(declared) > max_bytes + FORM_OVERHEAD:
             raise HTTPException(413, f"upload of {int(declared)} bytes is over the limit of {max_bytes} (--max-bytes)")
-        from starlette.concurrency import run_in_threadpool
-
         try:
             with pool.place():  # taken before the upload is read: a refused request has stored nothing
                 data, name = await _read_upload(request, max_bytes)
@@ -212,9 +236,6 @@ def create_app(run_dir: str | os.PathLike, model: str = "int8", threads: int = 2
         if isinstance(body, dict):
             return JSONResponse(body, headers=headers)
         return Response(body, media_type="image/png", headers=headers)
-
-    app.state.pool = pool
-    return app
 
 
 def _without_paths(config: dict | None) -> dict | None:

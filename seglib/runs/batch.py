@@ -18,8 +18,8 @@ from pathlib import Path
 from seglib.fsutil import atomic_write_json, read_marker, strangers, write_marker
 from seglib.layout import BatchDir, RunReportDir
 from seglib.runs.index import write_index
-from seglib.runs.runner import prepared_for, run_one, summary_line
-from seglib.runs.sweep import Batch, BatchError, Run, data_setting, load_config, read_status, save_config
+from seglib.runs.runner import PreparedData, StepFailed, run_one, summary_line
+from seglib.runs.sweep import Batch, BatchError, BatchRun, data_setting, load_config, read_status, save_config
 from seglib.training.callbacks import format_seconds
 from seglib.training.checks import run_state
 
@@ -32,7 +32,11 @@ def run_batch(config: str | os.PathLike | dict, root: str | os.PathLike = ".", o
     Runs that finished earlier are skipped with ``resume`` and run again with ``overwrite``;
     without either the batch refuses to start. Folders seglib did not write are never touched.
     ``parallel``: runs at once on this machine; ``ray``: a Ray cluster's address (or ``auto``), waited
-    for at most ``wait_timeout`` seconds."""
+    for at most ``wait_timeout`` seconds.
+
+    Example:
+        ``index = run_batch("sweeps/losses.yaml", resume=True)``
+    """
     batch = load_config(config, root)
     names = [r.name for r in batch.runs]
     for name in only or []:
@@ -47,33 +51,44 @@ def run_batch(config: str | os.PathLike | dict, root: str | os.PathLike = ".", o
     batch.report_dir.mkdir(parents=True, exist_ok=True)
     write_marker(batch.report_dir, BatchDir.KIND)
     save_config(batch)
-    if parallel > 1 or ray:
-        return run_spread(batch, selected, resume, echo, parallel, ray, wait_timeout)
-    prepared: dict[str, tuple] = {}  # data setting -> (prepared dir, StepFailed or None)
-    index, took = None, []
-    for i, run in enumerate(selected, 1):
-        tag = f"[{i}/{len(selected)}] {run.name}"
+    tags = {run.name: f"[{i}/{len(selected)}] {run.name}" for i, run in enumerate(selected, 1)}
+    todo = []
+    for run in selected:  # the same for every way of running: finished runs are skipped with --resume
         if resume and read_status(batch, run.name).get("status") == "finished":
-            echo(f"{tag}: finished earlier, skipped (--resume)")
-            continue
-        left = len(selected) - i + 1
-        eta = f" · batch ETA about {format_seconds(sum(took) / len(took) * left)}" if took else ""
-        echo(f"{tag}: running ({_describe(run.overrides)}){eta} · log {batch.run_report(run.name).log}")
-        try:
-            status = run_one(batch, run, prepared, resume, lambda line, tag=tag: echo(f"{tag}: {line}"))
-        except KeyboardInterrupt:
-            write_index(batch)
-            echo(f"{tag}: interrupted; run the batch again with --resume to continue where it stopped")
-            raise
-        took.append(status.get("seconds", 0))
-        echo(f"{tag}: {summary_line(batch, run.name, status)}")
-        index = write_index(batch)  # after every run, so the page shows progress
-    index = index or write_index(batch)  # every run was skipped: still (re)write the page
+            echo(f"{tags[run.name]}: finished earlier, skipped (--resume)")
+        else:
+            todo.append(run)
+    data = PreparedData(batch, resume)
+    if parallel > 1 or ray:
+        outcomes = spread_runs(batch, todo, data, resume, echo, parallel, ray, wait_timeout)
+    else:
+        outcomes = serial_runs(batch, todo, data, resume, echo, tags)
+    try:
+        for name, status in outcomes:  # one loop for serial, parallel and Ray batches
+            echo(f"{tags[name]}: {summary_line(batch, name, status)}")
+            write_index(batch)  # after every run, so the page shows progress
+    except KeyboardInterrupt:
+        write_index(batch)
+        echo(f"batch {batch.name}: interrupted; run the batch again with --resume to continue where it stopped")
+        raise
+    index = write_index(batch)
     echo(f"batch {batch.name}: {index}")
     return index
 
 
-def _check_run_folders(batch: Batch, selected: list[Run], resume: bool, overwrite: bool) -> None:
+def serial_runs(batch: Batch, todo: list[BatchRun], data: PreparedData, resume: bool, echo, tags: dict):
+    """Each run in this process in turn, its data prepared when first needed: ``(name, status)`` each."""
+    took = []
+    for i, run in enumerate(todo):
+        tag = tags[run.name]
+        eta = f" · batch ETA about {format_seconds(sum(took) / len(took) * (len(todo) - i))}" if took else ""
+        echo(f"{tag}: running ({_describe(run.overrides)}){eta} · log {batch.run_report(run.name).log}")
+        status = run_one(batch, run, data, resume, lambda line, tag=tag: echo(f"{tag}: {line}"))
+        took.append(status.get("seconds", 0))
+        yield run.name, status
+
+
+def _check_run_folders(batch: Batch, selected: list[BatchRun], resume: bool, overwrite: bool) -> None:
     """Before anything runs: every run's folders are new or seglib's own, and no finished run is
     run again unless asked to (``resume`` skips them, ``overwrite`` replaces them)."""
     finished = []
@@ -103,42 +118,27 @@ def _describe(overrides: dict) -> str:
     return ", ".join(f"{k}={v}" for k, v in overrides.items()) or "shared parameters"
 
 
-def run_spread(batch: Batch, selected: list[Run], resume: bool, echo, parallel: int, ray: str | None,
-               wait_timeout: float = 120) -> Path:
-    """Run the selected runs N at a time in processes here, or as Ray tasks: data first, here."""
-    todo = []
-    for run in selected:
-        if resume and read_status(batch, run.name).get("status") == "finished":
-            echo(f"{run.name}: finished earlier, skipped (--resume)")
-        else:
-            todo.append(run)
-    prepared: dict[str, tuple] = {}
+def spread_runs(batch: Batch, todo: list[BatchRun], data: PreparedData, resume: bool, echo, parallel: int,
+                ray: str | None, wait_timeout: float = 120):
+    """The runs N at a time in processes here, or as Ray tasks, each data setting prepared here first:
+    ``(name, status)`` each, as they finish."""
+    waiting = []
     for run in todo:  # every data setting once, before the runs spread out
-        label, _ = data_setting(run)
-        if label not in prepared:
-            batch.folder.data(label).root.mkdir(parents=True, exist_ok=True)
-            prepared_for(batch, run, prepared, resume, batch.folder.data(label).log,
-                          lambda line, label=label: echo(f"[data {label}] {line}"))
-    ready = {label: (str(path), None) for label, (path, failure) in prepared.items() if failure is None}
-    for run in [r for r in todo if data_setting(r)[0] not in ready]:  # its data failed: marked failed here
-        todo.remove(run)
-        status = run_one(batch, run, prepared, resume, lambda line: None)
-        echo(f"{run.name}: {summary_line(batch, run.name, status)}")
+        label = data_setting(run)[0]
+        try:
+            if label not in data.done:
+                tag = f"[data {label}]"
+                data.prepared(run, batch.folder.data(label).log, lambda line, tag=tag: echo(f"{tag} {line}"))
+            waiting.append(run)
+        except StepFailed:  # its data failed: the run is marked failed here
+            yield run.name, run_one(batch, run, data, resume, lambda line: None)
     placements = run_placements(parallel) if not ray else [{}]
     where = f"Ray cluster {ray}" if ray else f"{parallel} processes ({placements[0].get('pinned', '')} each)"
-    echo(f"batch {batch.name}: {len(todo)} runs on {where}")
-    spread = _ray_runs if ray else _process_runs
-    try:
-        for name, status in spread(batch, todo, ready, resume, placements, ray, wait_timeout):
-            echo(f"{name}: {summary_line(batch, name, status)}")
-            write_index(batch)
-    except KeyboardInterrupt:
-        write_index(batch)
-        echo(f"batch {batch.name}: interrupted; run it again with --resume to continue where it stopped")
-        raise
-    index = write_index(batch)
-    echo(f"batch {batch.name}: {index}")
-    return index
+    echo(f"batch {batch.name}: {len(waiting)} runs on {where}")
+    if ray:
+        yield from _ray_runs(batch, waiting, data.ready(), resume, ray, wait_timeout)
+    else:
+        yield from _process_runs(batch, waiting, data.ready(), resume, placements)
 
 
 def run_placements(parallel: int, gpus: int | None = None) -> list[dict]:
@@ -172,35 +172,35 @@ def gpu_count() -> int:
         return int(sys.platform == "darwin" and any(d.metadata["Name"] == "tensorflow-metal" for d in distributions()))
 
 
-def _claim_placement(slots, placements: list[dict]) -> None:
-    """A run process's initializer: take a free placement for the process's lifetime."""
-    placement = placements[slots.get()]
-    os.environ.update({k: v for k, v in placement.items() if k != "pinned"})
-    os.environ["SEGLIB_PLACEMENT"] = placement["pinned"]
-
-
-def run_elsewhere(batch: Batch, name: str, ready: dict, resume: bool) -> dict:
-    """One run of a batch in another process (a run process, a Ray worker): its data is prepared."""
+def run_elsewhere(batch: Batch, name: str, ready: dict[str, str], resume: bool, placement: dict | None = None) -> dict:
+    """One run of a batch in another process (a fresh run process, a Ray worker), its data prepared
+    (``ready``). ``placement`` (:func:`run_placements`): environment variables TensorFlow reads when it
+    starts in this process (the GPU it sees, its threads), and what they pin the run to."""
+    placement = placement or {}
+    os.environ.update({k: v for k, v in placement.items() if k != "pinned"})  # before TensorFlow starts here
     run = next(r for r in batch.runs if r.name == name)
-    prepared = {label: (Path(path), None) for label, (path, _) in ready.items()}
-    where = os.environ.get("SEGLIB_PLACEMENT") or f"{socket.gethostname()}"
-    return run_one(batch, run, prepared, resume, lambda line: print(f"{name} [{where}]: {line}", flush=True))
+    where = placement.get("pinned") or socket.gethostname()
+    return run_one(batch, run, PreparedData(batch, resume, ready), resume,
+                   lambda line: print(f"{name} [{where}]: {line}", flush=True), placement.get("pinned", ""))
 
 
-def _process_runs(batch: Batch, todo: list[Run], ready: dict, resume: bool, placements: list[dict], ray=None,
-                  wait_timeout=None):
+def _process_runs(batch: Batch, todo: list[BatchRun], ready: dict, resume: bool, placements: list[dict]):
+    """Each run in a fresh process (its TensorFlow sees only its placement), at most one per placement."""
     import multiprocessing
-    from concurrent.futures import ProcessPoolExecutor, as_completed
+    from concurrent.futures import FIRST_COMPLETED, ProcessPoolExecutor, wait
 
-    context = multiprocessing.get_context("spawn")  # a clean process: its TensorFlow sees only its placement
-    slots = context.Queue()
-    for i in range(len(placements)):
-        slots.put(i)
-    with ProcessPoolExecutor(len(placements), mp_context=context, initializer=_claim_placement,
-                             initargs=(slots, placements)) as pool:
-        futures = {pool.submit(run_elsewhere, batch, run.name, ready, resume): run.name for run in todo}
-        for future in as_completed(futures):
-            yield futures[future], _outcome(batch, futures[future], future.exception(), future)
+    context = multiprocessing.get_context("spawn")
+    free, waiting, running = list(range(len(placements))), list(todo), {}
+    with ProcessPoolExecutor(len(placements), mp_context=context, max_tasks_per_child=1) as pool:
+        while waiting or running:
+            while waiting and free:
+                run, slot = waiting.pop(0), free.pop(0)
+                running[pool.submit(run_elsewhere, batch, run.name, ready, resume, placements[slot])] = (run.name, slot)
+            done, _ = wait(running, return_when=FIRST_COMPLETED)
+            for future in done:
+                name, slot = running.pop(future)
+                free.append(slot)
+                yield name, _outcome(batch, name, future.exception(), future)
 
 
 def check_ray_address(address: str, timeout: float) -> None:
@@ -213,7 +213,7 @@ def check_ray_address(address: str, timeout: float) -> None:
             raise BatchError(f"--ray {address}: no Ray cluster answers there ({exc.strerror or exc})") from None
 
 
-def _ray_runs(batch: Batch, todo: list[Run], ready: dict, resume: bool, placements=None, ray_address: str = "auto",
+def _ray_runs(batch: Batch, todo: list[BatchRun], ready: dict, resume: bool, ray_address: str = "auto",
               wait_timeout: float = 120):
     from seglib.training.distribute import bounded_wait
 

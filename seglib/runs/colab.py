@@ -12,9 +12,9 @@ apart:
   checkout found there, or a clone of ``SEGLIB_GIT`` made there (local disk by default, so it is
   cloned again in a new session). A clone into a non-empty folder is never attempted.
 
-It installs seglib from the code when it is not importable (pip's output is shown if that fails)
-and sets ``SEGLIB_LOCAL_CACHE``, so that :func:`local_copy` serves training from local disk:
-memory-mapped reads through the Drive mount are slow.
+It installs seglib from the code when it is not importable (pip's output is shown if that fails).
+Its ``LOCAL_CACHE`` is where notebook 02 has training read a copy of the prepared data
+(:func:`colab_local_copy`): memory-mapped reads through the Drive mount are slow.
 
 The cell cannot import seglib (it may install it), so its text lives here once and
 ``tests/test_colab.py`` checks that every notebook starts with exactly this cell.
@@ -25,7 +25,6 @@ import os
 from pathlib import Path
 
 CELL_TAG = "colab-setup"
-LOCAL_CACHE_ENV = "SEGLIB_LOCAL_CACHE"
 
 CELL = '''\
 # @title Colab set-up (does nothing elsewhere)
@@ -69,7 +68,6 @@ if "google.colab" in sys.modules:
         sys.path.insert(0, code)  # importable in this kernel at once (no restart needed)
     os.makedirs(os.path.join(DRIVE_ROOT, "notebooks"), exist_ok=True)
     os.chdir(os.path.join(DRIVE_ROOT, "notebooks"))
-    os.environ["SEGLIB_LOCAL_CACHE"] = LOCAL_CACHE
     print(f"Colab: code in {code}, working in {os.getcwd()} (outputs on Drive)")
 '''
 
@@ -91,9 +89,18 @@ def cell_with(**settings: str) -> str:
     return source
 
 
-def local_copy(prepared_dir: str | os.PathLike) -> Path:
-    """The prepared dataset to read from: a copy on local disk when ``SEGLIB_LOCAL_CACHE`` is set
-    (by the Colab cell), made once per session and per dataset; else ``prepared_dir`` itself."""
+def colab_local_copy(cache: str | os.PathLike):
+    """On Colab (``google.colab`` imported in this kernel): ``prepared_dir -> its copy under cache``,
+    for ``train(config, local_copy=...)``; elsewhere None (training reads the data in place)."""
+    import sys
+    from functools import partial
+
+    return partial(local_copy, cache=cache) if "google.colab" in sys.modules else None
+
+
+def local_copy(prepared_dir: str | os.PathLike, cache: str | os.PathLike) -> Path:
+    """The prepared dataset copied under ``cache`` (local disk), once per dataset and version; a
+    dataset already under ``cache`` is read where it is."""
     import json
     import shutil
     from hashlib import sha1
@@ -101,9 +108,8 @@ def local_copy(prepared_dir: str | os.PathLike) -> Path:
     from seglib.fsutil import staged_dir
     from seglib.layout import PreparedDir
 
-    cache = os.environ.get(LOCAL_CACHE_ENV)
     prepared = PreparedDir(prepared_dir)
-    if not cache or not prepared.summary.exists() or Path(cache).resolve() in prepared.root.resolve().parents:
+    if not prepared.summary.exists() or Path(cache).resolve() in prepared.root.resolve().parents:
         return prepared.root
     created = json.loads(prepared.summary.read_text()).get("created", "")
     key = sha1(f"{prepared.root.resolve()}|{created}".encode()).hexdigest()[:10]

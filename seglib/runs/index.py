@@ -111,6 +111,35 @@ def write_index(batch: Batch) -> Path:
     rows = run_results(batch)
     table = results_table(rows)
     best = best_run(rows)
+    notes = [
+        f"<li><b>{html.escape(r['run'])}</b> {html.escape(r['status'])} in {html.escape(str(r['step']))}: "
+        f"<code>{html.escape(str(r['error']))}</code></li>"
+        for r in rows
+        if r["status"] in ("failed", "interrupted")
+    ]
+    counts = {
+        s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "interrupted", "running", "not run")
+    }
+    runtimes = sorted({r["export"]["runtime"] for r in rows if r["export"].get("runtime")})
+    data_pages = [batch.folder.data(p.name).html(notebooks.PREPARE) for p in sorted(batch.folder.data_root.glob("*"))]
+    data_links = "".join(f'<li><a href="{batch.link(page)}">{html.escape(page.parent.name)}</a></li>'
+                         for page in data_pages if page.exists())
+    page = resources.files(__package__).joinpath("index.html").read_text(encoding="utf-8").format(
+        name=html.escape(batch.name), updated=now(), table=_runs_table(batch, rows, table, best),
+        params=_parameters_table(rows),
+        curves=figure_png(runs_curves({r["run"]: r["history"] for r in rows})),
+        scores=figure_png(runs_scores(table.set_index("run")[list(SCORES.values())])),
+        counts=", ".join(f"{n} {s}" for s, n in counts.items() if n),
+        best=f"Best test mean IoU: <b>{html.escape(best)}</b>. " if best else "",
+        runtime=f" (TFLite runtime: {html.escape(', '.join(runtimes))})" if runtimes else "",
+        failures=f"<h2>Failed or interrupted</h2><ul>{''.join(notes)}</ul>" if notes else "",
+        data=f"<h2>Prepared data</h2><ul>{data_links}</ul>" if data_links else "")
+    atomic_write_text(batch.folder.index, page)
+    return batch.folder.index
+
+
+def _runs_table(batch: Batch, rows: list[dict], table, best: str | None) -> str:
+    """The sortable table of runs: name (the best starred), status, scores, links."""
     head = "".join(f'<th title="click to sort">{html.escape(str(c))}</th>' for c in table.columns) + "<th>links</th>"
     body = []
     for r, record in zip(rows, table.to_dict("records"), strict=True):
@@ -127,40 +156,17 @@ def write_index(batch: Batch) -> Path:
         cells.append(f"<td>{_links(batch, r)}</td>")
         row_class = ' class="best"' if r["run"] == best else ""
         body.append(f"<tr{row_class}>{''.join(cells)}</tr>")
-    runs_html = f'<table class="runs sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
+    return f'<table class="runs sortable"><thead><tr>{head}</tr></thead><tbody>{"".join(body)}</tbody></table>'
 
-    names = sorted({k for r in rows for k in r["parameters"]})
+
+def _parameters_table(rows: list[dict]) -> str:
+    """Every parameter of every run, a row each; the rows where runs differ marked."""
     param_rows = []
-    for name in names:
+    for name in sorted({k for r in rows for k in r["parameters"]}):
         values = [json.dumps(r["parameters"].get(name), default=str) for r in rows]
         cls = ' class="differs"' if len(set(values)) > 1 else ""
         param_rows.append(f"<tr{cls}><th>{html.escape(name)}</th>"
                           + "".join(f"<td>{html.escape(v)}</td>" for v in values) + "</tr>")
-    params_html = ('<table class="params"><thead><tr><th>parameter</th>'
-                   + "".join(f"<th>{html.escape(r['run'])}</th>" for r in rows)
-                   + f"</tr></thead><tbody>{''.join(param_rows)}</tbody></table>")
-
-    notes = [
-        f"<li><b>{html.escape(r['run'])}</b> {html.escape(r['status'])} in {html.escape(str(r['step']))}: "
-        f"<code>{html.escape(str(r['error']))}</code></li>"
-        for r in rows
-        if r["status"] in ("failed", "interrupted")
-    ]
-    counts = {
-        s: sum(r["status"] == s for r in rows) for s in ("finished", "failed", "interrupted", "running", "not run")
-    }
-    runtimes = sorted({r["export"]["runtime"] for r in rows if r["export"].get("runtime")})
-    data_pages = [batch.folder.data(p.name).html(notebooks.PREPARE) for p in sorted(batch.folder.data_root.glob("*"))]
-    data_links = "".join(f'<li><a href="{batch.link(page)}">{html.escape(page.parent.name)}</a></li>'
-                         for page in data_pages if page.exists())
-    page = resources.files(__package__).joinpath("index.html").read_text(encoding="utf-8").format(
-        name=html.escape(batch.name), updated=now(), table=runs_html, params=params_html,
-        curves=figure_png(runs_curves({r["run"]: r["history"] for r in rows})),
-        scores=figure_png(runs_scores(table.set_index("run")[list(SCORES.values())])),
-        counts=", ".join(f"{n} {s}" for s, n in counts.items() if n),
-        best=f"Best test mean IoU: <b>{html.escape(best)}</b>. " if best else "",
-        runtime=f" (TFLite runtime: {html.escape(', '.join(runtimes))})" if runtimes else "",
-        failures=f"<h2>Failed or interrupted</h2><ul>{''.join(notes)}</ul>" if notes else "",
-        data=f"<h2>Prepared data</h2><ul>{data_links}</ul>" if data_links else "")
-    atomic_write_text(batch.folder.index, page)
-    return batch.folder.index
+    return ('<table class="params"><thead><tr><th>parameter</th>'
+            + "".join(f"<th>{html.escape(r['run'])}</th>" for r in rows)
+            + f"</tr></thead><tbody>{''.join(param_rows)}</tbody></table>")

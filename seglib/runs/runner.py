@@ -11,11 +11,13 @@ from pathlib import Path
 from seglib.fsutil import atomic_write_json, remove_owned, write_marker
 from seglib.layout import PreparedDir, RunDir, RunReportDir
 from seglib.runs import notebooks
-from seglib.runs.sweep import Batch, Run, data_setting, effective_parameters, now, read_status
+from seglib.runs.sweep import Batch, BatchRun, data_setting, effective_parameters, now, read_status
 from seglib.training.checks import run_state
 
 
-def run_one(batch: Batch, run: Run, prepared: dict, resume: bool, progress) -> dict:
+def run_one(batch: Batch, run: BatchRun, data: PreparedData, resume: bool, progress, placement: str = "") -> dict:
+    """Run ``run``'s notebooks in turn (its data from ``data``); returns its final status. ``placement``:
+    what the run's process was pinned to (recorded in its status)."""
     folder = batch.run_report(run.name)
     run_dir = batch.run_dir(run.name)
     if not resume:  # this run starts from scratch: what seglib wrote for it goes, nothing else
@@ -27,17 +29,14 @@ def run_one(batch: Batch, run: Run, prepared: dict, resume: bool, progress) -> d
     before = read_status(batch, run.name) if resume else {}
     status = {"run": run.name, "status": "running", "overrides": run.overrides, "parameters": run.parameters,
               "effective_parameters": effective_parameters(run), "run_dir": str(run_dir.root), "started": now(),
-              "pid": os.getpid(), "host": socket.gethostname(),
-              **({"placement": os.environ["SEGLIB_PLACEMENT"]} if os.environ.get("SEGLIB_PLACEMENT") else {})}
+              "pid": os.getpid(), "host": socket.gethostname(), **({"placement": placement} if placement else {})}
     atomic_write_json(folder.status, status)
     started = time.perf_counter()
     step = notebooks.PREPARE
     log = folder.log
     try:
-        data_dir, failure = prepared_for(batch, run, prepared, resume, log, progress)
-        status["prepared_dir"] = str(data_dir)
-        if failure:
-            raise failure
+        status["prepared_dir"] = str(data.folder_of(run))
+        data_dir = data.prepared(run, log, progress)
         for step, params in ((notebooks.TRAIN, {"PREPARED_DIR": str(data_dir), "RUN_DIR": str(run_dir.root)}),
                              (notebooks.EVALUATE, {"RUN_DIR": str(run_dir.root), "PREPARED_DIR": str(data_dir),
                                                    "REPORT_DIR": str(folder.root)})):
@@ -107,26 +106,44 @@ def _execute(step: str, folder: RunReportDir, parameters: dict, log: Path, progr
     return executed
 
 
-def prepared_for(batch: Batch, run: Run, prepared: dict, resume: bool, log: Path,
-                  progress) -> tuple[Path, StepFailed | None]:
-    """The prepared dataset of a run's data setting: prepared once per batch invocation (or
-    reused from an earlier one with ``resume``); a failure is remembered for the other runs."""
-    label, params = data_setting(run)
-    data_dir = batch.prepared_root / label
-    folder = batch.folder.data(label)
-    if label in prepared or (resume and PreparedDir(data_dir).summary.exists()
-                             and folder.html(notebooks.PREPARE).exists()):
-        progress(f"{notebooks.PREPARE}: using the prepared data in {data_dir}")
-        return prepared.setdefault(label, (data_dir, None))
-    progress(f"{notebooks.PREPARE} -> {data_dir}")
-    try:
+class PreparedData:
+    """The prepared dataset of each data setting of a batch: prepared once per batch invocation (or
+    reused from an earlier one with ``resume``). A setting whose preparation failed fails every run
+    that needs it with the same error, without preparing it again."""
+
+    def __init__(self, batch: Batch, resume: bool, ready: dict[str, str] | None = None):
+        self.batch, self.resume = batch, resume
+        self.done: dict[str, Path] = {label: Path(path) for label, path in (ready or {}).items()}
+        self.failed: dict[str, StepFailed] = {}
+
+    def folder_of(self, run: BatchRun) -> Path:
+        return self.batch.prepared_root / data_setting(run)[0]
+
+    def prepared(self, run: BatchRun, log: Path, progress) -> Path:
+        """The folder of ``run``'s prepared data, prepared now if needed; :class:`StepFailed` if it cannot be."""
+        label, params = data_setting(run)
+        data_dir, folder = self.batch.prepared_root / label, self.batch.folder.data(label)
+        if label in self.failed:
+            raise self.failed[label]
+        if label in self.done or (self.resume and PreparedDir(data_dir).summary.exists()
+                                  and folder.html(notebooks.PREPARE).exists()):
+            progress(f"{notebooks.PREPARE}: using the prepared data in {data_dir}")
+            self.done[label] = data_dir
+            return data_dir
+        progress(f"{notebooks.PREPARE} -> {data_dir}")
         folder.root.mkdir(parents=True, exist_ok=True)
         write_marker(folder.root, RunReportDir.KIND)
-        _execute(notebooks.PREPARE, folder, {**params, "OUT_DIR": str(data_dir)}, log, progress)
-        prepared[label] = (data_dir, None)
-    except StepFailed as e:
-        prepared[label] = (data_dir, e)
-    return prepared[label]
+        try:
+            _execute(notebooks.PREPARE, folder, {**params, "OUT_DIR": str(data_dir)}, log, progress)
+        except StepFailed as e:
+            self.failed[label] = e
+            raise
+        self.done[label] = data_dir
+        return data_dir
+
+    def ready(self) -> dict[str, str]:
+        """The settings prepared so far, ``{label: folder}``: what a run in another process is given."""
+        return {label: str(path) for label, path in self.done.items()}
 
 
 def summary_line(batch: Batch, run_name: str, status: dict) -> str:

@@ -50,7 +50,9 @@ def _no_alias_loader():
 
 
 @dataclass
-class Run:
+class BatchRun:
+    """One run of a sweep file: its name, what it sets itself and every parameter it uses."""
+
     name: str
     overrides: dict  # what this run sets itself
     parameters: dict  # shared + overrides
@@ -59,7 +61,7 @@ class Run:
 @dataclass
 class Batch:
     name: str
-    runs: list[Run]
+    runs: list[BatchRun]
     shared: dict
     reports_dir: Path
     artifacts_dir: Path
@@ -91,22 +93,7 @@ def load_config(config: str | os.PathLike | dict, root: str | os.PathLike = ".")
     ``root`` is where ``reports/``, ``artifacts/`` and ``data/prepared/`` go unless the config
     names them; relative ``DATA_DIR`` values are taken relative to the current directory.
     """
-    import yaml
-
-    if isinstance(config, dict):
-        source, raw = "<dict>", config
-    else:
-        source = str(config)
-        try:
-            text = read_bounded(config, MAX_CONFIG_BYTES).decode("utf-8")
-            raw = yaml.load(text, Loader=_no_alias_loader())
-        except TooBig:
-            raise BatchError(f"{source}: more than {MAX_CONFIG_BYTES} bytes; a batch config may have at most "
-                             f"{MAX_CONFIG_BYTES}") from None
-        except FileNotFoundError:
-            raise BatchError(f"{source}: batch config not found") from None
-        except (yaml.YAMLError, UnicodeDecodeError) as e:
-            raise BatchError(f"{source}: not valid YAML: {' '.join(str(e).split())}") from None
+    source, raw = _read_config(config)
     if not isinstance(raw, dict):
         raise BatchError(f"{source}: expected a mapping with 'parameters' and 'runs'")
     unknown_keys = set(raw) - {"name", "parameters", "runs", "reports_dir", "artifacts_dir", "prepared_dir"}
@@ -116,10 +103,38 @@ def load_config(config: str | os.PathLike | dict, root: str | os.PathLike = ".")
     name = str(raw.get("name") or (Path(source).stem if source != "<dict>" else "batch"))
     if not _NAME.match(name):
         raise BatchError(f"{source}: batch name {name!r} must be letters, digits, '.', '_' or '-'")
-
     shared = dict(raw.get("parameters") or {})
     _check_parameters(shared, f"{source}: parameters")
-    runs_raw = raw.get("runs")
+    root = Path(root)
+    return Batch(name, _batch_runs(source, raw.get("runs"), shared), shared,
+                 reports_dir=Path(raw.get("reports_dir") or root / "reports").resolve(),
+                 artifacts_dir=Path(raw.get("artifacts_dir") or root / "artifacts").resolve(),
+                 prepared_root=Path(raw.get("prepared_dir") or root / "data" / "prepared").resolve(),
+                 source=source)
+
+
+def _read_config(config: str | os.PathLike | dict) -> tuple[str, object]:
+    """``(source, the parsed YAML)`` of a config file (bounded in size, no aliases), or of a dict."""
+    import yaml
+
+    if isinstance(config, dict):
+        return "<dict>", config
+    source = str(config)
+    try:
+        text = read_bounded(config, MAX_CONFIG_BYTES).decode("utf-8")
+        return source, yaml.load(text, Loader=_no_alias_loader())
+    except TooBig:
+        raise BatchError(f"{source}: more than {MAX_CONFIG_BYTES} bytes; a batch config may have at most "
+                         f"{MAX_CONFIG_BYTES}") from None
+    except FileNotFoundError:
+        raise BatchError(f"{source}: batch config not found") from None
+    except (yaml.YAMLError, UnicodeDecodeError) as e:
+        raise BatchError(f"{source}: not valid YAML: {' '.join(str(e).split())}") from None
+
+
+def _batch_runs(source: str, runs_raw, shared: dict) -> list[BatchRun]:
+    """The config's runs, each named once and checked, with the shared parameters under its own and
+    its paths made absolute."""
     if not isinstance(runs_raw, list) or not runs_raw:
         raise BatchError(f"{source}: 'runs' must be a non-empty list of runs, each with a 'name'")
     runs, seen = [], set()
@@ -143,13 +158,8 @@ def load_config(config: str | os.PathLike | dict, root: str | os.PathLike = ".")
                 and not Path(parameters["DATA_DIR"]).exists() and "SYNTH_COUNT" not in parameters):
             raise BatchError(f"{source}: run {run_name!r}: DATA_DIR {parameters['DATA_DIR']} does not exist "
                              "(set SYNTH_COUNT to generate synthetic pairs there instead)")
-        runs.append(Run(run_name, overrides, parameters))
-    root = Path(root)
-    return Batch(name, runs, shared,
-                 reports_dir=Path(raw.get("reports_dir") or root / "reports").resolve(),
-                 artifacts_dir=Path(raw.get("artifacts_dir") or root / "artifacts").resolve(),
-                 prepared_root=Path(raw.get("prepared_dir") or root / "data" / "prepared").resolve(),
-                 source=source)
+        runs.append(BatchRun(run_name, overrides, parameters))
+    return runs
 
 
 def _check_parameters(values: dict, where: str) -> None:
@@ -171,7 +181,7 @@ def _check_parameters(values: dict, where: str) -> None:
             raise BatchError(f"{where}: {exc}") from None
 
 
-def data_setting(run: Run) -> tuple[str, dict]:
+def data_setting(run: BatchRun) -> tuple[str, dict]:
     """(folder name, parameters) of the prepared dataset a run needs: runs with the same data
     parameters share one."""
     defaults = notebooks.parameters(notebooks.PREPARE)
@@ -183,7 +193,7 @@ def data_setting(run: Run) -> tuple[str, dict]:
     return label, {k: v for k, v in run.parameters.items() if k in defaults} | values
 
 
-def effective_parameters(run: Run) -> dict:
+def effective_parameters(run: BatchRun) -> dict:
     """Every notebook parameter this run uses: the notebooks' defaults with the run's values over
     them (the paths the batch chooses left out)."""
     merged = {}

@@ -48,6 +48,9 @@ class TrainConfig(Parameters):
     tensorboard: bool = param(False, "write RUN_DIR/tensorboard/ (tensorboard --logdir)")
     strategy: str = param("auto", "tf.distribute strategy; auto: TPU if present, mirrored over 2+ GPUs, else one "
                                   "device", STRATEGIES)
+    cpu_devices: int = param(0, "split the CPU into this many logical devices (0: no split): the mirrored strategy "
+                                "without GPUs, for tests and benchmarks (it shows the overhead, not a speed-up)",
+                             min=0, max=64)
     scale_lr: bool = param(False, "multiply lr by the replicas (batch_size is per replica)")
     wait_timeout: float = param(600, "seconds to wait for the other workers or the TPU before giving up",
                                 above=0, max=86_400 * 7)

@@ -6,8 +6,8 @@ TensorFlow's own ``tf.distribute`` strategies.
 device) otherwise. ``multiworker`` is a ``MultiWorkerMirroredStrategy`` over the cluster that
 ``TF_CONFIG`` describes (every worker runs the same ``train`` command; only the chief writes).
 
-``SEGLIB_CPU_DEVICES=N`` splits the CPU into N logical devices before TensorFlow starts, so the
-mirrored path runs on a machine without GPUs (tests, ``bench/distribute.py``); it shows the
+``cpu_devices=N`` (``--cpu-devices``) splits the CPU into N logical devices before TensorFlow starts,
+so the mirrored path runs on a machine without GPUs (tests, ``bench/distribute.py``); it shows the
 overhead, not a speed-up.
 """
 from __future__ import annotations
@@ -17,7 +17,6 @@ import os
 from dataclasses import dataclass, field
 
 STRATEGIES = ("auto", "default", "mirrored", "multiworker", "tpu")
-CPU_DEVICES_ENV = "SEGLIB_CPU_DEVICES"
 
 
 @dataclass
@@ -47,7 +46,7 @@ def split_cpu(count: int) -> None:
     try:
         tf.config.set_logical_device_configuration(cpu, [tf.config.LogicalDeviceConfiguration()] * count)
     except RuntimeError as exc:
-        raise RuntimeError(f"{CPU_DEVICES_ENV}={count}: TensorFlow's devices were already initialised in this "
+        raise RuntimeError(f"--cpu-devices {count}: TensorFlow's devices were already initialised in this "
                            "process; set it before anything runs TensorFlow") from exc
 
 
@@ -151,15 +150,16 @@ def bounded_wait(what: str, call, timeout: float):
         os.close(note)
 
 
-def make_strategy(name: str = "auto", wait_timeout: float = 600) -> Placement:
+def make_strategy(name: str = "auto", wait_timeout: float = 600, cpu_devices: int = 0) -> Placement:
     """The strategy ``name`` asks for on this machine (see the module docstring); the other workers
-    or the TPU are waited for at most ``wait_timeout`` seconds (:func:`bounded_wait`)."""
+    or the TPU are waited for at most ``wait_timeout`` seconds (:func:`bounded_wait`); ``cpu_devices``
+    logical CPUs first when more than 1."""
     import tensorflow as tf
 
     if name not in STRATEGIES:
         raise ValueError(f"unknown strategy {name!r}; choose one of {', '.join(STRATEGIES)}")
-    if os.environ.get(CPU_DEVICES_ENV):
-        split_cpu(int(os.environ[CPU_DEVICES_ENV]))
+    if cpu_devices > 1:
+        split_cpu(cpu_devices)
     if name == "multiworker":  # before anything starts TensorFlow's runtime: it sets up collective ops
         config = cluster()
         others = [a for kind, hosts in config["cluster"].items() for i, a in enumerate(hosts)

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import csv
 import io
-import json
 import math
 import os
 import platform
@@ -25,7 +24,7 @@ from pathlib import Path
 import numpy as np
 
 from seglib import __version__
-from seglib.fsutil import atomic_write_json, atomic_write_text, remove_owned, write_marker
+from seglib.fsutil import atomic_write_json, atomic_write_text, read_json, remove_owned, write_marker
 from seglib.layout import PreparedDir, RunDir
 from seglib.training.callbacks import atomic_checkpoint, epoch_backup, epoch_timer, lr_scheduler
 from seglib.training.checks import Checked, latest_backup, run_state, validate
@@ -83,7 +82,7 @@ def train(config: TrainConfig, verbose: int | str = "auto", log=None, callbacks=
 
     from seglib.training.distribute import make_strategy
 
-    placement = make_strategy(config.strategy, config.wait_timeout)  # first: it may split the CPU before TF starts
+    placement = make_strategy(config.strategy, config.wait_timeout, config.cpu_devices)  # first: it may split the CPU
     run = RunDir(config.run_dir)
     if placement.chief:
         state = run_state(run.root)
@@ -108,37 +107,48 @@ def _train(config: TrainConfig, placement, checked: Checked, run: RunDir, out: R
     """:func:`train` once the strategy is made: ``run`` is the run's folder (its backup is resumed
     from), ``out`` where this process writes (``run`` on the chief)."""
     import keras
-    import tensorflow as tf
 
     from seglib.training.distribute import build_for_multiworker
-    from seglib.training.model import build_model, detect_device
+    from seglib.training.model import detect_device
     from seglib.training.pipeline import make_dataset
 
     backup = latest_backup(run.root)
-    initial_epoch = backup[1]["epoch"] if backup else 0
     if out == run:
-        _keep_history(run.history, initial_epoch)  # a new run starts a new history
-    palette = checked.palette
+        _keep_history(run.history, backup[1]["epoch"] if backup else 0)  # a new run starts a new history
     device = {**detect_device(), "devices": placement.devices}  # what the strategy's replicas run on
     if device["kind"] == "cuda":
         keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(config.seed)
-    summary = json.loads(PreparedDir(config.prepared_dir).summary.read_text())
     global_batch = config.batch_size * placement.replicas  # --batch-size is per replica
     lr = config.lr * placement.replicas if config.scale_lr else config.lr
     data_dir = local_copy(config.prepared_dir) if local_copy else config.prepared_dir
     train_ds = make_dataset(data_dir, "train", global_batch, shuffle=True, seed=config.seed, augment=config.augment)
     val_ds = make_dataset(data_dir, "val", global_batch)
-    n_train, size = checked.train_rows, checked.size
-    steps_per_epoch = math.ceil(n_train / global_batch)
+    _write_config(config, checked, run, out, device, placement, global_batch, lr)
+    with placement.strategy.scope():  # the model, optimizer and metrics live on the strategy's devices
+        model = _compiled_model(config, checked, backup, lr, log)
+    build_for_multiworker(model, placement, train_ds)
+    steps = _callbacks(config, out, backup, lr, math.ceil(checked.train_rows / global_batch), log)
+    started = time.perf_counter()
+    history = _fit(model, train_ds, val_ds, config, backup, list(steps.values()) + list(callbacks or []), verbose,
+                   placement, run)
+    return _finish(config, run, out, model, history, steps, device, placement, checked.train_rows,
+                   time.perf_counter() - started)
 
-    config_record = {
+
+def _write_config(config: TrainConfig, checked: Checked, run: RunDir, out: RunDir, device: dict, placement,
+                  global_batch: int, lr: float) -> None:
+    """``config.json``: every parameter, and what the run was made of and on; ``palette.json``."""
+    import keras
+    import tensorflow as tf
+
+    atomic_write_json(out.config, {
         **asdict(config),
         "prepared_dir": str(Path(config.prepared_dir).resolve()),
         "run_dir": str(run.root.resolve()),
-        "num_classes": palette.k,
-        "input_size": list(size),
-        "ignore_index": palette.ignore_index,
+        "num_classes": checked.palette.k,
+        "input_size": list(checked.size),
+        "ignore_index": checked.palette.ignore_index,
         "input": "RGB float in [0, 255]; the model's 'preprocess' layer applies the backbone's preprocessing",
         "versions": {"seglib": __version__, "tensorflow": tf.__version__, "keras": keras.__version__,
                      "python": platform.python_version()},
@@ -147,62 +157,76 @@ def _train(config: TrainConfig, placement, checked: Checked, run: RunDir, out: R
         "global_batch_size": global_batch,
         "effective_lr": lr,
         "mixed_precision": device["kind"] == "cuda",
-    }
-    atomic_write_json(out.config, config_record)
-    palette.save(out.palette)
+    })
+    checked.palette.save(out.palette)
 
-    with placement.strategy.scope():  # the model, optimizer and metrics live on the strategy's devices
-        model = build_model(config.arch, config.backbone, palette.k, size, config.encoder_weights)
-        if config.init_from is not None and not backup:
-            copied = copy_weights(model, checked.init_model)
-            if log is not None:
-                log(f"started from {config.init_from}: {copied['copied']} weights copied"
-                    + (f", {len(copied['kept_new'])} new (the classifier: other classes)" if copied["kept_new"]
-                       else ""))
-        weights = class_weights(summary["class_shares"]["train"]) if config.loss == "weighted_ce" else None
-        model.compile(
-            optimizer=keras.optimizers.Adam(lr),
-            loss=make_loss(config.loss, palette.k, weights, palette.ignore_index, config.ohem_threshold,
-                           config.ohem_min_kept),
-            metrics=make_metrics(palette.k, palette.ignore_index),
-            jit_compile=config.jit_compile,
-        )
-        # the optimizer's variables made here, not inside the first training step: tf.function traces a
-        # step that creates variables twice (about a third of a small run's first epoch on a CPU)
-        model.optimizer.build(model.trainable_variables)
-        if backup:  # resume: the weights and the optimizer's state of the last backed-up epoch
-            try:
-                model.load_weights(backup[0].weights)
-            except Exception as exc:  # noqa: BLE001 - h5py and Keras raise several kinds for a damaged file
-                raise ValueError(f"{backup[0].weights}: corrupt training backup ({type(exc).__name__}: "
-                                 f"{exc}); start the run over with --overwrite (OVERWRITE = True)") from exc
-    build_for_multiworker(model, placement, train_ds)
-    checkpoint = atomic_checkpoint(out.model, config.monitor)
+
+def _compiled_model(config: TrainConfig, checked: Checked, backup, lr: float, log):
+    """The model built (from ``init_from``'s weights, or the backup's on resume) and compiled, with the
+    optimizer's variables made."""
+    import keras
+
+    from seglib.training.model import build_model
+
+    palette = checked.palette
+    model = build_model(config.arch, config.backbone, palette.k, checked.size, config.encoder_weights)
+    if config.init_from is not None and not backup:
+        copied = copy_weights(model, checked.init_model)
+        if log is not None:
+            log(f"started from {config.init_from}: {copied['copied']} weights copied"
+                + (f", {len(copied['kept_new'])} new (the classifier: other classes)" if copied["kept_new"] else ""))
+    shares = read_json(PreparedDir(config.prepared_dir).summary)["class_shares"]["train"]
+    model.compile(
+        optimizer=keras.optimizers.Adam(lr),
+        loss=make_loss(config.loss, palette.k, class_weights(shares), palette.ignore_index, config.ohem_threshold,
+                       config.ohem_min_kept),
+        metrics=make_metrics(palette.k, palette.ignore_index),
+        jit_compile=config.jit_compile,
+    )
+    # the optimizer's variables made here, not inside the first training step: tf.function traces a
+    # step that creates variables twice (about a third of a small run's first epoch on a CPU)
+    model.optimizer.build(model.trainable_variables)
+    if backup:  # resume: the weights and the optimizer's state of the last backed-up epoch
+        try:
+            model.load_weights(backup[0].weights)
+        except Exception as exc:  # noqa: BLE001 - h5py and Keras raise several kinds for a damaged file
+            raise ValueError(f"{backup[0].weights}: corrupt training backup ({type(exc).__name__}: "
+                             f"{exc}); start the run over with --overwrite (OVERWRITE = True)") from exc
+    return model
+
+
+def _callbacks(config: TrainConfig, out: RunDir, backup, lr: float, steps_per_epoch: int, log) -> dict:
+    """seglib's callbacks by role, in the order Keras calls them (a user's come after them all)."""
+    import keras
+
     mode = "max" if ("accuracy" in config.monitor or "iou" in config.monitor) else "min"
-    early = keras.callbacks.EarlyStopping(config.monitor, patience=config.patience, mode=mode,
-                                          restore_best_weights=True)
-    timer = epoch_timer(config.epochs, log)
-    user_callbacks, callbacks = callbacks, [
-        timer,  # first: puts the epoch's seconds into the logs the others see (history.csv keeps them)
-        keras.callbacks.TerminateOnNaN(),
-        checkpoint,
-        early,
-        epoch_backup(out, checkpoint, early, backup[1] if backup else None),
-        keras.callbacks.CSVLogger(str(out.history), append=True),
-    ]
+    steps = {"timer": epoch_timer(config.epochs, log)}  # first: the epoch's seconds go into the logs all others see
     if config.lr_schedule != "constant" or config.warmup_epochs:
         # before the others, so they see the rate; from lr as scaled (--scale-lr)
-        callbacks.insert(1, lr_scheduler(replace(config, lr=lr), steps_per_epoch))
+        steps["schedule"] = lr_scheduler(replace(config, lr=lr), steps_per_epoch)
     if config.lr_schedule == "plateau":
-        callbacks.insert(2, keras.callbacks.ReduceLROnPlateau(config.monitor, mode=mode, factor=0.5,
-                                                              patience=max(1, config.patience // 2)))
+        steps["plateau"] = keras.callbacks.ReduceLROnPlateau(config.monitor, mode=mode, factor=0.5,
+                                                             patience=max(1, config.patience // 2))
+    steps["nan"] = keras.callbacks.TerminateOnNaN()
+    steps["checkpoint"] = atomic_checkpoint(out.model, config.monitor)  # the best model, before early stopping
+    steps["early"] = keras.callbacks.EarlyStopping(config.monitor, patience=config.patience, mode=mode,
+                                                   restore_best_weights=True)
+    # after the checkpoint and early stopping: the backup holds their state of this epoch
+    steps["backup"] = epoch_backup(out, steps["checkpoint"], steps["early"], backup[1] if backup else None)
+    steps["history"] = keras.callbacks.CSVLogger(str(out.history), append=True)
     if config.tensorboard:
-        callbacks.append(keras.callbacks.TensorBoard(str(out.tensorboard)))
-    callbacks += list(user_callbacks or [])
-    started = time.perf_counter()
+        steps["tensorboard"] = keras.callbacks.TensorBoard(str(out.tensorboard))
+    return steps
+
+
+def _fit(model, train_ds, val_ds, config: TrainConfig, backup, callbacks: list, verbose, placement, run: RunDir):
+    """``model.fit`` from the epoch after the backup; a lost worker of a multi-worker run is a one-line error."""
+    import tensorflow as tf
+
     try:
-        history = model.fit(train_ds, validation_data=val_ds, epochs=config.epochs, initial_epoch=initial_epoch,
-                            callbacks=callbacks, verbose=verbose, shuffle=False)  # the dataset shuffles itself
+        return model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
+                         initial_epoch=backup[1]["epoch"] if backup else 0, callbacks=callbacks, verbose=verbose,
+                         shuffle=False)  # the dataset shuffles itself
     except (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.DeadlineExceededError) as exc:
         if placement.name != "multiworker":
             raise
@@ -210,9 +234,15 @@ def _train(config: TrainConfig, placement, checked: Checked, run: RunDir, out: R
         raise ConnectionError(f"{run.root}: a worker of this multi-worker run was lost "
                               f"({str(exc).strip().splitlines()[0][:160]}); start every worker again with the same "
                               f"command: training continues after epoch {done[1]['epoch'] if done else 0}") from exc
+
+
+def _finish(config: TrainConfig, run: RunDir, out: RunDir, model, history, steps: dict, device: dict, placement,
+            n_train: int, seconds: float) -> Run:
+    """Why training stopped, ``run.json``, and the backup removed: the run is finished."""
     losses = history.history.get("loss", [])
     history_rows = _read_history(out.history)
     epochs_run = len(history_rows)
+    checkpoint, early, timer = steps["checkpoint"], steps["early"], steps["timer"]
     if losses and not all(math.isfinite(v) for v in losses):
         stop = f"nan: loss became NaN at epoch {epochs_run}"
     elif early.stopped_epoch > 0:
@@ -222,7 +252,7 @@ def _train(config: TrainConfig, placement, checked: Checked, run: RunDir, out: R
     if not out.model.exists():
         stop += " (no finite epoch: no model saved)"
     shutil.rmtree(out.backup, ignore_errors=True)
-    run_info = {
+    atomic_write_json(out.info, {
         "stop_reason": stop,
         "epochs_run": epochs_run,
         "best_epoch": checkpoint.best_epoch or None,
@@ -230,12 +260,11 @@ def _train(config: TrainConfig, placement, checked: Checked, run: RunDir, out: R
         "device": device["kind"],
         "strategy": placement.name,
         "replicas": placement.replicas,
-        "seconds_total": round(time.perf_counter() - started, 2),
+        "seconds_total": round(seconds, 2),
         "seconds_per_epoch": [round(t, 2) for t in timer.seconds],
         "train_images_per_second": round(n_train / float(np.median(timer.seconds)), 2) if timer.seconds else None,
         "parameters": int(model.count_params()),
-    }
-    atomic_write_json(out.info, run_info)
+    })
     return Run(run.root, config, history_rows, stop, epochs_run, checkpoint.best_epoch)
 
 
