@@ -267,7 +267,7 @@ def test_without_a_loadable_ai_edge_litert_the_cli_exports_predicts_and_reports_
     assert "wrote 2 files (mask and overlay) for 1 image(s)" in seglib("predict", str(run / "model_int8.tflite"),
                                                                          str(pair), str(tmp_path / "predicted"))
     assert (tmp_path / "predicted" / f"{pair.stem}_overlay.png").exists()
-    seglib("report", str(run), "--out", str(tmp_path / "report"))
+    seglib("report", str(run), "--report-dir", str(tmp_path / "report"))
     assert (run / "metrics.json").exists()  # the run had not been evaluated: the report did it
     html = (tmp_path / "report" / "report.html").read_text()
     assert re.search(r"TFLite runtime</th>\s*<td>tf\.lite \(TensorFlow", html)

@@ -15,13 +15,13 @@ from pathlib import Path
 from seglib.data.datasets import is_kaggle
 from seglib.fsutil import TooBig, atomic_write_text, pid_alive, read_bounded
 from seglib.layout import BatchDir, RunDir, RunReportDir
-from seglib.parameters import checked_value, field_of, notebook_defaults
+from seglib.parameters import NONE_WORDS, checked_value, field_of, notebook_defaults
 from seglib.runs import notebooks
 
 SET_BY_BATCH = {"OUT_DIR", "PREPARED_DIR", "RUN_DIR", "REPORT_DIR", "OVERWRITE"}  # the batch chooses these per run
 # Relative paths in a config are relative to the current directory; these words are not paths.
 PATH_PARAMETERS = {"DATA_DIR", "ENCODER_WEIGHTS", "INIT_FROM", "KAGGLE_CACHE"}
-NOT_PATHS = {None, "", "none", "null", "imagenet"}
+NOT_PATHS = {None, "imagenet", *NONE_WORDS}
 NOT_DATA = {"EXAMPLES", "WORKERS", "KAGGLE_CACHE"}  # change how data is shown or made, not the data: one setting
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
 
