@@ -8,9 +8,8 @@ import sys
 from functools import partial
 from pathlib import Path
 
-from seglib.data.pairs import MAX_PIXELS
 from seglib.parameters import NONE_WORDS, add_arguments
-from seglib.quiet import DEBUG_ENV, sigterm_to_main_thread
+from seglib.quiet import DEBUG_ENV, filtered_stderr, sigterm_to_main_thread
 from seglib.training.config import TrainConfig
 
 
@@ -18,7 +17,7 @@ def _cmd_prepare(args) -> int:
     from seglib.data.config import PrepareConfig
     from seglib.data.prepare import prepare_dataset
 
-    summary = prepare_dataset(PrepareConfig.from_args(args), progress=not args.quiet)
+    summary = prepare_dataset(PrepareConfig.from_args(args), progress=not args.quiet and sys.stderr.isatty())
     counts, params = summary["counts"], summary["parameters"]
     k = params.get("clusters", params.get("classes"))
     print(f"prepared {args.out_dir}: train {counts['train']}, val {counts['val']}, test {counts['test']} "
@@ -44,18 +43,21 @@ def _cmd_prepare(args) -> int:
 
 
 def _cmd_synth(args) -> int:
+    from seglib.data.config import SynthConfig
     from seglib.data.pairs import parse_size
     from seglib.data.synthetic import generate, generate_labelled
 
+    quiet, args = args.quiet, SynthConfig.from_args(args)  # every value checked
     if args.layout == "pairs":
         height, width = parse_size(args.size)
         if height != width:
             raise ValueError(f"--size {args.size}: pairs are square halves; give one side")
-        info = generate(args.out_dir, count=args.count, seed=args.seed, size=height, progress=not args.quiet)
+        info = generate(args.out_dir, count=args.count, seed=args.seed, size=height,
+                        progress=not quiet and sys.stderr.isatty())
         what = "pairs"
     else:
         info = generate_labelled(args.out_dir, count=args.count, seed=args.seed, size=args.size, layout=args.layout,
-                                 progress=not args.quiet)
+                                 progress=not quiet and sys.stderr.isatty())
         what = f"scenes ({args.layout} layout: images and id masks)"
     print(f"generated {info['count']} synthetic {what} in {args.out_dir} (train {info['train']}, val {info['val']})")
     return 0
@@ -128,10 +130,13 @@ def _cmd_export(args) -> int:
 
 
 def _cmd_predict(args) -> int:
+    from seglib.inference.config import PredictConfig
     from seglib.inference.predict import VIDEO_SUFFIXES, predict_paths, predict_video
 
+    args = PredictConfig.from_args(args)  # every value checked
     if Path(args.input).suffix.lower() in VIDEO_SUFFIXES:
-        video = predict_video(args.model, args.input, args.out_dir, every=args.every, overwrite=args.overwrite)
+        video = predict_video(args.model, args.input, args.out_dir, every=args.every, overwrite=args.overwrite,
+                              max_pixels=args.max_pixels)
         print(f"wrote {video['output']}: {video['frames']} frames ({video['predicted']} predicted) at "
               f"{video['frames_per_s']} frames/s")
         return 0
@@ -146,10 +151,13 @@ def _cmd_predict(args) -> int:
 
 
 def _cmd_serve(args) -> int:
+    from seglib.inference.config import ServeConfig
     from seglib.inference.serve import serve
 
-    serve(args.run_dir, model=args.model, host=args.host, port=args.port, threads=args.threads,
-          queue_size=args.queue, max_pixels=args.max_pixels, max_bytes=args.max_bytes)
+    c = ServeConfig.from_args(args)
+    serve(c.run_dir, model=c.model, host=c.host, port=c.port, threads=c.threads, queue_size=c.queue,
+          max_pixels=c.max_pixels, max_bytes=c.max_bytes, upload_timeout=c.upload_timeout,
+          log_level="debug" if args.debug else "info")
     return 0
 
 
@@ -163,9 +171,10 @@ def _cmd_report(args) -> int:
 
 def _cmd_batch(args) -> int:
     from seglib.runs.batch import run_batch
-    from seglib.runs.sweep import load_config, unfinished_runs
+    from seglib.runs.sweep import BatchConfig, load_config, unfinished_runs
 
-    only = [n for item in args.only for n in item.split(",") if n] if args.only else None
+    args = BatchConfig.from_args(args)  # every value checked
+    only = [n for n in args.only.split(",") if n] or None
     _interrupt_on_sigterm()
     run_batch(args.config, args.root, only=only, resume=args.resume, overwrite=args.overwrite, parallel=args.parallel,
               ray=args.ray, wait_timeout=args.wait_timeout)
@@ -202,6 +211,14 @@ def _cmd_colab_badges(args) -> int:
     return 0
 
 
+def _cmd_doctor(args) -> int:
+    from seglib.training.doctor import report
+
+    lines, check = report(args.runs_dir)
+    print("\n".join(lines))
+    return 1 if check.ok is False else 0
+
+
 def _cmd_purity(args) -> int:
     from seglib.data.quality import split_purity
 
@@ -217,12 +234,9 @@ def _prepare_arguments(p) -> None:
 
 
 def _synth_arguments(p) -> None:
-    p.add_argument("out_dir")
-    p.add_argument("--count", type=int, default=200)
-    p.add_argument("--seed", type=int, default=0)
-    p.add_argument("--layout", default="pairs", choices=["pairs", "folders", "cityscapes"])
-    p.add_argument("--size", default="256", help="pairs: side of each half (pairs are 2*size x size); folders and "
-                   "cityscapes: H x W, e.g. 128x256")
+    from seglib.data.config import SynthConfig
+
+    add_arguments(p, SynthConfig)
     p.add_argument("--quiet", action="store_true")
 
 
@@ -266,43 +280,31 @@ def _demo_arguments(p) -> None:
 
 
 def _predict_arguments(p) -> None:
-    p.add_argument("model", help="RUN_DIR/model.keras or RUN_DIR/model_<fmt>.tflite")
-    p.add_argument("input")
-    p.add_argument("out_dir")
-    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="larger images are skipped (header check)")
-    p.add_argument("--every", type=int, default=1, help="video: predict one frame in N, the others reuse its mask")
-    p.add_argument("--overwrite", action="store_true", help="replace files in OUT_DIR that seglib did not write")
+    from seglib.inference.config import PredictConfig
+
+    add_arguments(p, PredictConfig)
 
 
 def _serve_arguments(p) -> None:
-    p.add_argument("run_dir")
-    p.add_argument("--model", default="int8", choices=["int8", "fp16", "fp32", "onnx", "keras"],
-                   help="which of the run's models (the exports need `export` first)")
-    p.add_argument("--host", default="127.0.0.1", help="0.0.0.0 to accept other machines (no authentication!)")
-    p.add_argument("--port", type=int, default=8000)
-    p.add_argument("--threads", type=int, default=2, help="model runners: requests predicted at once")
-    p.add_argument("--queue", type=int, default=8, help="requests that may wait for a runner; more get 503")
-    p.add_argument("--max-pixels", type=int, default=MAX_PIXELS, help="larger images get 413 (header check)")
-    p.add_argument("--max-bytes", type=int, default=20_000_000, help="larger uploads get 413")
+    from seglib.inference.config import ServeConfig
+
+    add_arguments(p, ServeConfig)
 
 
 def _batch_arguments(p) -> None:
-    p.add_argument("config", help="YAML: name, parameters (shared), runs (each a name plus overrides)")
-    p.add_argument("--only", action="append", metavar="NAME", help="run only this run (repeat or comma-separate)")
-    p.add_argument("--resume", action="store_true", help="skip runs that finished; continue interrupted training")
-    p.add_argument("--overwrite", action="store_true", help="run again runs that finished earlier")
-    p.add_argument("--root", default=".", help="folder that gets reports/, artifacts/ and data/prepared/")
-    p.add_argument("--parallel", type=int, default=1,
-                   help="runs at once on this machine, each on its own GPU or its share of the CPU threads")
-    p.add_argument("--ray", default=None, metavar="ADDRESS",
-                   help="run each run as a task on a Ray cluster (ADDRESS, auto, or local to start one here)")
-    p.add_argument("--wait-timeout", type=float, default=120, help="seconds to wait for the Ray cluster")
+    from seglib.runs.sweep import BatchConfig
+
+    add_arguments(p, BatchConfig)
 
 
 def _colab_badges_arguments(p) -> None:
     p.add_argument("--repo", default=None, help="GitHub URL (default: git remote origin)")
     p.add_argument("--branch", default="main")
     p.add_argument("--readme", default="README.md")
+
+
+def _doctor_arguments(p) -> None:
+    p.add_argument("--runs-dir", default="artifacts", help="where runs are written (its free disk is shown)")
 
 
 def _purity_arguments(p) -> None:
@@ -336,6 +338,8 @@ COMMANDS = [
      _cmd_colab_badges),
     ("purity", "label purity of a prepared split against the true ids/ beside the pairs", _purity_arguments,
      _cmd_purity),
+    ("doctor", "versions, the device, free disk, and a numeric check of the accelerator against the CPU",
+     _doctor_arguments, _cmd_doctor),
 ]
 
 
@@ -357,7 +361,8 @@ def main(argv: list[str] | None = None) -> int:
     if args.debug:
         os.environ[DEBUG_ENV] = "1"  # TensorFlow's start-up lines too (seglib.quiet)
     try:
-        return args.func(args)
+        with filtered_stderr(stream=True):  # TensorFlow's C++ notices at any point of a command: not its lines
+            return args.func(args)
     except KeyboardInterrupt:
         print("interrupted", file=sys.stderr)
         return 130

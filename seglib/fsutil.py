@@ -178,14 +178,16 @@ def check_output_dir(final: str | os.PathLike, layout) -> None:
 
 
 def remove_owned(folder: str | os.PathLike, layout, keep=()) -> None:
-    """Delete what seglib wrote in ``folder`` (``layout.OWNED``), except ``keep`` (names); files
-    seglib did not write stay."""
+    """Delete what seglib wrote in ``folder`` (``layout.OWNED``), except ``keep`` (names) and the lock
+    file (its holder keeps it open); files seglib did not write stay."""
     from fnmatch import fnmatchcase
+
+    from seglib.layout import LOCK
 
     folder = Path(folder)
     for path in sorted(folder.rglob("*"), key=lambda p: len(p.parts), reverse=True):
         relative = path.relative_to(folder).as_posix()
-        if relative in keep or not any(fnmatchcase(relative, pattern) for pattern in layout.OWNED):
+        if relative in (*keep, LOCK) or not any(fnmatchcase(relative, pattern) for pattern in layout.OWNED):
             continue
         if path.is_dir() and not path.is_symlink():
             if not any(path.iterdir()):
@@ -265,3 +267,51 @@ def staged_dir(final: str | os.PathLike, layout):
     except BaseException:
         shutil.rmtree(tmp, ignore_errors=True)
         raise
+
+
+class FolderBusy(OSError):
+    """Another process is writing the folder (it holds the folder's lock)."""
+
+
+_HELD: dict[Path, int] = {}  # folder -> this process's lock file descriptor (a lock is taken once per process)
+
+
+@contextmanager
+def writer_lock(folder: str | os.PathLike, layout):
+    """Be the one writer of ``folder`` (a seglib folder of kind ``layout``) while the block runs: an
+    exclusive OS lock on its lock file (``layout``'s ``LOCK``), released when the block ends or the
+    process dies, however it dies. Taken, it makes the temporaries a dead writer left (``layout.STALE``)
+    safe to remove, and they are. A second writer gets :class:`FolderBusy` naming the holder."""
+    import fcntl
+    import shutil
+    import socket
+    import sys
+    from datetime import datetime, timezone
+
+    from seglib.layout import LOCK
+
+    folder = Path(folder).resolve()
+    if folder in _HELD:  # this process holds it already (report -> evaluate)
+        yield
+        return
+    folder.mkdir(parents=True, exist_ok=True)
+    fd = os.open(folder / LOCK, os.O_RDWR | os.O_CREAT, file_mode())
+    try:
+        fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+    except BlockingIOError:
+        holder = os.read(fd, 4096).decode("utf-8", "replace").strip() or "another process"
+        os.close(fd)
+        raise FolderBusy(f"{folder}: another seglib command is writing here ({holder}); wait for it to end or "
+                         "stop it, or use another folder") from None
+    os.ftruncate(fd, 0)
+    os.write(fd, (f"pid {os.getpid()} on {socket.gethostname()} since "
+                  f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}: "
+                  f"{' '.join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv))}").encode())
+    _HELD[folder] = fd
+    try:
+        for stale in sorted(p for pattern in layout.STALE for p in folder.glob(pattern)):
+            shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink(missing_ok=True)
+        yield
+    finally:
+        del _HELD[folder]
+        os.close(fd)

@@ -14,6 +14,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 MARKER = ".seglib"
+LOCK = ".seglib.lock"  # one writer per folder: an OS lock on this file (seglib.fsutil.writer_lock)
 FORMAT = 1
 SPLITS = ("train", "val", "test")
 REPORT = "report.html"
@@ -72,8 +73,9 @@ class RunDir(Folder):
     KIND = "run"
     OWNED = (MARKER, "config.json", "palette.json", "history.csv", "model.keras", "run.json", "metrics.json",
              "confusion.npy", "export.json", "model_*.tflite", "model.onnx", "backup", "backup/*", "tensorboard",
-             "tensorboard/*", ".saved_model-*",
+             "tensorboard/*", ".saved_model-*", ".saved_model-*/*", LOCK,
              *TEMP_PATTERNS)
+    STALE = (".saved_model-*", *TEMP_PATTERNS)  # temporaries only a live writer uses: a dead one's are removed
 
     config = property(lambda self: self.root / "config.json")
     palette = property(lambda self: self.root / "palette.json")

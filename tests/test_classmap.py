@@ -74,6 +74,9 @@ def test_kmeans_classes_merge_by_index_and_the_labels_follow(synth_dir, tmp_path
      r"class 'truck' is mapped twice \(--merge vehicle and --merge heavy"),
     (["vehicle=car"], "car", r"class 'car' is mapped twice \(--merge vehicle and --drop\)"),
     (["vehicle"], None, r"--merge 'vehicle': expected NEW=CLASS,CLASS"),
+    (["road=sky", "sky=road"], None, r"--merge road=...: 'road' is the name of class 0, which is not merged into it"),
+    (["car=truck"], None, r"--merge car=...: 'car' is the name of class 13, which is not merged into it"),
+    (None, ",".join(map(str, range(19))), r"--drop 0,1,.*: 0 class\(es\) would be left of 19; a model needs 2"),
 ])
 def test_a_bad_mapping_fails_before_anything_is_written(cityscapes, tmp_path, merge, drop, message):
     with pytest.raises(DatasetError, match=message):

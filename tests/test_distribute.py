@@ -138,8 +138,8 @@ def test_multiworker_on_two_processes_writes_only_on_the_chief_and_resumes_after
     config = json.loads(RunDir(run).config.read_text())
     assert config["distribution"]["strategy"] == "multiworker" and config["distribution"]["replicas"] == 2
     assert config["distribution"]["chief"] and config["global_batch_size"] == 8
-    assert sorted(p.name for p in run.iterdir()) == [".seglib", "config.json", "history.csv", "model.keras",
-                                                       "palette.json", "run.json"]
+    assert sorted(p.name for p in run.iterdir()) == [".seglib", ".seglib.lock", "config.json", "history.csv",
+                                                       "model.keras", "palette.json", "run.json"]
     assert list((tmp_path / "again1").glob("seglib-worker-*")) == []  # the other worker's temp folder, removed
 
 
@@ -182,22 +182,28 @@ def test_a_wait_for_workers_that_never_come_ends_with_an_error_in_its_time_on_ct
         "and that every one is started, or wait longer (--wait-timeout)")
     assert f"waiting for the other workers of TF_CONFIG (127.0.0.1:{ports[1]}) (at most 8 s" in done.stdout
     assert took < 120 and not (tmp_path / "run").exists()
+    # Ctrl-C in a terminal: SIGINT to the process group, the watchdog's too were it in the group
     waiting = subprocess.Popen(train_command(prepared, tmp_path / "run2", "--strategy", "multiworker"),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
     line = waiting.stdout.readline()
     assert line.startswith("waiting for the other workers"), line
     time.sleep(3)
-    waiting.send_signal(signal.SIGINT)
+    os.killpg(waiting.pid, signal.SIGINT)
     _, stderr = waiting.communicate(timeout=30)
-    assert waiting.returncode != 0 and "error: stopped while waiting for the other workers" in stderr
-    # SIGTERM to the process alone (not its group), which TensorFlow's preemption notifier would swallow
+    assert waiting.returncode == -signal.SIGINT and "error: stopped while waiting for the other workers" in stderr
+    assert "Traceback" not in stderr
+    # SIGTERM to the group (timeout, a container's stop), which TensorFlow's preemption notifier would swallow
     waiting = subprocess.Popen(train_command(prepared, tmp_path / "run3", "--strategy", "multiworker"),
-                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env)
+                               stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True, env=env,
+                               start_new_session=True)
     assert waiting.stdout.readline().startswith("waiting for the other workers")
     time.sleep(5)
-    waiting.send_signal(signal.SIGTERM)
+    started = time.monotonic()
+    os.killpg(waiting.pid, signal.SIGTERM)
     _, stderr = waiting.communicate(timeout=30)
-    assert waiting.returncode != 0 and "error: stopped (SIGTERM) while waiting for the other workers" in stderr
+    assert waiting.returncode == -signal.SIGKILL and time.monotonic() - started < 10  # 137 in a shell
+    assert "error: stopped (SIGTERM) while waiting for the other workers" in stderr and "Traceback" not in stderr
     assert not (tmp_path / "run2").exists() and not (tmp_path / "run3").exists()
 
 

@@ -144,3 +144,36 @@ def test_make_installs_into_an_active_conda_env(conda_env, uses):
 
 def test_environment_yml_states_metal_limits():
     assert re.search(r"tensorflow-metal 1\.2\.0 loads only up to TF 2\.18", (REPO / "environment.yml").read_text())
+
+
+def test_doctor_reports_the_machine_and_an_accelerator_that_disagrees_with_the_cpu_is_caught(tmp_path, monkeypatch,
+                                                                                             seglib_cli):
+    """Here (CPU only) the check has nothing to compare; an injected accelerator whose numbers are 1%
+    off fails it, the verdict is cached per machine and versions, and train's warning names the way out."""
+    from seglib.training import doctor
+
+    done = seglib_cli("doctor", "--runs-dir", tmp_path / "artifacts")
+    assert done.returncode == 0, done.stderr
+    assert "tensorflow " in done.stdout and "segmentation-models" in done.stdout and "free disk" in done.stdout
+    assert "self-check           -: only a CPU here: there is nothing to compare it with" in done.stdout
+    honest = doctor._fixed_step
+    assert doctor.self_check("/device:GPU:0", run_on=lambda device: honest("/device:CPU:0")).ok is True
+
+    def off_by_one_percent(device):
+        values = honest("/device:CPU:0")
+        return values if device.endswith("CPU:0") else values * 1.01
+
+    failed = doctor.self_check("/device:GPU:0", run_on=off_by_one_percent)
+    assert failed.ok is False and failed.largest_difference > doctor.TOLERANCE
+    assert "/device:GPU:0 differs from the CPU by up to" in failed.verdict
+    monkeypatch.setattr(doctor, "accelerator", lambda: "/device:GPU:0")
+    monkeypatch.setattr(doctor, "_fixed_step", off_by_one_percent)
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    warned = []
+    doctor.warn_if_unreliable(warned.append)
+    monkeypatch.setattr(doctor, "_fixed_step", honest)  # cached: not run again for the same machine and versions
+    doctor.warn_if_unreliable(warned.append)
+    assert len(warned) == 2 and all("seglib doctor" in w and "CUDA_VISIBLE_DEVICES=-1" in w for w in warned)
+    assert (tmp_path / "cache" / "seglib" / "device-check.json").exists()
+    assert "needs TensorFlow 2.18 or 2.19, this is 2.21.0" in doctor.metal_note({"tensorflow-metal": "1.2.0",
+                                                                                 "tensorflow": "2.21.0"})

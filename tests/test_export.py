@@ -1,6 +1,7 @@
 """Evaluate, export and predict on a model trained on synthetic data (small, random init)."""
 import json
 import shutil
+import subprocess
 from pathlib import Path
 
 import numpy as np
@@ -178,3 +179,36 @@ def test_onnx_export_is_measured_and_predicts(exported_run, trained, tmp_path):
     result = predict_paths(exported_run / "model.onnx", photo, tmp_path / "out")
     assert [Path(o).name for o in result["written"][0]["outputs"]] == [f"{photo.stem}_mask.png",
                                                                      f"{photo.stem}_overlay.png"]
+
+
+def test_a_damaged_history_or_config_or_a_full_disk_is_one_line_naming_it(trained, tmp_path, seglib_cli):
+    """report with a history.csv or config.json that is not seglib's names the file; export onto a full
+    disk (a tmpfs just larger than the run) says so in one line and leaves no SavedModel behind."""
+    import shutil
+
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run)
+    (run / "history.csv").write_text("epoch,loss\n0,garbage\n\x00\x01,,,\n")
+    done = seglib_cli("report", run, "--report-dir", tmp_path / "report")
+    assert done.returncode == 2 and done.stderr.startswith(f"error: {run / 'history.csv'}: not a training history")
+    assert len(done.stderr.splitlines()) == 1
+    (run / "config.json").write_text((trained / "run" / "config.json").read_text()[:300])  # cut short
+    done = seglib_cli("report", run, "--report-dir", tmp_path / "report")
+    assert done.returncode == 2 and done.stderr.startswith(f"error: {run / 'config.json'}: not valid JSON")
+
+    disk = tmp_path / "disk"
+    disk.mkdir()
+    size = sum(p.stat().st_size for p in (trained / "run").rglob("*") if p.is_file()) // 2**20 + 6
+    if subprocess.run(["mount", "-t", "tmpfs", "-o", f"size={size}m", "tmpfs", str(disk)],
+                      capture_output=True).returncode:
+        pytest.skip("cannot mount a tmpfs here (needs root)")
+    try:
+        shutil.copytree(trained / "run", disk / "run")
+        done = seglib_cli("export", disk / "run", "--formats", "fp32", "--calibration-images", "4",
+                          "--eval-images", "4")
+        error = [line for line in done.stderr.splitlines() if line.startswith("error: ")]
+        assert done.returncode == 2 and len(error) == 1 and "Traceback" not in done.stderr, done.stderr[-2000:]
+        assert "no space left" in error[0].lower() and "free some space" in error[0]
+        assert not list((disk / "run").glob(".saved_model-*")) and not list((disk / "run").glob(".*.tmp*"))
+    finally:
+        subprocess.run(["umount", str(disk)], check=False)

@@ -137,18 +137,60 @@ def test_bad_input_gets_a_clear_status_and_no_traceback(service, street, declare
         assert "Traceback" not in response.text and 'File "' not in response.text
 
 
-def test_an_overfull_queue_gets_503_with_retry_after(exported_run):
+def test_an_overfull_queue_gets_503_and_a_stalled_or_dropped_upload_frees_its_place_in_its_deadline(exported_run):
+    """One runner, no queue, --upload-timeout 2: a flood gets 503 with Retry-After; a sender that stalls
+    after ~100 bytes holds the only place until its deadline, then gets 408 and the next request 200; a
+    client that drops its upload costs one log line, not a traceback."""
     big = cv2.imencode(".png", np.random.default_rng(0).integers(0, 255, (1500, 3000, 3), np.uint8))[1].tobytes()
-    process, url = start_service(exported_run, "--threads", "1", "--queue", "0")
+    process, url = start_service(exported_run, "--threads", "1", "--queue", "0", "--upload-timeout", "2")
+    small = cv2.imencode(".png", np.zeros((64, 64, 3), np.uint8))[1].tobytes()
     try:
         with ThreadPoolExecutor(12) as pool:
             responses = list(pool.map(lambda _: post(url, big, name="big.png", output="json"), range(12)))
+        port = int(url.rsplit(":", 1)[1])
+        head = (b"POST /predict HTTP/1.1\r\nHost: x\r\nContent-Type: multipart/form-data; boundary=b\r\n"
+                b"Content-Length: 100000\r\n\r\n--b\r\nContent-Disposition: form-data; name=\"file\"; "
+                b"filename=\"slow.png\"\r\n\r\n")
+        stalled = socket.create_connection(("127.0.0.1", port))
+        stalled.sendall(head + b"\0" * 100)
+        time.sleep(0.5)
+        assert post(url, small, name="small.png").status_code == 503  # the stalled sender holds the place
+        started = time.monotonic()
+        stalled.settimeout(10)
+        answer = b""
+        while b"upload-timeout" not in answer and (part := stalled.recv(4096)):
+            answer += part
+        assert answer.startswith(b"HTTP/1.1 408") and b"upload-timeout" in answer and time.monotonic() - started < 4
+        stalled.close()
+        assert post(url, small, name="small.png").status_code == 200  # its place is free again
+        dropped = socket.create_connection(("127.0.0.1", port))
+        dropped.sendall(head + b"\0" * 100)
+        dropped.close()
+        time.sleep(0.5)
+        assert post(url, small, name="small.png").status_code == 200
     finally:
-        stop(process)
+        log = stop(process)
     statuses = [r.status_code for r in responses]
     assert set(statuses) <= {200, 503} and 200 in statuses and 503 in statuses, statuses
     busy = next(r for r in responses if r.status_code == 503)
     assert busy.headers["retry-after"] == "1" and "busy" in busy.json()["error"]
+    assert "an upload did not arrive within 2 s" in log and "a client disconnected during its upload" in log
+    assert "Traceback" not in log, log
+
+
+@pytest.mark.parametrize("flag, value, message", [
+    ("--port", "70000", r"PORT \(--port\): must be at most 65535"),
+    ("--threads", "0", r"THREADS \(--threads\): must be at least 1"),
+    ("--threads", "100000", r"THREADS \(--threads\): must be at most 64"),
+    ("--queue", "-1", r"QUEUE \(--queue\): must be at least 0"),
+    ("--max-pixels", "-1", r"MAX_PIXELS \(--max-pixels\): must be at least 1"),
+    ("--upload-timeout", "0", r"UPLOAD_TIMEOUT \(--upload-timeout\): must be more than 0"),
+])
+def test_every_serve_flag_is_checked_before_the_service_starts(trained, seglib_cli, flag, value, message):
+    import re
+
+    done = seglib_cli("serve", trained / "run", "--model", "keras", flag, value)
+    assert done.returncode == 2 and re.search(message, done.stderr) and len(done.stderr.splitlines()) == 1, done.stderr
 
 
 def test_three_huge_16_bit_pngs_at_once_keep_the_service_under_its_stated_memory_bound(exported_run):
@@ -218,7 +260,8 @@ def test_the_page_segments_a_dropped_image_in_headless_chromium(service, street,
 
 
 @pytest.mark.tf_lines
-def test_video_gets_an_overlay_video_of_the_same_fps_and_size(exported_run, trained, tmp_path):
+def test_video_gets_an_overlay_video_of_the_same_fps_and_size_and_its_frames_are_held_to_the_pixel_limit(
+        exported_run, trained, tmp_path):
     pairs = sorted((trained / "pairs" / "val").glob("*.jpg"))
     frames = [cv2.resize(cv2.imread(str(f))[:, :128], (96, 64)) for f in pairs]
     video = tmp_path / "drive.mp4"
@@ -239,6 +282,12 @@ def test_video_gets_an_overlay_video_of_the_same_fps_and_size(exported_run, trai
     done = subprocess.run([sys.executable, "-m", "seglib", "predict", str(exported_run / "model_int8.tflite"),
                            str(bad), str(tmp_path / "out2")], capture_output=True, text=True)
     assert done.returncode == 2 and "broken.mp4: not a readable video" in done.stderr
+    # frames over the pixel limit are refused from the container's header, before one is decoded
+    done = subprocess.run([sys.executable, "-m", "seglib", "predict", str(exported_run / "model_int8.tflite"),
+                           str(video), str(tmp_path / "out3"), "--max-pixels", "6000"], capture_output=True, text=True)
+    assert done.returncode == 2 and done.stderr.strip() == (
+        f"error: {video}: frames of 96x64 are 6144 pixels, over the limit of 6000 (--max-pixels)"), done.stderr
+    assert not (tmp_path / "out3").exists()
 
 
 def test_serve_refuses_a_model_the_run_lacks_and_a_port_in_use(trained, tmp_path):

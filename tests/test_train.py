@@ -38,14 +38,19 @@ def startup_lines(stderr: str) -> list[str]:
 @pytest.mark.slow
 def test_commands_into_a_file_print_their_own_lines_one_per_epoch_and_debug_shows_tensorflows(small_prepared,
                                                                                             tmp_path):
-    """Fresh processes with stdout a file (not a terminal): no progress bar updates, no TensorFlow or
-    absl start-up line on stderr; --debug shows them."""
+    """Fresh processes with stdout a file (not a terminal): no progress bar updates, not one line of
+    TensorFlow's, absl's or Keras' on stderr (start-up, the first epoch's oneDNN notice, Keras' input
+    structure warning), nothing but seglib's own; --debug shows TensorFlow's."""
     cli = [sys.executable, "-m", "seglib"]
+    done = subprocess.run([*cli, "prepare", str(tmp_path / "synth"), str(tmp_path / "prepared"), "--synth-count", "12",
+                           "--size", "64", "--sample-pixels", "5000"], capture_output=True, text=True)
+    assert done.returncode == 0 and done.stderr == "", done.stderr  # no progress bars into a file
+    assert [line.split(" ")[0] for line in done.stdout.splitlines()][:2] == ["generated", "prepared"], done.stdout
     with open(tmp_path / "out.txt", "w") as out:
         done = subprocess.run([*cli, "train", str(small_prepared), str(tmp_path / "run"), "--epochs", "2",
                                "--backbone", "mobilenet", "--encoder-weights", "none"], stdout=out,
                               stderr=subprocess.PIPE, text=True)
-    assert done.returncode == 0, done.stderr
+    assert done.returncode == 0 and done.stderr == "", done.stderr
     printed = (tmp_path / "out.txt").read_text()
     assert "\r" not in printed and "━" not in printed
     assert [line.split(":")[0] for line in printed.splitlines() if line.startswith("epoch ")] == ["epoch 1/2",
@@ -56,14 +61,15 @@ def test_commands_into_a_file_print_their_own_lines_one_per_epoch_and_debug_show
         done = subprocess.run([*cli, *command], capture_output=True, text=True)
         assert done.returncode == 0 and "mean IoU" in done.stdout, done.stderr
         assert bool(startup_lines(done.stderr)) == (command[0] == "--debug"), done.stderr
+        assert command[0] == "--debug" or done.stderr == "", done.stderr
 
 
 @pytest.mark.tf_lines
 def test_train_writes_a_complete_run(trained):
     """The ``trained`` fixture's run, as train() left it (the fixture is read-only)."""
     run_dir = trained / "run"
-    assert {p.name for p in run_dir.iterdir()} == {".seglib", "config.json", "palette.json", "history.csv",
-                                                  "model.keras", "run.json"}
+    assert {p.name for p in run_dir.iterdir()} == {".seglib", ".seglib.lock", "config.json", "palette.json",
+                                                  "history.csv", "model.keras", "run.json"}
     with open(run_dir / "history.csv") as f:
         rows = list(csv.DictReader(f))
     losses = [float(r["loss"]) for r in rows]
@@ -231,21 +237,62 @@ def test_a_finished_run_is_replaced_only_when_asked_a_corrupt_backup_is_named_an
     for stale in ("metrics.json", "confusion.npy", "model_int8.tflite", "export.json"):  # from the earlier model
         (run_dir / stale).write_text("old")
     (run_dir / "notes.md").write_text("mine")
-    run = train(TrainConfig(str(prepared), str(run_dir), backbone="mobilenet", epochs=3, lr=1e12,
-                            encoder_weights=None, overwrite=True), verbose=0)
-    info = json.loads((run_dir / "run.json").read_text())
-    assert run.stop_reason.startswith("nan") and info["stop_reason"].startswith("nan")
-    assert info["epochs_run"] == len(run.history) <= 3  # the new run's own history only
+    done = seglib_cli("train", prepared, run_dir, "--backbone", "mobilenet", "--epochs", "3", "--lr", "1e12",
+                      "--encoder-weights", "none", "--overwrite", "--quiet")
+    info = json.loads((run_dir / "run.json").read_text())  # no model, no success: a script or a batch sees it
+    assert done.returncode == 2 and "no finite epoch: no model saved" in done.stderr, done.stderr
+    assert "nothing to evaluate or export" in done.stderr and "Traceback" not in done.stderr
+    assert info["stop_reason"].startswith("nan") and not (run_dir / "model.keras").exists()
+    assert info["epochs_run"] <= 3  # the new run's own history only
     assert not [
         p for p in ("metrics.json", "confusion.npy", "model_int8.tflite", "export.json") if (run_dir / p).exists()
     ]
     assert (run_dir / "notes.md").read_text() == "mine"  # the user's file stays
-    if (run_dir / "model.keras").exists():  # only a finite epoch is ever saved
-        probs = load_model(run_dir).predict(np.asarray(open_split(prepared, "test").images[:1], np.float32),
-                                            verbose=0)
-        assert np.isfinite(probs).all()
-    else:
-        assert "no model saved" in info["stop_reason"]
+
+
+def test_a_run_folder_has_one_writer_a_resume_with_other_flags_changes_nothing_and_stale_temporaries_go(
+        trained, tmp_path, seglib_cli):
+    """A second command into a run folder another process writes is refused naming the holder; an
+    unfinished run resumed with other flags is refused naming them, before anything is written; the
+    temporaries a killed command left in a run folder are removed by the next one that writes there."""
+    import shutil
+
+    prepared, run_dir = trained / "prepared", tmp_path / "run"
+    holder = subprocess.Popen([sys.executable, "-c", "import sys, time\nfrom seglib.fsutil import writer_lock\n"
+                               "from seglib.layout import RunDir\nwith writer_lock(sys.argv[1], RunDir):\n"
+                               "    print('held', flush=True)\n    time.sleep(120)\n", str(run_dir)],
+                              stdout=subprocess.PIPE, text=True)
+    try:
+        assert holder.stdout.readline().strip() == "held"
+        done = seglib_cli("train", prepared, run_dir, "--backbone", "mobilenet", "--encoder-weights", "none")
+        assert done.returncode == 2 and f"another seglib command is writing here (pid {holder.pid} on" in done.stderr
+        assert sorted(p.name for p in run_dir.iterdir()) == [".seglib.lock"]
+    finally:
+        holder.kill()
+        holder.wait()
+
+    shutil.rmtree(run_dir)
+    shutil.copytree(trained / "run", run_dir)  # an unfinished run: a backup, no run.json
+    (run_dir / "run.json").unlink()
+    (run_dir / "backup" / "epoch-0001").mkdir(parents=True)
+    (run_dir / "backup" / "epoch-0001" / "state.json").write_text(json.dumps({"epoch": 1}))
+    before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
+    done = seglib_cli("train", prepared, run_dir, "--backbone", "mobilenet", "--encoder-weights", "none",
+                      "--epochs", "8", "--patience", "8", "--arch", "fpn", "--lr", "0.5", "--batch-size", "4")
+    assert done.returncode == 2 and "an unfinished run started with other parameters: --arch fpn (the run has " \
+        "unet); --batch-size 4 (the run has 8); --lr 0.5 (the run has 0.001)" in done.stderr, done.stderr
+    assert "config.json" in done.stderr and "--overwrite" in done.stderr and "corrupt" not in done.stderr
+    assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before  # nothing rewritten
+
+    (run_dir / "run.json").write_bytes((trained / "run" / "run.json").read_bytes())  # finished again
+    shutil.rmtree(run_dir / "backup")
+    (run_dir / ".saved_model-1234abcd" / "variables").mkdir(parents=True)  # a killed export's SavedModel
+    (run_dir / ".saved_model-1234abcd" / "variables" / "variables.data").write_bytes(b"\0" * 1000)
+    (run_dir / ".model.keras.tmp-x1y2.keras").write_bytes(b"half")  # a checkpoint cut by Ctrl-C
+    (run_dir / "notes.md").write_text("mine")
+    assert seglib_cli("evaluate", run_dir).returncode == 0
+    assert sorted(p.name for p in run_dir.iterdir() if p.name.startswith(".")) == [".seglib", ".seglib.lock"]
+    assert (run_dir / "notes.md").read_text() == "mine"
 
 
 def test_a_run_dir_that_is_not_a_seglib_run_is_refused(small_prepared, tmp_path):
@@ -343,7 +390,7 @@ def test_a_full_disk_stops_training_with_one_line_and_it_resumes_after_space_is_
         error = [line for line in full.stderr.splitlines() if line.startswith("error: ")]  # TF logs its own lines too
         assert len(error) == 1 and full.stderr.strip().endswith(error[0]) and "Traceback" not in full.stderr
         assert "No space left on device" in error[0] and "free some space and run again" in error[0]
-        assert not [p for p in run_dir.rglob(".*") if p.name != ".seglib"]  # no half-written temp file
+        assert not [p for p in run_dir.rglob(".*") if p.name not in (".seglib", ".seglib.lock")]  # no temp file
         assert load_model(run_dir) is not None and (run_dir / "backup").exists()
         subprocess.run(["mount", "-o", "remount,size=800m", str(disk)], check=True)
         resumed = subprocess.run(cmd, capture_output=True, text=True)

@@ -71,6 +71,11 @@ def resolve(class_map: ClassMap, names: list[str]) -> tuple[np.ndarray, list[lis
                 if i in owner:
                     raise DatasetError(f"class {names[i]!r} (id {i}) is mapped twice ({owner[i]} and {where})")
                 owner[i], group_of[i] = where, group
+    for new, _ in class_map.merges:  # a new name may be one of its own members' names, never another class's
+        taken = [i for i, name in enumerate(names) if name == new and group_of.get(i) != new]
+        if taken:
+            raise DatasetError(f"--merge {new}=...: {new!r} is the name of class {taken[0]}, which is not merged into "
+                               "it; choose a new name (or merge that class into it too)")
     members, new_names, lut, slot = [], [], np.full(256, IGNORE, np.uint8), {}
     for i, name in enumerate(names):
         if owner.get(i) == "--drop":
@@ -83,6 +88,9 @@ def resolve(class_map: ClassMap, names: list[str]) -> tuple[np.ndarray, list[lis
         j = slot[group] if group is not None else len(members) - 1
         members[j].append(i)
         lut[i] = j
+    if len(members) < 2:
+        raise DatasetError(f"--drop {','.join(class_map.drops)}: {len(members)} class(es) would be left of "
+                           f"{len(names)}; a model needs 2")
     return lut, members, new_names
 
 

@@ -47,3 +47,16 @@ class PrepareConfig(Parameters):
     synth_count: int = param(0, "a DATA_DIR that does not exist yet: generate this many synthetic scenes there "
                                 "(0: it is an error)", min=0, max=1_000_000,
                              notebook=200)  # the notebook's default DATA_DIR is generated on its first run
+
+
+@dataclass
+class SynthConfig(Parameters):
+    """Synthetic street scenes (``python -m seglib synth``)."""
+
+    out_dir: str = param(help="the folder the scenes are written to")
+    count: int = param(200, "scenes", min=2, max=100_000)
+    seed: int = param(0, "seeds the scenes", min=0, max=2**32 - 1)
+    layout: str = param("pairs", "pairs (the Kaggle layout), or images with id masks as folders or as the official "
+                                 "Cityscapes layout", ("pairs", "folders", "cityscapes"))
+    size: int | str = param(256, "pairs: side of each half (pairs are 2*size x size); folders and cityscapes: H x W, "
+                                 "e.g. 128x256")

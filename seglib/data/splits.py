@@ -10,7 +10,7 @@ from pathlib import Path
 import numpy as np
 
 from seglib.data.palette import Palette
-from seglib.fsutil import atomic_write_text
+from seglib.fsutil import atomic_write_text, read_json
 from seglib.layout import PreparedDir
 
 
@@ -54,7 +54,7 @@ def source_masks(prepared_dir: str | os.PathLike, split: str, rows) -> list[np.n
     for a dataset of id masks, whose labels are the masks."""
     from seglib.data.pairs import read_pair
 
-    summary = json.loads(PreparedDir(prepared_dir).summary.read_text())
+    summary = read_json(PreparedDir(prepared_dir).summary)
     if summary.get("layout") not in ("kaggle", "flat"):
         return None
     data = open_split(prepared_dir, split)
@@ -73,7 +73,7 @@ def source_labels(prepared_dir: str | os.PathLike, split: str):
     from seglib.data.idmasks import decode_mask, find_labelled, settle_classes
 
     prepared = PreparedDir(prepared_dir)
-    summary = json.loads(prepared.summary.read_text())
+    summary = read_json(prepared.summary)
     params = summary["parameters"]
     labelled = find_labelled(summary["data_dir"], params["val_fraction"], params["seed"])
     if labelled is None:

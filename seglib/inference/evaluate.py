@@ -10,10 +10,11 @@ from pathlib import Path
 import numpy as np
 
 from seglib.data.palette import Palette
-from seglib.fsutil import atomic_write_bytes, atomic_write_json, read_json
+from seglib.fsutil import atomic_write_bytes, atomic_write_json, read_json, writer_lock
 from seglib.inference.config import EvaluateConfig
 from seglib.layout import PreparedDir, RunDir
 from seglib.parameters import checked_values
+from seglib.quiet import filtered_stderr
 from seglib.training.metrics import image_ious, scores, update_confusion
 
 
@@ -65,21 +66,23 @@ def evaluate(run_dir: str | os.PathLike, prepared_dir: str | os.PathLike | None 
     confusion = np.zeros((palette.k, palette.k), np.int64)
     per_image: list[float] = []
     ignored = 0
-    for _rows, _images, labels, pred in predict_split(model, prepared_dir, split, batch_size):
-        update_confusion(confusion, labels, pred, palette.ignore_index)
-        per_image.extend(image_ious(labels, pred, palette.k, palette.ignore_index))
-        if palette.ignore_index is not None:
-            ignored += int(np.count_nonzero(labels == palette.ignore_index))
+    with filtered_stderr(stream=True):  # TensorFlow's C++ notices at the first call
+        for _rows, _images, labels, pred in predict_split(model, prepared_dir, split, batch_size):
+            update_confusion(confusion, labels, pred, palette.ignore_index)
+            per_image.extend(image_ious(labels, pred, palette.k, palette.ignore_index))
+            if palette.ignore_index is not None:
+                ignored += int(np.count_nonzero(labels == palette.ignore_index))
     result = {"split": split, "prepared_dir": str(prepared_dir), "num_pixels": int(confusion.sum()),
               "ignored_pixels": ignored, "ignore_index": palette.ignore_index,
               "class_names": palette.names, **scores(confusion),
               "image_mean_iou": [round(float(v), 5) for v in per_image]}
     if full_size:
         result["full_size"] = full_size_scores(model, prepared_dir, split, palette, batch_size)
-    atomic_write_json(run.metrics, result)
     buffer = io.BytesIO()
     np.save(buffer, confusion)
-    atomic_write_bytes(run.confusion, buffer.getvalue())
+    with writer_lock(run.root, RunDir):  # not while another command writes the run
+        atomic_write_json(run.metrics, result)
+        atomic_write_bytes(run.confusion, buffer.getvalue())
     return result
 
 

@@ -20,7 +20,7 @@ from pathlib import Path
 import numpy as np
 
 from seglib.data.splits import open_split
-from seglib.fsutil import atomic_write_bytes, atomic_write_json, read_json, staged_file
+from seglib.fsutil import atomic_write_bytes, atomic_write_json, read_json, staged_file, writer_lock
 from seglib.inference.config import EvaluateConfig
 from seglib.inference.evaluate import run_prepared_dir
 from seglib.layout import RunDir
@@ -205,7 +205,14 @@ def export_run(run_dir: str | os.PathLike, formats=E.formats, calibration_images
         raise ValueError(f"FORMATS (--formats): {arch} does not export to {', '.join(refused)}; it exports to "
                          f"{', '.join(architecture(arch).exports)}")
     data = _export_data(run_prepared_dir(run.root, prepared_dir), calibration_images, eval_images, seed)
-    return _export_formats(run, load_model(run.root), formats, data, config, threads, latency_repeats)
+    import tensorflow as tf
+
+    with writer_lock(run.root, RunDir):  # one writer; a killed export's .saved_model-*/ is removed here
+        try:
+            return _export_formats(run, load_model(run.root), formats, data, config, threads, latency_repeats)
+        except tf.errors.ResourceExhaustedError as exc:  # TensorFlow's word for a full disk while saving
+            raise OSError(f"{run.root}: no space left to export the model ({str(exc).strip().splitlines()[0][:160]}); "
+                          "free some space and export again (nothing half-written is kept)") from None
 
 
 def _export_data(prepared_dir: Path, calibration_images: int, eval_images: int | None, seed: int) -> dict:

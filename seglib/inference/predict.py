@@ -24,6 +24,7 @@ from seglib.data.pairs import (
     IMAGE_SUFFIXES,
     MAX_PIXELS,
     PairError,
+    TooLarge,
     decode_image,
 )
 from seglib.data.palette import Palette
@@ -168,10 +169,11 @@ def predict_paths(model_path, input_path, out_dir, alpha: float = 0.5, max_pixel
 
 
 def predict_video(model_path, video_path, out_dir, every: int = 1, alpha: float = 0.5,
-                  progress: bool = True, overwrite: bool = False) -> dict:
+                  progress: bool = True, overwrite: bool = False, max_pixels: int = MAX_PIXELS) -> dict:
     """Write ``OUT_DIR/<name>_overlay.mp4``: every frame of the video with the predicted mask
     blended in (the same frame rate and size). With ``every`` N, one frame in N is predicted and
-    the frames between reuse its mask. Returns frames, frames predicted, seconds, frames/s."""
+    the frames between reuse its mask. A video whose frames are over ``max_pixels`` is refused from
+    its header, before any frame is decoded. Returns frames, frames predicted, seconds, frames/s."""
     import time
 
     from tqdm import tqdm
@@ -184,6 +186,10 @@ def predict_video(model_path, video_path, out_dir, every: int = 1, alpha: float 
         raise PairError(video_path, "not a readable video")
     fps = capture.get(cv2.CAP_PROP_FPS) or 25.0
     width, height = int(capture.get(cv2.CAP_PROP_FRAME_WIDTH)), int(capture.get(cv2.CAP_PROP_FRAME_HEIGHT))
+    if width * height > max_pixels:
+        capture.release()
+        raise TooLarge(video_path, f"frames of {width}x{height} are {width * height} pixels, over the limit of "
+                                   f"{max_pixels} (--max-pixels)")
     total = int(capture.get(cv2.CAP_PROP_FRAME_COUNT)) or None
     final = out_dir / f"{video_path.stem}_overlay.mp4"
     owned = claim_outputs(out_dir, [final], overwrite)

@@ -14,7 +14,6 @@ or pixel limit), 405 or 415; no response carries a traceback.
 """
 import contextlib
 import functools
-import json
 import logging
 import os
 import queue
@@ -27,15 +26,16 @@ from pathlib import Path
 import cv2
 import numpy as np
 
+from seglib import fsutil
 from seglib.data.labels import colourize
 from seglib.data.pairs import MAX_PIXELS, PairError, TooLarge, decode_image_bytes, image_header
 from seglib.data.palette import Palette
+from seglib.inference.config import MAX_BYTES, MODELS, ServeConfig
 from seglib.inference.predict import is_pair, overlay, png, segment
 from seglib.layout import RunDir
+from seglib.parameters import checked_values
 
-MODELS = ("int8", "fp16", "fp32", "onnx", "keras")
 OUTPUTS = ("mask", "overlay", "ids", "json")
-MAX_BYTES = 20_000_000  # an upload; a 12 MP JPEG is about 5 MB
 log = logging.getLogger("seglib.inference.serve")
 
 
@@ -129,7 +129,7 @@ def memory_bound(threads: int = 2, queue_size: int = 8, max_pixels: int = MAX_PI
 
 
 def create_app(run_dir: str | os.PathLike, model: str = "int8", threads: int = 2, queue_size: int = 8,
-               max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES):
+               max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES, upload_timeout: float = 30):
     """The FastAPI app serving ``run_dir`` (see the module docstring): JSON errors, the page and the
     run's facts, and ``/predict``."""
     from fastapi import FastAPI
@@ -139,7 +139,7 @@ def create_app(run_dir: str | os.PathLike, model: str = "int8", threads: int = 2
     app = FastAPI(title="seglib", docs_url=None, redoc_url=None, openapi_url=None)
     _error_handlers(app)
     _read_routes(app, run, pool)
-    _predict_route(app, pool, max_pixels, max_bytes)
+    _predict_route(app, pool, max_pixels, max_bytes, upload_timeout)
     app.state.pool = pool
     return app
 
@@ -162,8 +162,9 @@ def _error_handlers(app) -> None:
         return JSONResponse({"error": f"bad parameters ({problems})"}, status_code=400)
 
     @app.exception_handler(Exception)
-    async def internal_error(request: Request, exc: Exception):
-        log.exception("%s %s failed", request.method, request.url.path)
+    async def internal_error(request: Request, exc: Exception):  # one line a failed request; --debug: the traceback
+        log.error("%s %s failed: %s: %s", request.method, request.url.path, type(exc).__name__,
+                  " ".join(str(exc).split())[:300], exc_info=log.isEnabledFor(logging.DEBUG))
         return JSONResponse({"error": "internal error (see the service's log)"}, status_code=500)
 
 
@@ -174,7 +175,7 @@ def _read_routes(app, run: RunDir, pool: ModelPool) -> None:
     started = time.time()
 
     def read_json(path: Path) -> dict | None:
-        return json.loads(path.read_text()) if path.exists() else None
+        return fsutil.read_json(path) if path.exists() else None
 
     @app.get("/", response_class=HTMLResponse)
     def page() -> str:
@@ -200,12 +201,15 @@ def _read_routes(app, run: RunDir, pool: ModelPool) -> None:
         }
 
 
-def _predict_route(app, pool: ModelPool, max_pixels: int, max_bytes: int) -> None:
+def _predict_route(app, pool: ModelPool, max_pixels: int, max_bytes: int, upload_timeout: float) -> None:
     """``POST /predict``: a place taken before the upload is read (503 when none is free), the upload
-    bounded, the work on a worker thread."""
+    bounded in bytes and in time (408 past ``upload_timeout``), the work on a worker thread."""
+    import asyncio
+
     from fastapi import HTTPException, Request
     from fastapi.responses import JSONResponse, Response
     from starlette.concurrency import run_in_threadpool
+    from starlette.requests import ClientDisconnect
 
     @app.post("/predict")
     async def predict(request: Request, pair: bool = False, output: str = "mask", alpha: float | None = None,
@@ -218,7 +222,15 @@ def _predict_route(app, pool: ModelPool, max_pixels: int, max_bytes: int) -> Non
             raise HTTPException(413, f"upload of {int(declared)} bytes is over the limit of {max_bytes} (--max-bytes)")
         try:
             with pool.place():  # taken before the upload is read: a refused request has stored nothing
-                data, name = await _read_upload(request, max_bytes)
+                try:  # a sender that stalls loses its place at the deadline
+                    data, name = await asyncio.wait_for(_read_upload(request, max_bytes), upload_timeout)
+                except TimeoutError:
+                    log.warning("an upload did not arrive within %g s (--upload-timeout): cut off", upload_timeout)
+                    raise HTTPException(408, f"the upload did not arrive within {upload_timeout:g} s "
+                                             "(--upload-timeout)") from None
+                except ClientDisconnect:
+                    log.warning("a client disconnected during its upload")
+                    return Response(status_code=400)
                 try:  # decoding, the model and encoding run on a worker thread, not on the event loop
                     return await run_in_threadpool(answer, data, name, pair, output, alpha, mask)
                 except TooLarge as exc:
@@ -336,24 +348,36 @@ async def _read_upload(request, max_bytes: int) -> tuple[bytes, str]:
     return data, upload.filename or "upload"
 
 
-def serve(run_dir: str | os.PathLike, model: str = "int8", host: str = "127.0.0.1", port: int = 8000,
-          threads: int = 2, queue_size: int = 8, max_pixels: int = MAX_PIXELS, max_bytes: int = MAX_BYTES,
-          log_level: str = "info") -> None:
-    """Run the service until interrupted (uvicorn)."""
+S = ServeConfig  # the defaults below are ServeConfig's
+
+
+def serve(run_dir: str | os.PathLike, model: str = S.model, host: str = S.host, port: int = S.port,
+          threads: int = S.threads, queue_size: int = S.queue, max_pixels: int = S.max_pixels,
+          max_bytes: int = S.max_bytes, upload_timeout: float = S.upload_timeout, log_level: str = "info") -> None:
+    """Run the service until interrupted (uvicorn); the parameters are
+    :class:`~seglib.inference.config.ServeConfig`'s, each checked before anything starts.
+
+    Example:
+        ``serve("artifacts/default", model="int8", port=8080)``
+    """
     import socket
 
     import uvicorn
 
+    checked_values(ServeConfig, model=model, port=port, threads=threads, queue=queue_size, max_pixels=max_pixels,
+                   max_bytes=max_bytes, upload_timeout=upload_timeout)
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:  # a clear error first
         try:
             probe.bind((host, port))
         except OSError as exc:
             raise OSError(f"{host}:{port}: cannot listen there ({exc.strerror}); choose another --port") from None
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    app = create_app(run_dir, model, threads, queue_size, max_pixels, max_bytes)
+    logging.basicConfig(level=logging.DEBUG if log_level == "debug" else logging.INFO,
+                        format="%(asctime)s %(name)s %(levelname)s %(message)s")
+    app = create_app(run_dir, model, threads, queue_size, max_pixels, max_bytes, upload_timeout)
     pool = app.state.pool
     bound = memory_bound(pool.threads, queue_size, max_pixels, max_bytes)
     print(f"serving {pool.path} ({pool.runtime}, {pool.threads} thread(s)) on http://{host}:{port}/\n"
           f"at most {pool.threads} image(s) decoded and {pool.threads + queue_size} upload(s) held at once: "
-          f"up to {bound / 1e9:.1f} GB above the idle size (--threads, --queue, --max-pixels, --max-bytes)", flush=True)
+          f"up to {bound / 1e9:.1f} GB above the idle size (--threads, --queue, --max-pixels, --max-bytes); an "
+          f"upload has {upload_timeout:g} s to arrive (--upload-timeout)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug")

@@ -9,6 +9,7 @@ from matplotlib.patches import Patch
 
 from seglib.data.labels import colourize
 from seglib.data.palette import Palette
+from seglib.fsutil import read_json
 from seglib.layout import RunDir
 
 
@@ -80,17 +81,30 @@ def class_shares(summary: dict, palette: Palette):
     return fig
 
 
+def read_history(path: str | Path):
+    """A run's ``history.csv`` as a DataFrame: an ``epoch`` column and numbers; a one-line error
+    naming the file when it is not that (damaged, cut short, edited)."""
+    import pandas as pd
+
+    try:
+        history = pd.read_csv(path)
+        if "epoch" not in history or history.empty:
+            raise ValueError("no epoch rows")
+        return history.apply(pd.to_numeric, errors="raise")
+    except (ValueError, TypeError, pd.errors.ParserError, UnicodeDecodeError) as exc:
+        raise ValueError(f"{path}: not a training history seglib wrote ({' '.join(str(exc).split())[:120]}); "
+                         "the file is damaged") from None
+
+
 def training_curves(run_dir):
     """Loss, pixel accuracy and mean IoU per epoch (train and val) from a run's history.csv,
     with the best epoch (the weights kept in model.keras) marked."""
-    import json
 
-    import pandas as pd
 
     run = RunDir(run_dir)
-    history = pd.read_csv(run.history)
+    history = read_history(run.history)
     epochs = history["epoch"] + 1
-    info = json.loads(run.info.read_text()) if run.info.exists() else {}
+    info = read_json(run.info) if run.info.exists() else {}
     best = info.get("best_epoch")
     panels = [("loss", "loss"), ("pixel_accuracy", "pixel accuracy"), ("mean_iou", "mean IoU")]
     fig, axes = plt.subplots(1, 3, figsize=(13, 3.6))

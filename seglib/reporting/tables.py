@@ -8,8 +8,9 @@ from dataclasses import fields
 import pandas as pd
 
 from seglib.data.palette import Palette
+from seglib.fsutil import read_json
 from seglib.layout import RunDir
-from seglib.reporting.figures import class_names
+from seglib.reporting.figures import class_names, read_history
 from seglib.training.config import TrainConfig
 
 TRAINING_KEYS = [f.name for f in fields(TrainConfig) if f.name not in ("prepared_dir", "run_dir")]
@@ -112,12 +113,11 @@ def palette_warnings(summary: dict) -> list[str]:
 
 def history(run_dir: str | os.PathLike) -> pd.DataFrame:
     """One row per epoch from history.csv: losses, metrics, seconds; the best epoch marked."""
-    import json
 
     run = RunDir(run_dir)
-    table = pd.read_csv(run.history)
+    table = read_history(run.history)
     table.insert(0, "epoch", table.pop("epoch") + 1)
-    info = json.loads(run.info.read_text()) if run.info.exists() else {}
+    info = read_json(run.info) if run.info.exists() else {}
     order = ["epoch", "loss", "val_loss", "pixel_accuracy", "val_pixel_accuracy", "mean_iou", "val_mean_iou",
              "learning_rate", "seconds"]
     table = table[[c for c in order if c in table] + [c for c in table if c not in order]]

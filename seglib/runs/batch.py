@@ -17,9 +17,19 @@ from pathlib import Path
 
 from seglib.fsutil import atomic_write_json, read_marker, strangers, write_marker
 from seglib.layout import BatchDir, RunReportDir
+from seglib.parameters import checked_values
 from seglib.runs.index import write_index
 from seglib.runs.runner import PreparedData, StepFailed, run_one, summary_line
-from seglib.runs.sweep import Batch, BatchError, BatchRun, data_setting, load_config, read_status, save_config
+from seglib.runs.sweep import (
+    Batch,
+    BatchConfig,
+    BatchError,
+    BatchRun,
+    data_setting,
+    load_config,
+    read_status,
+    save_config,
+)
 from seglib.training.callbacks import format_seconds
 from seglib.training.checks import run_state
 
@@ -43,8 +53,7 @@ def run_batch(config: str | os.PathLike | dict, root: str | os.PathLike = ".", o
         if name not in names:
             raise BatchError(f"{batch.source}: --only {name!r} is not a run of this batch (runs: {names})")
     selected = [r for r in batch.runs if not only or r.name in only]
-    if parallel < 1:
-        raise BatchError(f"--parallel must be at least 1, got {parallel}")
+    checked_values(BatchConfig, parallel=parallel, wait_timeout=wait_timeout)
     if ray:
         check_ray_address(ray, wait_timeout)
     _check_run_folders(batch, selected, resume, overwrite)

@@ -101,17 +101,16 @@ def colab_local_copy(cache: str | os.PathLike):
 def local_copy(prepared_dir: str | os.PathLike, cache: str | os.PathLike) -> Path:
     """The prepared dataset copied under ``cache`` (local disk), once per dataset and version; a
     dataset already under ``cache`` is read where it is."""
-    import json
     import shutil
     from hashlib import sha1
 
-    from seglib.fsutil import staged_dir
+    from seglib.fsutil import read_json, staged_dir
     from seglib.layout import PreparedDir
 
     prepared = PreparedDir(prepared_dir)
     if not prepared.summary.exists() or Path(cache).resolve() in prepared.root.resolve().parents:
         return prepared.root
-    created = json.loads(prepared.summary.read_text()).get("created", "")
+    created = read_json(prepared.summary).get("created", "")
     key = sha1(f"{prepared.root.resolve()}|{created}".encode()).hexdigest()[:10]
     copy = Path(cache) / f"{prepared.root.name}-{key}"
     if not PreparedDir(copy).summary.exists():

@@ -7,7 +7,7 @@ import json
 from importlib import resources
 from pathlib import Path
 
-from seglib.fsutil import atomic_write_text
+from seglib.fsutil import atomic_write_text, read_json
 from seglib.layout import RunDir
 from seglib.runs import notebooks
 from seglib.runs.sweep import Batch, effective_parameters, now, read_status
@@ -24,7 +24,7 @@ def run_results(batch: Batch) -> list[dict]:
                   "parameters": effective_parameters(run), "prepared_dir": status.get("prepared_dir"),
                   "run_dir": run_dir.root}
         for path, key in ((run_dir.metrics, "metrics"), (run_dir.info, "training"), (run_dir.export, "export")):
-            record[key] = json.loads(path.read_text()) if path.exists() and status else {}
+            record[key] = read_json(path) if path.exists() and status else {}
         record["history"] = run_dir.history
         rows.append(record)
     return rows

@@ -8,7 +8,7 @@ import socket
 import time
 from pathlib import Path
 
-from seglib.fsutil import atomic_write_json, remove_owned, write_marker
+from seglib.fsutil import atomic_write_json, read_json, remove_owned, write_marker
 from seglib.layout import PreparedDir, RunDir, RunReportDir
 from seglib.runs import notebooks
 from seglib.runs.sweep import Batch, BatchRun, data_setting, effective_parameters, now, read_status
@@ -151,6 +151,6 @@ def summary_line(batch: Batch, run_name: str, status: dict) -> str:
     if status["status"] != "finished":
         return f"FAILED in {status.get('step')} after {took}: {status.get('error')}"
     metrics_path = RunDir(status["run_dir"]).metrics
-    metrics = json.loads(metrics_path.read_text()) if metrics_path.exists() else {}
+    metrics = read_json(metrics_path) if metrics_path.exists() else {}
     return (f"finished in {took}: pixel accuracy {metrics.get('pixel_accuracy', float('nan')):.4f}, "
             f"mean IoU {metrics.get('mean_iou', float('nan')):.4f} -> {batch.report_dir / run_name}")

@@ -13,9 +13,9 @@ from datetime import datetime, timezone
 from pathlib import Path
 
 from seglib.data.datasets import is_kaggle
-from seglib.fsutil import TooBig, atomic_write_text, pid_alive, read_bounded
+from seglib.fsutil import TooBig, atomic_write_text, pid_alive, read_bounded, read_json
 from seglib.layout import BatchDir, RunDir, RunReportDir
-from seglib.parameters import NONE_WORDS, checked_value, field_of, notebook_defaults
+from seglib.parameters import NONE_WORDS, Parameters, checked_value, field_of, notebook_defaults, param
 from seglib.runs import notebooks
 
 SET_BY_BATCH = {"OUT_DIR", "PREPARED_DIR", "RUN_DIR", "REPORT_DIR", "OVERWRITE"}  # the batch chooses these per run
@@ -24,6 +24,22 @@ PATH_PARAMETERS = {"DATA_DIR", "ENCODER_WEIGHTS", "INIT_FROM", "KAGGLE_CACHE"}
 NOT_PATHS = {None, "imagenet", *NONE_WORDS}
 NOT_DATA = {"EXAMPLES", "WORKERS", "KAGGLE_CACHE"}  # change how data is shown or made, not the data: one setting
 _NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]*$")
+
+
+@dataclass
+class BatchConfig(Parameters):
+    """How ``python -m seglib batch`` runs a sweep file."""
+
+    config: str = param(help="YAML: name, parameters (shared), runs (each a name plus overrides)")
+    only: str = param("", "run only these runs, comma-separated (or the flag repeated)", repeat=",", metavar="NAME")
+    resume: bool = param(False, "skip runs that finished; continue interrupted training")
+    overwrite: bool = param(False, "run again runs that finished earlier")
+    root: str = param(".", "folder that gets reports/, artifacts/ and data/prepared/")
+    parallel: int = param(1, "runs at once on this machine, each on its own GPU or its share of the CPU threads",
+                          min=1, max=64)
+    ray: str | None = param(None, "run each run as a task on a Ray cluster (ADDRESS, auto, or local to start one "
+                                  "here)", metavar="ADDRESS")
+    wait_timeout: float = param(120, "seconds to wait for the Ray cluster", above=0, max=7 * 86_400)
 
 
 class BatchError(ValueError):
@@ -206,7 +222,7 @@ def read_status(batch: Batch, run_name: str) -> dict:
     """The run's ``status.json``; a run still marked running whose batch process is gone (killed,
     or the machine restarted) reads as interrupted."""
     path = batch.run_report(run_name).status
-    status = json.loads(path.read_text()) if path.exists() else {}
+    status = read_json(path) if path.exists() else {}
     if status.get("status") == "running" and status.get("host") == socket.gethostname() \
             and not pid_alive(status.get("pid")):
         status.update(status="interrupted", error="the batch process stopped while this run was running")

@@ -3,14 +3,13 @@ per-epoch backup a killed run resumes from, and the one-line-per-epoch timer."""
 from __future__ import annotations
 
 import math
-import os
 import shutil
 import time
 from pathlib import Path
 
 import numpy as np
 
-from seglib.fsutil import atomic_write_json, staged_dir
+from seglib.fsutil import atomic_write_json, staged_dir, staged_file
 from seglib.layout import BackupEpochDir, RunDir
 from seglib.training.config import TrainConfig
 
@@ -83,13 +82,11 @@ def atomic_checkpoint(path: Path, monitor: str):
             if value is None or not math.isfinite(value):
                 return
             if (value > self.best) if mode_max else (value < self.best):
-                tmp = path.with_name(f".{path.name}.tmp.keras")
                 try:  # the same layers in an uncompiled Model: saved without optimizer state
                     ensure_space(path.parent, _variables_bytes(self.model.weights), "the best model")
-                    keras.Model(self.model.inputs, self.model.outputs, name=self.model.name).save(tmp)
-                    os.replace(tmp, path)
+                    with staged_file(path, ".keras") as tmp:  # a temp name seglib owns (.model.keras.tmp-*)
+                        keras.Model(self.model.inputs, self.model.outputs, name=self.model.name).save(tmp)
                 except OSError as exc:
-                    tmp.unlink(missing_ok=True)
                     raise OSError(f"{path}: could not save the best model of epoch {epoch + 1} "
                                   f"({exc.strerror or exc}); the previous one is kept. Free some space and run "
                                   "again: training continues from its last backup") from exc

@@ -2,7 +2,6 @@
 prepared arrays, the run folder's state, the model to start from."""
 from __future__ import annotations
 
-import json
 import os
 from dataclasses import dataclass, fields
 from pathlib import Path
@@ -12,8 +11,8 @@ import numpy as np
 from seglib.data.pairs import check_size_step
 from seglib.data.palette import Palette
 from seglib.data.splits import open_split
-from seglib.fsutil import read_marker
-from seglib.layout import BackupEpochDir, PreparedDir, RunDir
+from seglib.fsutil import read_json, read_marker
+from seglib.layout import LOCK, BackupEpochDir, PreparedDir, RunDir
 from seglib.parameters import checked_value
 from seglib.training.config import TrainConfig
 
@@ -64,7 +63,7 @@ def run_state(run_dir: str | os.PathLike) -> str:
     (an unfinished run with a backup), ``finished`` (run.json written) or ``started`` (a run that
     stopped before its first backup)."""
     run = RunDir(run_dir)
-    if not run.root.exists() or (run.root.is_dir() and not any(run.root.iterdir())):
+    if not run.root.exists() or (run.root.is_dir() and not any(p.name != LOCK for p in run.root.iterdir())):
         return "new"
     marker = read_marker(run.root)
     if not run.root.is_dir() or marker is None or marker.get("kind") != RunDir.KIND:
@@ -100,7 +99,7 @@ def validate(config: TrainConfig) -> Checked:
         raise FileExistsError(f"{run.root}: exists, is not empty and is not a seglib run; choose a new or empty "
                               "RUN_DIR")
     if state == "finished" and not config.overwrite:
-        info = json.loads(run.info.read_text())
+        info = read_json(run.info)
         raise FileExistsError(f"{run.root}: holds a finished run ({info.get('stop_reason')}, {info.get('epochs_run')} "
                               "epochs); use a new RUN_DIR, or overwrite it (--overwrite, OVERWRITE = True)")
     if state == "resumable" and not config.overwrite and run.palette.exists():
@@ -108,7 +107,27 @@ def validate(config: TrainConfig) -> Checked:
         if previous.k != palette.k:
             raise ValueError(f"{run.root} holds a run with K={previous.k}, the data has K={palette.k}: "
                              "use a new RUN_DIR")
+    if state == "resumable" and not config.overwrite and run.config.exists():
+        check_resume_flags(config, read_json(run.config), run.root)
     return Checked(palette, rows, size, init_model)
+
+
+# What may differ when a run is resumed: where it is, and what does not change what it computes.
+RESUME_FREE = ("run_dir", "prepared_dir", "overwrite", "tensorboard", "wait_timeout")
+
+
+def check_resume_flags(config: TrainConfig, earlier: dict, run_dir: Path) -> None:
+    """An unfinished run continues only with the parameters it was started with; otherwise a one-line
+    error names the flags that differ and the two ways out, before anything is written."""
+    from seglib.parameters import flag
+
+    differ = [f"{flag(f.name)} {getattr(config, f.name)} (the run has {earlier[f.name]})" for f in fields(config)
+              if f.name not in RESUME_FREE and f.name in earlier and getattr(config, f.name) != earlier[f.name]]
+    if Path(config.prepared_dir).resolve() != Path(earlier.get("prepared_dir", config.prepared_dir)).resolve():
+        differ.append(f"PREPARED_DIR {config.prepared_dir} (the run has {earlier['prepared_dir']})")
+    if differ:
+        raise ValueError(f"{run_dir}: an unfinished run started with other parameters: {'; '.join(differ)}. Resume "
+                         "it with its own (config.json), or start it over with --overwrite (OVERWRITE = True)")
 
 
 def init_source(config: TrainConfig) -> Path:
@@ -121,7 +140,7 @@ def init_source(config: TrainConfig) -> Path:
                                 "model.keras, or a .keras file)")
     record = RunDir(model_file.parent).config
     if record.exists():
-        earlier = json.loads(record.read_text())
+        earlier = read_json(record)
         arch, backbone = earlier.get("arch", "unet"), earlier.get("backbone")
         if (arch, backbone) != (config.arch, config.backbone):
             raise ValueError(f"{config.init_from}: a {arch}/{backbone} model; this run is {config.arch}/"
@@ -135,7 +154,7 @@ def latest_backup(run_dir: str | os.PathLike) -> tuple[BackupEpochDir, dict] | N
     if not done:
         return None
     try:
-        return done[-1], json.loads(done[-1].state.read_text())
+        return done[-1], read_json(done[-1].state)
     except (OSError, ValueError) as exc:
         raise ValueError(f"{done[-1].state}: corrupt training backup ({exc}); start the run over with --overwrite "
                          "(OVERWRITE = True)") from exc

@@ -83,6 +83,7 @@ def is_chief(config: dict) -> bool:
 _WATCHDOG = """
 import os, select, signal, sys, time
 parent, timeout, what, noted = int(sys.argv[1]), float(sys.argv[2]), sys.argv[3], int(sys.argv[4])
+signal.signal(signal.SIGINT, signal.SIG_IGN)  # its own session already; a Ctrl-C is the waiting process's
 
 
 def stop(why):
@@ -123,8 +124,11 @@ def bounded_wait(what: str, call, timeout: float):
     notifier (a multi-worker set-up installs one) cannot take it, and the watchdog, seeing it
     pending, ends this process (Linux: it reads /proc; library threads leave SIGTERM to the main
     thread, :func:`seglib.quiet.sigterm_to_main_thread`); a signal taken by a Python handler
-    installed during the call (Ray's) reaches the watchdog through :func:`signal.set_wakeup_fd`.
-    Nothing has been written yet."""
+    installed during the call (Ray's) reaches the watchdog through :func:`signal.set_wakeup_fd`. The
+    watchdog runs in its own session, so a signal to the process group (a terminal's Ctrl-C,
+    ``timeout``, a container's stop) ends the wait and not the watchdog. Ended by the watchdog (time
+    out or SIGTERM) the process exits with status 137 (it is killed: the wait holds it), on Ctrl-C
+    with 130. Nothing has been written yet."""
     import signal
     import subprocess
     import sys
@@ -132,8 +136,11 @@ def bounded_wait(what: str, call, timeout: float):
     print(f"waiting for {what} (at most {timeout:.0f} s: --wait-timeout)", flush=True)
     noted, note = os.pipe()
     os.set_blocking(note, False)
+    from seglib.quiet import real_stderr
+
     watchdog = subprocess.Popen([sys.executable, "-c", _WATCHDOG, str(os.getpid()), str(timeout), what, str(noted)],
-                                pass_fds=(noted,))
+                                pass_fds=(noted,), start_new_session=True,  # a signal to the group is not its end
+                                stderr=real_stderr())  # heard after it kills this process
     os.close(noted)
     handlers = {s: signal.signal(s, signal.SIG_DFL) for s in (signal.SIGTERM, signal.SIGINT)}
     blocked = signal.pthread_sigmask(signal.SIG_BLOCK, {signal.SIGTERM})

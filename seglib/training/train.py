@@ -24,8 +24,9 @@ from pathlib import Path
 import numpy as np
 
 from seglib import __version__
-from seglib.fsutil import atomic_write_json, atomic_write_text, read_json, remove_owned, write_marker
+from seglib.fsutil import atomic_write_json, atomic_write_text, read_json, remove_owned, write_marker, writer_lock
 from seglib.layout import PreparedDir, RunDir
+from seglib.quiet import filtered_stderr
 from seglib.training.callbacks import atomic_checkpoint, epoch_backup, epoch_timer, lr_scheduler
 from seglib.training.checks import Checked, latest_backup, run_state, validate
 from seglib.training.config import TrainConfig
@@ -75,7 +76,12 @@ def train(config: TrainConfig, verbose: int | str = "auto", log=None, callbacks=
     ``callbacks``: your own Keras callbacks, called after seglib's (they see each epoch's logs);
     ``local_copy(prepared_dir) -> folder``: where to read the data from (on Colab a copy on local
     disk, :func:`seglib.runs.colab.local_copy`). Into a file or a captured cell (stdout not a
-    terminal) ``"auto"`` prints one line per epoch instead of the bar's carriage-return updates."""
+    terminal) ``"auto"`` prints one line per epoch instead of the bar's carriage-return updates.
+    A run that ends without a model (not one finite epoch) raises :class:`TrainingFailed`.
+
+    Example:
+        ``run = train(TrainConfig("data/prepared/default", "artifacts/first", epochs=5))``
+    """
     if verbose == "auto" and not sys.stdout.isatty():
         verbose, log = 0, log or print
     checked = validate(config)
@@ -85,21 +91,30 @@ def train(config: TrainConfig, verbose: int | str = "auto", log=None, callbacks=
     placement = make_strategy(config.strategy, config.wait_timeout, config.cpu_devices)  # first: it may split the CPU
     run = RunDir(config.run_dir)
     if placement.chief:
-        state = run_state(run.root)
-        if state in ("finished", "started") or (state == "resumable" and config.overwrite):
-            remove_owned(run.root, RunDir)  # start over: the earlier run's files go, a user's files stay
-        run.root.mkdir(parents=True, exist_ok=True)
-        write_marker(run.root, RunDir.KIND)
-        out = run
+        with writer_lock(run.root, RunDir):  # one writer per run folder; a dead writer's temporaries go
+            state = run_state(run.root)
+            if state == "finished" and not config.overwrite:  # finished by another process since validate()
+                raise FileExistsError(f"{run.root}: holds a finished run; use a new RUN_DIR, or --overwrite")
+            if state in ("finished", "started") or (state == "resumable" and config.overwrite):
+                remove_owned(run.root, RunDir)  # start over: the earlier run's files go, a user's files stay
+            write_marker(run.root, RunDir.KIND)
+            result = _train(config, placement, checked, run, run, verbose, log, callbacks, local_copy)
     else:  # another worker of a multi-worker run: the chief writes; this one writes to a temp folder
         import tempfile
 
         out = RunDir(tempfile.mkdtemp(prefix="seglib-worker-"))
-    try:
-        return _train(config, placement, checked, run, out, verbose, log, callbacks, local_copy)
-    finally:
-        if out != run:
+        try:
+            result = _train(config, placement, checked, run, out, verbose, log, callbacks, local_copy)
+        finally:
             shutil.rmtree(out.root, ignore_errors=True)
+    if placement.chief and not run.model.exists():  # no model, no success: a script or a batch must see it
+        raise TrainingFailed(f"{run.root}: {result.stop_reason}; there is nothing to evaluate or export (a lower --lr "
+                             "or another --loss may help; run.json records the run)")
+    return result
+
+
+class TrainingFailed(ValueError):
+    """Training ended without a model (the loss was not finite from the first epoch on)."""
 
 
 def _train(config: TrainConfig, placement, checked: Checked, run: RunDir, out: RunDir, verbose, log,
@@ -116,6 +131,10 @@ def _train(config: TrainConfig, placement, checked: Checked, run: RunDir, out: R
     if out == run:
         _keep_history(run.history, backup[1]["epoch"] if backup else 0)  # a new run starts a new history
     device = {**detect_device(), "devices": placement.devices}  # what the strategy's replicas run on
+    if device["kind"] != "cpu":  # once per machine and library versions: does it compute what the CPU does?
+        from seglib.training.doctor import warn_if_unreliable
+
+        warn_if_unreliable(log)
     if device["kind"] == "cuda":
         keras.mixed_precision.set_global_policy("mixed_float16")
     keras.utils.set_random_seed(config.seed)
@@ -224,9 +243,10 @@ def _fit(model, train_ds, val_ds, config: TrainConfig, backup, callbacks: list, 
     import tensorflow as tf
 
     try:
-        return model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
-                         initial_epoch=backup[1]["epoch"] if backup else 0, callbacks=callbacks, verbose=verbose,
-                         shuffle=False)  # the dataset shuffles itself
+        with filtered_stderr(stream=True):  # TensorFlow's C++ notices at the first steps ("oneDNN supports ...")
+            return model.fit(train_ds, validation_data=val_ds, epochs=config.epochs,
+                             initial_epoch=backup[1]["epoch"] if backup else 0, callbacks=callbacks, verbose=verbose,
+                             shuffle=False)  # the dataset shuffles itself
     except (tf.errors.UnavailableError, tf.errors.CancelledError, tf.errors.DeadlineExceededError) as exc:
         if placement.name != "multiworker":
             raise
