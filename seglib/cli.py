@@ -155,7 +155,7 @@ def _cmd_serve(args) -> int:
     from seglib.inference.serve import serve
 
     c = ServeConfig.from_args(args)
-    serve(c.run_dir, model=c.model, host=c.host, port=c.port, threads=c.threads, queue_size=c.queue,
+    serve(c.run_dir, model=c.model, host=c.host, port=c.port, threads=c.threads, queue=c.queue,
           max_pixels=c.max_pixels, max_bytes=c.max_bytes, upload_timeout=c.upload_timeout,
           log_level="debug" if args.debug else "info")
     return 0

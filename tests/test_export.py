@@ -181,13 +181,14 @@ def test_onnx_export_is_measured_and_predicts(exported_run, trained, tmp_path):
                                                                      f"{photo.stem}_overlay.png"]
 
 
-def test_a_damaged_history_or_config_or_a_full_disk_is_one_line_naming_it(trained, tmp_path, seglib_cli):
+def test_a_damaged_history_or_config_or_a_full_disk_is_one_line_naming_it(exported_run, trained, tmp_path,
+                                                                          seglib_cli):
     """report with a history.csv or config.json that is not seglib's names the file; export onto a full
     disk (a tmpfs just larger than the run) says so in one line and leaves no SavedModel behind."""
     import shutil
 
     run = tmp_path / "run"
-    shutil.copytree(trained / "run", run)
+    shutil.copytree(exported_run, run, ignore=shutil.ignore_patterns("*.tflite", "*.onnx"))  # evaluated already
     (run / "history.csv").write_text("epoch,loss\n0,garbage\n\x00\x01,,,\n")
     done = seglib_cli("report", run, "--report-dir", tmp_path / "report")
     assert done.returncode == 2 and done.stderr.startswith(f"error: {run / 'history.csv'}: not a training history")

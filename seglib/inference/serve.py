@@ -352,7 +352,7 @@ S = ServeConfig  # the defaults below are ServeConfig's
 
 
 def serve(run_dir: str | os.PathLike, model: str = S.model, host: str = S.host, port: int = S.port,
-          threads: int = S.threads, queue_size: int = S.queue, max_pixels: int = S.max_pixels,
+          threads: int = S.threads, queue: int = S.queue, max_pixels: int = S.max_pixels,
           max_bytes: int = S.max_bytes, upload_timeout: float = S.upload_timeout, log_level: str = "info") -> None:
     """Run the service until interrupted (uvicorn); the parameters are
     :class:`~seglib.inference.config.ServeConfig`'s, each checked before anything starts.
@@ -364,7 +364,7 @@ def serve(run_dir: str | os.PathLike, model: str = S.model, host: str = S.host, 
 
     import uvicorn
 
-    checked_values(ServeConfig, model=model, port=port, threads=threads, queue=queue_size, max_pixels=max_pixels,
+    checked_values(ServeConfig, model=model, port=port, threads=threads, queue=queue, max_pixels=max_pixels,
                    max_bytes=max_bytes, upload_timeout=upload_timeout)
     with socket.socket(socket.AF_INET6 if ":" in host else socket.AF_INET) as probe:  # a clear error first
         try:
@@ -373,11 +373,11 @@ def serve(run_dir: str | os.PathLike, model: str = S.model, host: str = S.host, 
             raise OSError(f"{host}:{port}: cannot listen there ({exc.strerror}); choose another --port") from None
     logging.basicConfig(level=logging.DEBUG if log_level == "debug" else logging.INFO,
                         format="%(asctime)s %(name)s %(levelname)s %(message)s")
-    app = create_app(run_dir, model, threads, queue_size, max_pixels, max_bytes, upload_timeout)
+    app = create_app(run_dir, model, threads, queue, max_pixels, max_bytes, upload_timeout)
     pool = app.state.pool
-    bound = memory_bound(pool.threads, queue_size, max_pixels, max_bytes)
+    bound = memory_bound(pool.threads, queue, max_pixels, max_bytes)
     print(f"serving {pool.path} ({pool.runtime}, {pool.threads} thread(s)) on http://{host}:{port}/\n"
-          f"at most {pool.threads} image(s) decoded and {pool.threads + queue_size} upload(s) held at once: "
+          f"at most {pool.threads} image(s) decoded and {pool.threads + queue} upload(s) held at once: "
           f"up to {bound / 1e9:.1f} GB above the idle size (--threads, --queue, --max-pixels, --max-bytes); an "
           f"upload has {upload_timeout:g} s to arrive (--upload-timeout)", flush=True)
     uvicorn.run(app, host=host, port=port, log_level=log_level, access_log=log_level == "debug")
