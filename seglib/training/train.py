@@ -230,9 +230,11 @@ def _callbacks(config: TrainConfig, out: RunDir, backup, lr: float, steps_per_ep
     steps["checkpoint"] = atomic_checkpoint(out.model, config.monitor)  # the best model, before early stopping
     steps["early"] = keras.callbacks.EarlyStopping(config.monitor, patience=config.patience, mode=mode,
                                                    restore_best_weights=True)
+    # the epoch's row before its backup: an epoch a backup holds is always in history.csv (a kill between
+    # the two would otherwise lose the row; a row without a backup is dropped on resume, the epoch run again)
+    steps["history"] = keras.callbacks.CSVLogger(str(out.history), append=True)
     # after the checkpoint and early stopping: the backup holds their state of this epoch
     steps["backup"] = epoch_backup(out, steps["checkpoint"], steps["early"], backup[1] if backup else None)
-    steps["history"] = keras.callbacks.CSVLogger(str(out.history), append=True)
     if config.tensorboard:
         steps["tensorboard"] = keras.callbacks.TensorBoard(str(out.tensorboard))
     return steps
