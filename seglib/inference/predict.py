@@ -127,7 +127,11 @@ def predict_paths(model_path, input_path, out_dir, alpha: float = 0.5, max_pixel
                   overwrite: bool = False) -> dict:
     """Predict every image under ``input_path``; returns {"written": [...], "skipped": [...]}, where
     each written entry is the input and its two outputs. Unreadable or oversized images are
-    skipped and listed; an input with no image to predict is an error."""
+    skipped and listed; an input with no image to predict is an error.
+
+    Example:
+        ``predict_paths("artifacts/default/model_int8.tflite", "photos/", "predicted/")``
+    """
     input_path, out_dir = Path(input_path), Path(out_dir)
     if input_path.is_file() and input_path.suffix.lower() in VIDEO_SUFFIXES:
         raise ValueError(f"{input_path}: a video; use predict_video")
@@ -173,7 +177,11 @@ def predict_video(model_path, video_path, out_dir, every: int = 1, alpha: float 
     """Write ``OUT_DIR/<name>_overlay.mp4``: every frame of the video with the predicted mask
     blended in (the same frame rate and size). With ``every`` N, one frame in N is predicted and
     the frames between reuse its mask. A video whose frames are over ``max_pixels`` is refused from
-    its header, before any frame is decoded. Returns frames, frames predicted, seconds, frames/s."""
+    its header, before any frame is decoded. Returns frames, frames predicted, seconds, frames/s.
+
+    Example:
+        ``predict_video("artifacts/default/model_int8.tflite", "drive.mp4", "predicted/", every=2)``
+    """
     import time
 
     from tqdm import tqdm

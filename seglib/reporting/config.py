@@ -11,7 +11,11 @@ from seglib.parameters import Parameters, param
 
 @dataclass
 class ShowConfig(Parameters):
-    """What notebooks and reports show (not what they compute)."""
+    """What notebooks and reports show (not what they compute).
+
+    Example:
+        ``ShowConfig.from_parameters(globals())`` in a notebook checks its ``EXAMPLES``
+    """
 
     examples: int = param(4, "images in the example grids", min=0, max=64)
 

@@ -315,5 +315,9 @@ def _read_history(path: Path) -> list[dict]:
 
 
 def load_model(run_dir: str | os.PathLike):
-    """The best model of a run (uncompiled)."""
+    """The best model of a run (uncompiled), its preprocessing inside: it takes RGB in [0, 255].
+
+    Example:
+        ``probabilities = load_model("artifacts/default").predict(images)``
+    """
     return load_keras_model(RunDir(run_dir).model)
