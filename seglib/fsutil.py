@@ -273,7 +273,7 @@ class FolderBusy(OSError):
     """Another process is writing the folder (it holds the folder's lock)."""
 
 
-_HELD: dict[Path, int] = {}  # folder -> this process's lock file descriptor (a lock is taken once per process)
+_HELD: set[Path] = set()  # the folders whose lock this process holds (a lock is taken once per process)
 
 
 @contextmanager
@@ -307,11 +307,11 @@ def writer_lock(folder: str | os.PathLike, layout):
     os.write(fd, (f"pid {os.getpid()} on {socket.gethostname()} since "
                   f"{datetime.now(timezone.utc).isoformat(timespec='seconds')}: "
                   f"{' '.join(Path(sys.argv[0]).name if i == 0 else a for i, a in enumerate(sys.argv))}").encode())
-    _HELD[folder] = fd
+    _HELD.add(folder)
     try:
         for stale in sorted(p for pattern in layout.STALE for p in folder.glob(pattern)):
             shutil.rmtree(stale) if stale.is_dir() and not stale.is_symlink() else stale.unlink(missing_ok=True)
         yield
     finally:
-        del _HELD[folder]
+        _HELD.discard(folder)
         os.close(fd)
