@@ -72,15 +72,16 @@ def run_batch(config: str | os.PathLike | dict, root: str | os.PathLike = ".", o
         outcomes = spread_runs(batch, todo, data, resume, echo, parallel, ray, wait_timeout)
     else:
         outcomes = serial_runs(batch, todo, data, resume, echo, tags)
+    index = None
     try:
         for name, status in outcomes:  # one loop for serial, parallel and Ray batches
             echo(f"{tags[name]}: {summary_line(batch, name, status)}")
-            write_index(batch)  # after every run, so the page shows progress
+            index = write_index(batch)  # after every run, so the page shows progress
     except KeyboardInterrupt:
         write_index(batch)
         echo(f"batch {batch.name}: interrupted; run the batch again with --resume to continue where it stopped")
         raise
-    index = write_index(batch)
+    index = index or write_index(batch)  # every run skipped (--resume): still (re)write the page
     echo(f"batch {batch.name}: {index}")
     return index
 
