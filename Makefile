@@ -2,7 +2,7 @@
 #
 # Where it installs: into the active conda env when one other than `base` is activated (the Apple
 # Silicon env of environment.yml, with its Metal TensorFlow); otherwise into .venv/ (created with
-# python3 -m venv). Either way: pip install -e ".[dev,serve,onnx,ray]", which leaves versions already installed
+# python3 -m venv). Either way: pip install -e ".[dev,serve,onnx,ray,hub]", which leaves versions already installed
 # that satisfy pyproject.toml as they are (so the env's pins stay).
 PYTHON ?= python3
 DATA   ?=
@@ -36,7 +36,7 @@ ifndef CONDA_ENV
 	$(PYTHON) -m venv $(VENV)
 	$(PY) -m pip install -q --upgrade pip
 endif
-	$(PY) -m pip install -q -e ".[dev,serve,onnx,ray]"
+	$(PY) -m pip install -q -e ".[dev,serve,onnx,ray,hub]"
 	touch $(STAMP)
 
 # The suite runs on TEST_WORKERS pytest-xdist workers (one module's tests stay on one worker, so a
@@ -54,7 +54,7 @@ test: install
 $(STAMP_TF218): pyproject.toml .ci/constraints-tf2.18.txt
 	$(PYTHON) -m venv $(VENV_TF218)
 	$(VENV_TF218)/bin/python -m pip install -q --upgrade pip
-	$(VENV_TF218)/bin/python -m pip install -q -c .ci/constraints-tf2.18.txt -e ".[dev,serve,onnx]"
+	$(VENV_TF218)/bin/python -m pip install -q -c .ci/constraints-tf2.18.txt -e ".[dev,serve,onnx,hub]"
 	touch $(STAMP_TF218)
 
 # Only the tests marked tf_lines (pyproject.toml): those whose TF/Keras calls can differ between the lines.

@@ -36,6 +36,7 @@ _API = {
     "predict_video": "seglib.inference.predict", "serve": "seglib.inference.serve",
     "ReportConfig": "seglib.reporting.config", "ShowConfig": "seglib.reporting.config",
     "write_run_report": "seglib.reporting.report", "run_batch": "seglib.runs.batch",
+    "run_from_preset": "seglib.training.presets",
 }
 __all__ = ["__version__", *_API]
 

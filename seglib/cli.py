@@ -86,6 +86,11 @@ def _cmd_train(args) -> int:
 def _cmd_evaluate(args) -> int:
     from seglib.inference.evaluate import evaluate
 
+    if args.preset:  # evaluate --preset NAME PREPARED_DIR [RUN_DIR]
+        from seglib.training.presets import run_from_preset
+
+        args.run_dir, args.prepared_dir = run_from_preset(args.preset, args.run_dir, args.prepared_dir), args.run_dir
+        print(f"{args.run_dir}: the preset {args.preset} as it comes (report, export, predict and serve take it)")
     m = evaluate(args.run_dir, args.prepared_dir, args.split, full_size=args.full_size)
     print(f"{args.run_dir} on {args.split}: pixel accuracy {m['pixel_accuracy']:.4f}, mean IoU {m['mean_iou']:.4f}, "
           f"mean Dice {m['mean_dice']:.4f} (metrics.json, confusion.npy)")
@@ -255,7 +260,7 @@ def _fetch_weights_arguments(p) -> None:
 def _evaluate_arguments(p) -> None:
     from seglib.inference.config import EvaluateConfig
 
-    add_arguments(p, EvaluateConfig, only=("run_dir", "prepared_dir", "split", "full_size"))
+    add_arguments(p, EvaluateConfig, only=("run_dir", "prepared_dir", "preset", "split", "full_size"))
 
 
 def _export_arguments(p) -> None:

@@ -61,7 +61,7 @@ def test_environment_yml_pins_agree_with_pyproject():
     reqs = env_pip()
     project = tomllib.loads((REPO / "pyproject.toml").read_text())["project"]
     extras = project["optional-dependencies"]
-    for line in project["dependencies"] + extras["dev"] + extras["serve"] + extras["onnx"]:  # what make installs
+    for line in project["dependencies"] + extras["dev"] + extras["serve"] + extras["onnx"] + extras["hub"]:
         req = Requirement(line)
         assert req.name.lower() in reqs, f"{req.name} is missing from environment.yml"
         env_spec = reqs[req.name.lower()].specifier
@@ -74,12 +74,13 @@ def test_environment_yml_pins_agree_with_pyproject():
 
 def test_ci_tests_the_same_pins_on_linux():
     """make test-tf2.18 installs with .ci/constraints-tf2.18.txt: it must hold the env's pins, so the
-    Mac's TF, Keras, NumPy, ai-edge-litert and onnx versions are what CI tests (and pip checks they resolve)."""
+    Mac's TF, Keras, NumPy, ai-edge-litert, onnx and keras-hub versions are what CI tests (and pip checks they
+    resolve)."""
     reqs = env_pip()
     lines = [line for line in (REPO / ".ci" / "constraints-tf2.18.txt").read_text().splitlines()
              if line.strip() and not line.startswith("#")]
     constraints = {Requirement(line).name.lower(): Requirement(line).specifier for line in lines}
-    assert set(constraints) == {"tensorflow", "keras", "numpy", "ai-edge-litert", "onnx"}
+    assert set(constraints) == {"tensorflow", "keras", "numpy", "ai-edge-litert", "onnx", "keras-hub"}
     for name, spec in constraints.items():
         assert reqs[name].specifier == spec, f"{name}: environment.yml {reqs[name].specifier}, CI {spec}"
 

@@ -24,6 +24,10 @@ class EvaluateConfig(Parameters):
     run_dir: str = param(help="a trained run's folder", notebook="../artifacts/default")  # notebooks run in notebooks/
     prepared_dir: str | None = param(None, "a prepared dataset (default: the one the run was trained on)",
                                      positional=True)
+    preset: str | None = param(None, "score a keras-hub SegFormer preset (a name or a save_to_preset folder) as it "
+                                     "comes on PREPARED_DIR, written as a run to RUN_DIR (command line: evaluate "
+                                     "--preset NAME PREPARED_DIR [RUN_DIR], default artifacts/preset-NAME)",
+                               notebook="none")  # a Colab text field cannot hold None
     split: str = param("test", "the split scored", SPLITS)
     full_size: bool = param(False, "also score at the source label files' size (data prepared from id masks or "
                                    "Cityscapes), as Cityscapes benchmarks do")

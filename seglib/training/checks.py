@@ -25,6 +25,8 @@ class Checked:
     train_rows: int
     size: tuple[int, int]  # (H, W)
     init_model: Path | None  # the model file of ``init_from``
+    preset: object | None = None  # keras-hub's model of ``preset`` (None on resume: the backup holds the weights)
+    preset_head: str | None = None  # "kept" (the data has the preset's classes) or "replaced"
 
 
 def check_split(prepared_dir: str | os.PathLike, split: str, palette: Palette) -> tuple[int, tuple[int, int]]:
@@ -86,7 +88,7 @@ def validate(config: TrainConfig) -> Checked:
     if not config.warmup_epochs < config.epochs:
         raise ValueError(f"WARMUP_EPOCHS (--warmup-epochs): must be fewer than the epochs ({config.epochs}), "
                          f"got {config.warmup_epochs}")
-    check_encoder_weights(config.encoder_weights)
+    check_encoder_weights(None if config.preset else config.encoder_weights, config.arch)  # a preset brings all
     palette = Palette.load(prepared.palette)
     (rows, size), (_, val_size) = (check_split(prepared.root, split, palette) for split in ("train", "val"))
     if size != val_size:
@@ -109,7 +111,13 @@ def validate(config: TrainConfig) -> Checked:
                              "use a new RUN_DIR")
     if state == "resumable" and not config.overwrite and run.config.exists():
         check_resume_flags(config, read_json(run.config), run.root)
-    return Checked(palette, rows, size, init_model)
+    preset, head = None, None
+    if config.preset is not None and (state != "resumable" or config.overwrite):  # a resume needs no download
+        from seglib.training.segformer import head_order
+
+        preset = preset_source(config)
+        head = "replaced" if head_order(preset, palette.names) is None else "kept"
+    return Checked(palette, rows, size, init_model, preset, head)
 
 
 # What may differ when a run is resumed: where it is, and what does not change what it computes.
@@ -146,6 +154,22 @@ def init_source(config: TrainConfig) -> Path:
             raise ValueError(f"{config.init_from}: a {arch}/{backbone} model; this run is {config.arch}/"
                              f"{config.backbone} (set the same --arch and --backbone)")
     return model_file
+
+
+def preset_source(config: TrainConfig):
+    """keras-hub's model of ``config.preset``, checked: the one start, and a segformer of its MiT variant."""
+    if config.init_from is not None:
+        raise ValueError("PRESET (--preset) and INIT_FROM (--init-from) are two starts: give one of them")
+    if config.arch != "segformer":
+        raise ValueError(f"PRESET (--preset): a SegFormer preset; set --arch segformer (ARCH), got {config.arch}")
+    from seglib.training.segformer import load_preset, preset_variant
+
+    task = load_preset(config.preset)
+    variant = preset_variant(task)
+    if variant != config.backbone:
+        raise ValueError(f"{config.preset}: a SegFormer on {variant}; set --backbone {variant} (BACKBONE), got "
+                         f"{config.backbone}")
+    return task
 
 
 def latest_backup(run_dir: str | os.PathLike) -> tuple[BackupEpochDir, dict] | None:

@@ -36,6 +36,9 @@ class TrainConfig(Parameters):
                                                     "weights file (see fetch-weights)")
     init_from: str | None = param(None, "none, or an earlier run's folder: start from its model (fine-tune)",
                                   notebook="none")  # a Colab text field cannot hold None
+    preset: str | None = param(None, "none, or a keras-hub SegFormer preset to fine-tune from (with --arch segformer): "
+                                     "a name (downloaded once) or a folder written by save_to_preset",
+                               notebook="none")
     augment: bool = param(False, "random flips, scale-crops, brightness and contrast")
     loss: str = param("ce", ", ".join(help for _, help in LOSSES.values()), tuple(LOSSES))
     ohem_threshold: float = param(0.7, "ohem: train on the pixels whose true-class probability is below this",

@@ -1,6 +1,6 @@
 """The segmentation model: an architecture of the registry :data:`ARCHITECTURES` (U-Net, FPN, Linknet, PSPNet from
-segmentation-models; DeepLabV3+) on an encoder, with the backbone's own input preprocessing built in as the model's
-first layer.
+segmentation-models; DeepLabV3+; SegFormer from keras-hub) on an encoder, with the backbone's own input
+preprocessing built in as the model's first layer.
 
 The model takes RGB images with values in [0, 255] (float or uint8 cast to float). The
 backbone's ``preprocess_input`` (identity for ResNets, [-1, 1] for MobileNet, ImageNet
@@ -91,6 +91,10 @@ class Architecture:
         size_why: why, for the error message.
         encoders: ``() -> names`` of the backbones it takes.
         exports: the formats ``export`` makes of it.
+        preprocessing: ``backbone -> (matrix, bias)``: the affine map per RGB pixel its encoder expects.
+        check_size: ``(H, W) -> why not, or None``: a rule on sizes besides the step.
+        encoder_weights: it takes ``--encoder-weights`` (imagenet or a file); if not, only none.
+        check_installed: raises a one-line error when a library it needs (an optional extra) is missing.
     """
 
     build: Callable
@@ -98,6 +102,19 @@ class Architecture:
     size_why: str = "the encoder halves them five times"
     encoders: Callable[[], list[str]] = lambda: sorted(_sm().Backbones.models_names())
     exports: tuple[str, ...] = ("fp32", "fp16", "int8", "onnx")
+    preprocessing: Callable[[str], tuple] = preprocessing_affine
+    check_size: Callable[[int, int], str | None] = lambda height, width: None
+    encoder_weights: bool = True
+    check_installed: Callable[[], None] = lambda: None
+
+
+def _segformer_part(name: str) -> Callable:
+    """A function of :mod:`seglib.training.segformer`, imported when called (it is keras-hub's door)."""
+    def call(*args):
+        from seglib.training import segformer
+
+        return getattr(segformer, name)(*args)
+    return call
 
 
 # Every architecture seglib builds: the choices of --arch, its checks and docs/architectures.md derive from it.
@@ -107,6 +124,9 @@ ARCHITECTURES = {
     "linknet": Architecture(_segmentation_models("Linknet")),
     "pspnet": Architecture(_segmentation_models("PSPNet"), 48, "PSPNet's pooling"),
     "deeplabv3plus": Architecture(_deeplab, 16, "its ASPP runs at 1/16 of the input"),
+    "segformer": Architecture(_segformer_part("build"), encoders=_segformer_part("encoders"),
+                              preprocessing=_segformer_part("preprocessing"), check_size=_segformer_part("check_size"),
+                              encoder_weights=False, check_installed=_segformer_part("check_installed")),
 }
 
 
@@ -131,13 +151,18 @@ def architecture(name: str) -> Architecture:
 
 def check_backbone(arch: str, backbone: str) -> None:
     """``backbone`` is an encoder ``arch`` takes; a one-line error listing them otherwise."""
+    architecture(arch).check_installed()
     known = architecture(arch).encoders()
     if backbone not in known:
         raise ValueError(f"unknown backbone {backbone!r} for {arch}; choose one of: {', '.join(known)}")
 
 
-def check_encoder_weights(encoder_weights: str | None) -> None:
-    """``imagenet``, ``None`` or an existing file (the three things --encoder-weights takes)."""
+def check_encoder_weights(encoder_weights: str | None, arch: str = "unet") -> None:
+    """``imagenet``, ``None`` or an existing file (the three things --encoder-weights takes); only ``None``
+    for an architecture without encoder weights files (SegFormer starts pretrained from a preset)."""
+    if encoder_weights is not None and not architecture(arch).encoder_weights:
+        raise ValueError(f"ENCODER_WEIGHTS (--encoder-weights): {arch} takes none (random init), got "
+                         f"{encoder_weights}; start from pretrained weights with --preset NAME_OR_FOLDER (PRESET)")
     if encoder_weights not in (None, "imagenet") and not Path(encoder_weights).is_file():
         raise FileNotFoundError(f"{encoder_weights}: no such encoder weights file (--encoder-weights takes imagenet, "
                                 "none or the path of a weights file)")
@@ -151,6 +176,9 @@ def check_input_size(arch: str, size) -> tuple[int, int]:
     rule = f"multiples of {entry.size_step} ({entry.size_why})" + (
         f" and of {SIZE_STEP} (prepared data): {step}, {2 * step}, {3 * step}" if entry.size_step != SIZE_STEP else "")
     check_size_step(height, width, f"{arch} cannot take {height}x{width} images", step, rule)
+    why_not = entry.check_size(height, width)
+    if why_not:
+        raise ValueError(why_not)
     return height, width
 
 
@@ -173,8 +201,8 @@ def build_model(arch: str = "unet", backbone: str = "resnet34", num_classes: int
     if num_classes < 2:
         raise ValueError(f"num_classes must be at least 2, got {num_classes}")
     height, width = check_input_size(arch, input_size)
-    check_encoder_weights(encoder_weights)
-    matrix, bias = preprocessing_affine(backbone)
+    check_encoder_weights(encoder_weights, arch)
+    matrix, bias = architecture(arch).preprocessing(backbone)
     inputs = keras.Input((height, width, 3), name="image")
     preprocess = keras.layers.Conv2D(3, 1, name="preprocess", trainable=False, dtype="float32")
     x = preprocess(inputs)
@@ -276,11 +304,26 @@ def load_keras_model(path: str | os.PathLike):
     if not Path(path).is_file():
         raise FileNotFoundError(f"{path}: no such model file (train first)")
     _sm()  # registers the segmentation-models layers the U-Net uses
+    if _uses_keras_hub(path):
+        from seglib.training.segformer import register
+
+        register()  # keras-hub's layers (a one-line error naming the extra without it) and seglib's SquareTiles
     try:
         return keras.models.load_model(path, compile=False)
     except Exception as exc:  # noqa: BLE001 - zipfile, h5py and Keras each raise their own kind
         raise ValueError(f"{path}: corrupt or not a Keras model file ({type(exc).__name__}: {exc}); "
                          "train the run again (--overwrite)") from exc
+
+
+def _uses_keras_hub(path) -> bool:
+    """Whether a .keras file holds keras-hub layers (SegFormer), read from its config without loading it."""
+    import zipfile
+
+    try:
+        with zipfile.ZipFile(path) as archive:
+            return b'"keras_hub' in archive.read("config.json")
+    except (OSError, KeyError, zipfile.BadZipFile):
+        return False  # not readable as a .keras file: load_model says so
 
 
 def detect_device() -> dict:

@@ -143,7 +143,7 @@ def _train(config: TrainConfig, placement, checked: Checked, run: RunDir, out: R
     data_dir = local_copy(config.prepared_dir) if local_copy else config.prepared_dir
     train_ds = make_dataset(data_dir, "train", global_batch, shuffle=True, seed=config.seed, augment=config.augment)
     val_ds = make_dataset(data_dir, "val", global_batch)
-    _write_config(config, checked, run, out, device, placement, global_batch, lr)
+    write_run_config(config, checked, run, out, device, placement, global_batch, lr)
     with placement.strategy.scope():  # the model, optimizer and metrics live on the strategy's devices
         model = _compiled_model(config, checked, backup, lr, log)
     build_for_multiworker(model, placement, train_ds)
@@ -155,7 +155,7 @@ def _train(config: TrainConfig, placement, checked: Checked, run: RunDir, out: R
                    time.perf_counter() - started)
 
 
-def _write_config(config: TrainConfig, checked: Checked, run: RunDir, out: RunDir, device: dict, placement,
+def write_run_config(config: TrainConfig, checked: Checked, run: RunDir, out: RunDir, device: dict, placement,
                   global_batch: int, lr: float) -> None:
     """``config.json``: every parameter, and what the run was made of and on; ``palette.json``."""
     import keras
@@ -173,6 +173,7 @@ def _write_config(config: TrainConfig, checked: Checked, run: RunDir, out: RunDi
                      "python": platform.python_version()},
         "device": device,
         "distribution": placement.record(),
+        "preset_head": checked.preset_head,  # with --preset: the head kept (the preset's classes) or replaced
         "global_batch_size": global_batch,
         "effective_lr": lr,
         "mixed_precision": device["kind"] == "cuda",
@@ -188,12 +189,21 @@ def _compiled_model(config: TrainConfig, checked: Checked, backup, lr: float, lo
     from seglib.training.model import build_model
 
     palette = checked.palette
-    model = build_model(config.arch, config.backbone, palette.k, checked.size, config.encoder_weights)
+    model = build_model(config.arch, config.backbone, palette.k, checked.size,
+                        None if config.preset else config.encoder_weights)
     if config.init_from is not None and not backup:
         copied = copy_weights(model, checked.init_model)
         if log is not None:
             log(f"started from {config.init_from}: {copied['copied']} weights copied"
                 + (f", {len(copied['kept_new'])} new (the classifier: other classes)" if copied["kept_new"] else ""))
+    if checked.preset is not None and not backup:
+        from seglib.training.segformer import start_from_preset
+
+        start_from_preset(model, checked.preset, palette.names)
+        if log is not None:
+            log(f"started from the preset {config.preset}: its head {checked.preset_head} ("
+                + ("the data has its classes)" if checked.preset_head == "kept" else
+                   f"{checked.preset.num_classes} classes; the data has {palette.k})"))
     shares = read_json(PreparedDir(config.prepared_dir).summary)["class_shares"]["train"]
     model.compile(
         optimizer=keras.optimizers.Adam(lr),

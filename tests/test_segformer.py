@@ -1,0 +1,179 @@
+"""SegFormer from keras-hub: a run of it trains (resumed after a stop), evaluates, exports, predicts and
+serves like every other architecture; a keras-hub preset folder (written here with keras-hub's own
+save_to_preset from a small random model: no download) is fine-tuned with its head kept on its own
+classes and replaced on others, and scored as it comes; without keras-hub, one line names the extra."""
+from __future__ import annotations
+
+import json
+import re
+import subprocess
+import sys
+
+import numpy as np
+import pytest
+
+from seglib.layout import RunDir
+
+pytestmark = pytest.mark.tf_lines  # keras-hub differs between the lines (0.21.1 on TF 2.18, 0.32 on TF 2.21)
+
+
+@pytest.fixture(scope="module")
+def street(tmp_path_factory):
+    """Cityscapes-layout scenes at 64x128 (19 trainIds, ignored pixels), and K-Means pairs at 64 px."""
+    from seglib.data.prepare import prepare
+    from seglib.data.synthetic import generate, generate_labelled
+
+    root = tmp_path_factory.mktemp("street")
+    generate_labelled(root / "cs", count=16, seed=4, size=(64, 128), layout="cityscapes", progress=False)
+    prepare(root / "cs", root / "cs19", size="64x128", progress=False)
+    generate(root / "pairs", count=16, seed=2, size=64, progress=False)
+    prepare(root / "pairs", root / "k10", size=64, progress=False)
+    return root
+
+
+@pytest.fixture(scope="module")
+def preset(tmp_path_factory):
+    """A keras-hub preset folder: a random 19-class SegFormer-B0 with its own scale and offset."""
+    from seglib.training.segformer import SHARED, VARIANTS, keras_hub
+
+    hub = keras_hub()
+    widths, depths, decoder = VARIANTS["mit_b0"]
+    encoder = hub.models.MiTBackbone(image_shape=(64, 64, 3), hidden_dims=list(widths), layerwise_depths=list(depths),
+                                     **SHARED)
+    converter = hub.layers.SegFormerImageConverter(image_size=(64, 64), scale=[0.01, 0.02, 0.03],
+                                                   offset=[-1.0, -2.0, 0.5])
+    task = hub.models.SegFormerImageSegmenter(
+        backbone=hub.models.SegFormerBackbone(image_encoder=encoder, projection_filters=decoder), num_classes=19,
+        preprocessor=hub.models.SegFormerImageSegmenterPreprocessor(image_converter=converter))
+    folder = tmp_path_factory.mktemp("preset") / "segformer_b0_test"
+    task.save_to_preset(str(folder))
+    return folder
+
+
+def test_a_segformer_run_trains_resumes_evaluates_exports_predicts_and_serves(street, tmp_path, seglib_cli):
+    """The command of the issue on non-square 64x128 data (cut into squares inside the model), stopped after
+    its first epoch and resumed."""
+    from fastapi.testclient import TestClient
+
+    from seglib.inference.serve import create_app
+    from seglib.training.config import TrainConfig
+    from seglib.training.train import train
+
+    run = RunDir(tmp_path / "run")
+    flags = ["--arch", "segformer", "--backbone", "mit_b0", "--encoder-weights", "none", "--epochs", "2",
+             "--batch-size", "4", "--patience", "2"]
+    config = TrainConfig(str(street / "cs19"), str(run.root), arch="segformer", backbone="mit_b0", encoder_weights=None,
+                         epochs=2, batch_size=4, patience=2)
+
+    class Stop:  # as a Ctrl-C would: after the first epoch's backup
+        def __new__(cls):
+            import keras
+
+            class Stop(keras.callbacks.Callback):
+                def on_epoch_end(self, epoch, logs=None):
+                    raise KeyboardInterrupt
+
+            return Stop()
+
+    with pytest.raises(KeyboardInterrupt):
+        train(config, verbose=0, callbacks=[Stop()])
+    assert run.backup_epochs() and not run.info.exists()
+    done = seglib_cli("train", street / "cs19", run.root, *flags, "--quiet")
+    assert done.returncode == 0, done.stderr
+    assert "epoch 1/2" not in done.stdout and "epoch 2/2" in done.stdout  # resumed after epoch 1
+    info = json.loads(run.info.read_text())
+    assert info["epochs_run"] == 2 and 3.5e6 < info["parameters"] < 4e6  # B0: 3.7 M
+    done = seglib_cli("evaluate", run.root, "--full-size")
+    assert done.returncode == 0 and "at the source labels' size (64x128)" in done.stdout, done.stderr
+    done = seglib_cli("export", run.root, "--formats", "int8,onnx", "--calibration-images", "8")
+    assert done.returncode == 0, done.stderr
+    exported = json.loads(run.export.read_text())["formats"]
+    assert exported["onnx"]["agreement"] > 0.999  # the graph the exporters trace is the inference one
+    assert exported["int8"]["agreement"] >= 0.95, exported["int8"]
+    photo = next((street / "cs" / "leftImg8bit" / "val").rglob("*.png"))
+    done = seglib_cli("predict", run.root / "model_int8.tflite", photo.parent, tmp_path / "p")
+    assert done.returncode == 0 and "mask and overlay" in done.stdout, done.stderr
+    with TestClient(create_app(run.root, model="int8", threads=1)) as client:
+        answer = client.post("/predict?output=json", files={"file": ("p.png", photo.read_bytes(), "image/png")})
+    assert answer.status_code == 200 and (answer.json()["width"], answer.json()["height"]) == (128, 64)
+
+
+def test_the_image_is_cut_into_squares_and_the_default_call_is_inference():
+    """A 64x128 SegFormer computes what its 64x64 twin computes on each half; ``model(x)`` (what the exporters
+    call) gives the inference output, not keras-hub's ``training=None`` one."""
+    from seglib.training.model import build_model
+
+    wide = build_model("segformer", "mit_b0", 5, (64, 128), encoder_weights=None)
+    square = build_model("segformer", "mit_b0", 5, 64, encoder_weights=None)
+    square.set_weights(wide.get_weights())
+    x = np.random.default_rng(0).uniform(0, 255, (2, 64, 128, 3)).astype(np.float32)
+    halves = np.concatenate([square(x[:, :, :64], training=False), square(x[:, :, 64:], training=False)], axis=2)
+    assert np.allclose(wide(x, training=False), halves, atol=1e-5)
+    assert np.allclose(wide(x), wide(x, training=False), atol=1e-6)
+    assert not np.allclose(wide(x, training=True), wide(x, training=False), atol=1e-3)  # dropout: it does train
+
+
+def test_a_preset_starts_with_its_weights_its_preprocessing_and_its_head_in_the_data_order(preset):
+    """Started from a preset on data with its 19 classes in another order, seglib's model gives the preset's
+    probabilities with the columns in the data's order; on other classes the head is new."""
+    import keras
+
+    from seglib.data.cityscapes import TRAIN_NAMES
+    from seglib.training.model import build_model
+    from seglib.training.segformer import load_preset, start_from_preset
+
+    task = load_preset(str(preset))
+    names = list(reversed(TRAIN_NAMES))
+    model = build_model("segformer", "mit_b0", 19, 64, encoder_weights=None)
+    assert start_from_preset(model, task, names) == {"head": "kept", "preset_classes": 19}
+    x = np.random.default_rng(1).uniform(0, 255, (2, 64, 64, 3)).astype(np.float32)
+    preprocessed = x * np.array([0.01, 0.02, 0.03], np.float32) + np.array([-1.0, -2.0, 0.5], np.float32)
+    expected = keras.ops.softmax(task(preprocessed, training=False), axis=-1).numpy()[..., ::-1]
+    assert np.allclose(model(x, training=False), expected, atol=1e-4)
+    other = build_model("segformer", "mit_b0", 10, 64, encoder_weights=None)
+    assert start_from_preset(other, task, [f"c{i}" for i in range(10)])["head"] == "replaced"
+
+
+def test_a_preset_folder_fine_tunes_with_its_head_replaced_or_kept_and_is_scored_as_it_comes(street, preset,
+                                                                                              tmp_path, seglib_cli):
+    from seglib.reporting.report import write_run_report
+
+    common = ["--arch", "segformer", "--backbone", "mit_b0", "--preset", preset, "--epochs", "1", "--batch-size", "4",
+              "--quiet"]
+    done = seglib_cli("train", street / "k10", tmp_path / "k10", *common)
+    assert done.returncode == 0, done.stderr
+    assert "its head replaced (19 classes; the data has 10)" in done.stdout
+    config = json.loads(RunDir(tmp_path / "k10").config.read_text())
+    assert (config["preset"], config["preset_head"], config["num_classes"]) == (str(preset), "replaced", 10)
+    done = seglib_cli("evaluate", "--preset", preset, street / "cs19", tmp_path / "as-it-comes", "--full-size")
+    assert done.returncode == 0 and "as it comes" in done.stdout and "mean IoU" in done.stdout, done.stderr
+    run = RunDir(tmp_path / "as-it-comes")
+    assert json.loads(run.info.read_text())["epochs_run"] == 0 and json.loads(run.metrics.read_text())["full_size"]
+    html = write_run_report(run.root, tmp_path / "report").read_text()
+    assert "the keras-hub preset as it comes" in html and "mean IoU" in html
+    done = seglib_cli("train", street / "cs19", tmp_path / "cs19", *common)
+    assert done.returncode == 0 and "its head kept (the data has its classes)" in done.stdout, done.stderr
+    # refused: other classes for a preset as it comes; a preset on another arch, or with --init-from
+    for args, message in [(["evaluate", "--preset", preset, street / "k10", tmp_path / "x"], "predicts its own 19 "
+                            "classes; .* has K=10"),
+                          (["train", street / "k10", tmp_path / "y", "--preset", preset], "set --arch segformer"),
+                          (["train", street / "k10", tmp_path / "y", *common, "--init-from", tmp_path / "k10"],
+                           "two starts"),
+                          (["train", street / "k10", tmp_path / "y", "--arch", "segformer", "--backbone", "mit_b0"],
+                           "segformer takes none .* --preset")]:
+        done = seglib_cli(*args)
+        assert done.returncode == 2 and re.search(message, done.stderr), (args, done.stderr)
+    assert not (tmp_path / "y").exists() and not (tmp_path / "x").exists()
+
+
+def test_without_keras_hub_segformer_is_one_line_naming_the_extra(street, tmp_path):
+    """keras_hub made unimportable in a fresh process: train and evaluate --preset each print one line."""
+    code = ("import sys; sys.modules['keras_hub'] = None; from seglib.cli import main; sys.exit(main(sys.argv[1:]))")
+    for args in (["train", street / "k10", tmp_path / "run", "--arch", "segformer", "--backbone", "mit_b0",
+                  "--encoder-weights", "none"], ["evaluate", "--preset", "segformer_b0_cityscapes_1024",
+                                                 street / "cs19", tmp_path / "p"]):
+        done = subprocess.run([sys.executable, "-c", code, *map(str, args)], capture_output=True, text=True)
+        assert done.returncode == 2, done.stderr
+        assert done.stderr.strip() == 'error: keras-hub is not installed: SegFormer needs seglib\'s hub extra ' \
+                                      '(pip install "seglib[hub]")', done.stderr
+    assert not (tmp_path / "run").exists() and not (tmp_path / "p").exists()
