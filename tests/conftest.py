@@ -18,7 +18,8 @@ SHARED_SAMPLE = REPO.parent / "shared" / "data" / "cityscapes-pairs-sample"
 # --dist loadscope --no-loadscope-reorder), and a long module handed out last would run on alone;
 # test_export.py early: it builds the session's trained and exported runs while the other worker runs
 # the batches, rather than a worker waiting for them later.
-SLOWEST_FIRST = ("test_batch.py", "test_export.py", "test_distribute.py", "test_journeys.py", "test_spread.py",
+SLOWEST_FIRST = ("test_batch.py", "test_export.py", "test_segformer.py", "test_distribute.py", "test_journeys.py",
+                 "test_spread.py",
                  "test_train.py", "test_deeplab.py", "test_labelled.py", "test_serve.py", "test_classmap.py")
 
 
