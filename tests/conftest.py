@@ -111,6 +111,24 @@ def exported_run(trained, tmp_path_factory, worker_id) -> Path:
 
 
 @pytest.fixture
+def interrupted_run():
+    """``run(config)``: ``train(config)`` stopped as a Ctrl-C would stop it, after its first epoch's backup."""
+    import keras
+
+    from seglib.training.train import train
+
+    class Stop(keras.callbacks.Callback):
+        def on_epoch_end(self, epoch, logs=None):
+            raise KeyboardInterrupt
+
+    def run(config) -> None:
+        with pytest.raises(KeyboardInterrupt):
+            train(config, verbose=0, callbacks=[Stop()])
+
+    return run
+
+
+@pytest.fixture
 def seglib_cli(capsys):
     """``run(*args) -> CompletedProcess``: the ``seglib`` command line run in this test process, which
     has TensorFlow imported already (a ``python -m seglib`` process pays about 7 s for that). An

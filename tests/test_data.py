@@ -46,3 +46,6 @@ def test_augmentation_moves_image_and_label_together():
         # brightness band: brightness +-25 and contrast 0.8-1.2 cannot move 10 and 200 across
         inner = [cv2.erode((aug_label == c).astype(np.uint8), np.ones((3, 3), np.uint8)).astype(bool) for c in (1, 2)]
         assert (red[inner[0]] < 45).all() and (red[inner[1]] > 140).all()
+    # in a tf.data map the crop's shape is static (SegFormer's keras-hub layers read it)
+    ds = tf.data.Dataset.from_tensors((image, label)).map(lambda x, y: augment_pair(x, y, 64))
+    assert ds.element_spec[0].shape == (64, 64, 3) and ds.element_spec[1].shape == (64, 64)

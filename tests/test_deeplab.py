@@ -114,7 +114,7 @@ def test_it_learns_a_small_task():
 
 @pytest.mark.tf_lines
 @pytest.mark.slow
-def test_a_deeplab_run_trains_resumes_evaluates_exports_and_serves(tmp_path, seglib_cli):
+def test_a_deeplab_run_trains_resumes_evaluates_exports_and_serves(tmp_path, seglib_cli, interrupted_run):
     """The command line on 64x128 Cityscapes-shaped data; interrupted after its first epoch, then resumed."""
     from fastapi.testclient import TestClient
 
@@ -122,7 +122,6 @@ def test_a_deeplab_run_trains_resumes_evaluates_exports_and_serves(tmp_path, seg
     from seglib.data.synthetic import generate_labelled
     from seglib.inference.serve import create_app
     from seglib.training.config import TrainConfig
-    from seglib.training.train import train
 
     generate_labelled(tmp_path / "cs", count=24, seed=4, size=(64, 128), layout="cityscapes", progress=False)
     prepare(tmp_path / "cs", tmp_path / "prepared", size="64x128", progress=False)
@@ -130,18 +129,7 @@ def test_a_deeplab_run_trains_resumes_evaluates_exports_and_serves(tmp_path, seg
     config = TrainConfig(str(tmp_path / "prepared"), str(run_dir.root), arch="deeplabv3plus", backbone="mobilenetv2",
                          epochs=3, batch_size=4, encoder_weights=None, patience=3)
 
-    class StopAfterFirstEpoch:  # as a Ctrl-C would: after the first epoch's backup
-        def __new__(cls):
-            import keras
-
-            class Stop(keras.callbacks.Callback):
-                def on_epoch_end(self, epoch, logs=None):
-                    raise KeyboardInterrupt
-
-            return Stop()
-
-    with pytest.raises(KeyboardInterrupt):
-        train(config, verbose=0, callbacks=[StopAfterFirstEpoch()])
+    interrupted_run(config)
     assert run_dir.backup_epochs() and not run_dir.info.exists()
     cli = [sys.executable, "-m", "seglib"]
     done = subprocess.run([*cli, "train", str(tmp_path / "prepared"), str(run_dir.root), "--arch", "deeplabv3plus",
@@ -153,10 +141,10 @@ def test_a_deeplab_run_trains_resumes_evaluates_exports_and_serves(tmp_path, seg
     assert info["epochs_run"] == 3 and info["parameters"] > 1e6
     done = seglib_cli("evaluate", run_dir.root, tmp_path / "prepared")
     assert done.returncode == 0 and "mean IoU" in done.stdout, done.stderr
-    done = seglib_cli("export", run_dir.root, "--formats", "fp32,fp16,int8,onnx", "--calibration-images", "8")
+    done = seglib_cli("export", run_dir.root, "--formats", "fp32,int8,onnx", "--calibration-images", "8")
     assert done.returncode == 0, done.stderr
     exported = json.loads(run_dir.export.read_text())["formats"]
-    assert set(exported) == {"fp32", "fp16", "int8", "onnx"}
+    assert set(exported) == {"fp32", "int8", "onnx"}  # fp16: the same conversion as for every arch
     assert exported["fp32"]["agreement"] > 0.99 and exported["int8"]["agreement"] > 0.8
     photo = next((tmp_path / "cs" / "leftImg8bit" / "val").rglob("*.png"))
     with TestClient(create_app(run_dir.root, model="int8", threads=1)) as client:

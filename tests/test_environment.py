@@ -136,7 +136,7 @@ def test_make_installs_into_an_active_conda_env(conda_env, uses):
     assert dry.returncode == 0, dry.stderr
     if uses == "conda":
         assert "using the active conda env seglib" in dry.stdout and "venv" not in dry.stdout.replace("no .venv", "")
-        install = r"^/opt/conda/envs/seglib/bin/python -m pip install -q -e \"\.\[dev,serve,onnx,ray\]\"$"
+        install = r"^/opt/conda/envs/seglib/bin/python -m pip install -q -e \"\.\[dev,serve,onnx,ray,hub\]\"$"
         assert re.search(install, dry.stdout, re.M)
         assert "/opt/conda/envs/seglib/bin/python -m pytest" in dry.stdout
     else:

@@ -50,14 +50,14 @@ def preset(tmp_path_factory):
     return folder
 
 
-def test_a_segformer_run_trains_resumes_evaluates_exports_predicts_and_serves(street, tmp_path, seglib_cli):
+def test_a_segformer_run_trains_resumes_evaluates_exports_predicts_and_serves(street, tmp_path, seglib_cli,
+                                                                             interrupted_run):
     """The command of the issue on non-square 64x128 data (cut into squares inside the model), stopped after
     its first epoch and resumed."""
     from fastapi.testclient import TestClient
 
     from seglib.inference.serve import create_app
     from seglib.training.config import TrainConfig
-    from seglib.training.train import train
 
     run = RunDir(tmp_path / "run")
     flags = ["--arch", "segformer", "--backbone", "mit_b0", "--encoder-weights", "none", "--epochs", "2",
@@ -65,18 +65,7 @@ def test_a_segformer_run_trains_resumes_evaluates_exports_predicts_and_serves(st
     config = TrainConfig(str(street / "cs19"), str(run.root), arch="segformer", backbone="mit_b0", encoder_weights=None,
                          epochs=2, batch_size=4, patience=2)
 
-    class Stop:  # as a Ctrl-C would: after the first epoch's backup
-        def __new__(cls):
-            import keras
-
-            class Stop(keras.callbacks.Callback):
-                def on_epoch_end(self, epoch, logs=None):
-                    raise KeyboardInterrupt
-
-            return Stop()
-
-    with pytest.raises(KeyboardInterrupt):
-        train(config, verbose=0, callbacks=[Stop()])
+    interrupted_run(config)  # after the first epoch's backup
     assert run.backup_epochs() and not run.info.exists()
     done = seglib_cli("train", street / "cs19", run.root, *flags, "--quiet")
     assert done.returncode == 0, done.stderr
@@ -85,11 +74,10 @@ def test_a_segformer_run_trains_resumes_evaluates_exports_predicts_and_serves(st
     assert info["epochs_run"] == 2 and 3.5e6 < info["parameters"] < 4e6  # B0: 3.7 M
     done = seglib_cli("evaluate", run.root, "--full-size")
     assert done.returncode == 0 and "at the source labels' size (64x128)" in done.stdout, done.stderr
-    done = seglib_cli("export", run.root, "--formats", "int8,onnx", "--calibration-images", "8")
+    # int8 only: the other formats' conversions are the same code for every arch (ONNX: 63 s of CPU here)
+    done = seglib_cli("export", run.root, "--formats", "int8", "--calibration-images", "8")
     assert done.returncode == 0, done.stderr
-    exported = json.loads(run.export.read_text())["formats"]
-    assert exported["onnx"]["agreement"] > 0.999  # the graph the exporters trace is the inference one
-    assert exported["int8"]["agreement"] >= 0.95, exported["int8"]
+    assert json.loads(run.export.read_text())["formats"]["int8"]["agreement"] >= 0.95
     photo = next((street / "cs" / "leftImg8bit" / "val").rglob("*.png"))
     done = seglib_cli("predict", run.root / "model_int8.tflite", photo.parent, tmp_path / "p")
     assert done.returncode == 0 and "mask and overlay" in done.stdout, done.stderr

@@ -35,6 +35,8 @@ def augment_pair(image, label, size):
     label = label[top : top + height, left : left + width]
     image = tf.image.random_brightness(image, 25.0)
     image = tf.image.random_contrast(image, 0.8, 1.2)
+    # the crop's size is known, not its shape: stated, for models whose layers read static shapes (SegFormer's)
+    image, label = tf.ensure_shape(image, (height, width, 3)), tf.ensure_shape(label, (height, width, 1))
     return tf.clip_by_value(image, 0.0, 255.0), label[..., 0]
 
 
