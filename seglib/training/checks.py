@@ -112,7 +112,9 @@ def validate(config: TrainConfig) -> Checked:
     if state == "resumable" and not config.overwrite and run.config.exists():
         check_resume_flags(config, read_json(run.config), run.root)
     preset, head = None, None
-    if config.preset is not None and (state != "resumable" or config.overwrite):  # a resume needs no download
+    if config.preset is not None and state == "resumable" and not config.overwrite:  # the backup holds the weights
+        head = read_json(run.config).get("preset_head") if run.config.exists() else None
+    elif config.preset is not None:
         from seglib.training.segformer import head_order
 
         preset = preset_source(config)

@@ -156,7 +156,7 @@ def _train(config: TrainConfig, placement, checked: Checked, run: RunDir, out: R
 
 
 def write_run_config(config: TrainConfig, checked: Checked, run: RunDir, out: RunDir, device: dict, placement,
-                  global_batch: int, lr: float) -> None:
+                     global_batch: int, lr: float) -> None:
     """``config.json``: every parameter, and what the run was made of and on; ``palette.json``."""
     import keras
     import tensorflow as tf
