@@ -141,6 +141,12 @@ def test_a_preset_folder_fine_tunes_with_its_head_replaced_or_kept_and_is_scored
     assert "the keras-hub preset as it comes" in html and "mean IoU" in html
     done = seglib_cli("train", street / "cs19", tmp_path / "cs19", *common)
     assert done.returncode == 0 and "its head kept (the data has its classes)" in done.stdout, done.stderr
+    # notebook 03 in a batch gets the run's PRESET too: it scores the run trained from it, writes nothing
+    from seglib.training.presets import preset_run_to_score
+
+    before = sorted(p.name for p in (tmp_path / "cs19").iterdir())
+    assert preset_run_to_score(str(preset), street / "cs19", tmp_path / "cs19") == tmp_path / "cs19"
+    assert sorted(p.name for p in (tmp_path / "cs19").iterdir()) == before
     # refused: other classes for a preset as it comes; a preset on another arch, or with --init-from
     for args, message in [(["evaluate", "--preset", preset, street / "k10", tmp_path / "x"], "predicts its own 19 "
                             "classes; .* has K=10"),

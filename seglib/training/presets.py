@@ -53,6 +53,16 @@ def run_from_preset(preset: str, prepared_dir: str | os.PathLike, run_dir: str |
     return run.root
 
 
+def preset_run_to_score(preset: str, prepared_dir: str | os.PathLike, run_dir: str | os.PathLike) -> Path:
+    """Notebook 03's ``PRESET``: ``run_dir`` itself when it holds a run trained from ``preset`` (a batch passes
+    ``PRESET`` to every notebook of a run, and notebook 02 fine-tuned from it), else :func:`run_from_preset`."""
+    run = RunDir(run_dir)
+    if run.config.exists() and run.info.exists() and read_json(run.info).get("stop_reason") != NOT_TRAINED \
+            and read_json(run.config).get("preset") == preset:
+        return run.root
+    return run_from_preset(preset, prepared_dir, run_dir)
+
+
 def _check_replaceable(run: RunDir) -> None:
     state = run_state(run.root)
     if state == "foreign":
