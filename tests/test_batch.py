@@ -99,7 +99,7 @@ def failed_batch(synth_dir, tmp_path_factory):
     config.write_text(yaml.safe_dump({
         "name": "tiny", "parameters": {**demo["parameters"], **TINY},
         "runs": [{**DEMO_RUNS[1], "name": "good"}, {"name": "broken", "BACKBONE": "nosuchnet"},
-                 {"name": "badexport", "FORMATS": "int9"}]}))
+                 {"name": "badexport", "FORMATS": "int9", "ARCH": "tinyunet", "BACKBONE": "base8"}]}))
     lines = []
     index = run_batch(config, root, echo=lines.append)
     return root, config, index, lines
@@ -228,7 +228,7 @@ def test_resume_reruns_only_the_failed_runs_and_a_batch_interrupted_with_ctrl_c_
     trained = root / "reports" / "tiny" / "badexport" / "02_train.ipynb"
     before, trained_before = finished.stat().st_mtime_ns, trained.stat().st_mtime_ns
     fixed = yaml.safe_load(config.read_text())
-    fixed["runs"][1].update(BACKBONE="mobilenet", EPOCHS=6, PATIENCE=6, FORMATS="")
+    fixed["runs"][1].update(ARCH="tinyunet", BACKBONE="base8", EPOCHS=6, PATIENCE=6, FORMATS="")
     fixed["runs"][2]["FORMATS"] = "int8"
     config.write_text(yaml.safe_dump(fixed))
     cmd = [sys.executable, "-m", "seglib", "batch", str(config), "--root", str(root), "--resume"]

@@ -106,8 +106,8 @@ def test_evaluate_full_size_scores_the_predictions_against_the_source_label_file
 
     generate_labelled(tmp_path / "cs", count=16, seed=6, size=(128, 256), layout="cityscapes", progress=False)
     prepare(tmp_path / "cs", tmp_path / "prepared", size="64x128", progress=False, merge=MERGE, drop="train")
-    run = train(TrainConfig(str(tmp_path / "prepared"), str(tmp_path / "run"), backbone="mobilenet", epochs=1,
-                            batch_size=4, encoder_weights=None), verbose=0)
+    run = train(TrainConfig(str(tmp_path / "prepared"), str(tmp_path / "run"), arch="tinyunet", backbone="base8",
+                            epochs=1, batch_size=4, encoder_weights=None), verbose=0)
     done = seglib_cli("evaluate", run.run_dir, tmp_path / "prepared", "--full-size")
     assert done.returncode == 0, done.stderr
     assert "at the source labels' size (128x256): pixel accuracy" in done.stdout

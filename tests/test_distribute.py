@@ -16,7 +16,8 @@ import pytest
 
 from seglib.layout import RunDir
 
-ARGS = ["--backbone", "mobilenet", "--batch-size", "4", "--encoder-weights", "none", "--patience", "9", "--quiet"]
+ARGS = ["--arch", "tinyunet", "--backbone", "base8", "--batch-size", "4", "--encoder-weights", "none",
+        "--patience", "9", "--quiet"]
 
 
 @pytest.fixture(scope="module")

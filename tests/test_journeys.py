@@ -191,7 +191,7 @@ def test_colab_from_a_blank_drive_to_a_report_through_a_dropped_session(colab):
     assert (drive / "data" / "prepared" / "default" / "summary.json").exists()
 
     run = drive / "artifacts" / "default"
-    training = {**SHRUNK_TRAIN, "BACKBONE": "mobilenet", "EPOCHS": 6, "PATIENCE": 6}
+    training = {**SHRUNK_TRAIN, "ARCH": "tinyunet", "BACKBONE": "base8", "EPOCHS": 6, "PATIENCE": 6}
     history = run / "history.csv"
     session = vm.run("02_train", training, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
     deadline = time.time() + 300

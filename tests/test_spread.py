@@ -13,8 +13,8 @@ import time
 import pytest
 
 # exports are tested elsewhere (tests/test_export.py, the batch in tests/test_batch.py): none here
-TINY = {"SIZE": 64, "SAMPLE_PIXELS": 20_000, "EPOCHS": 1, "ENCODER_WEIGHTS": None, "BACKBONE": "mobilenet",
-        "FORMATS": "", "EXAMPLES": 2}
+TINY = {"SIZE": 64, "SAMPLE_PIXELS": 20_000, "EPOCHS": 1, "ENCODER_WEIGHTS": None, "ARCH": "tinyunet",
+        "BACKBONE": "base8", "FORMATS": "", "EXAMPLES": 2}
 
 
 def environment(**extra) -> dict:

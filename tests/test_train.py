@@ -48,7 +48,7 @@ def test_commands_into_a_file_print_their_own_lines_one_per_epoch_and_debug_show
     assert [line.split(" ")[0] for line in done.stdout.splitlines()][:2] == ["generated", "prepared"], done.stdout
     with open(tmp_path / "out.txt", "w") as out:
         done = subprocess.run([*cli, "train", str(small_prepared), str(tmp_path / "run"), "--epochs", "2",
-                               "--backbone", "mobilenet", "--encoder-weights", "none"], stdout=out,
+                               "--arch", "tinyunet", "--backbone", "base8", "--encoder-weights", "none"], stdout=out,
                               stderr=subprocess.PIPE, text=True)
     assert done.returncode == 0 and done.stderr == "", done.stderr
     printed = (tmp_path / "out.txt").read_text()
@@ -92,6 +92,9 @@ def test_train_writes_a_complete_run(trained):
     ({"batch_size": 0}, r"BATCH_SIZE \(--batch-size\): must be at least 1, got 0"),
     ({"prepared_dir": "/nonexistent/prepared"}, "not a prepared dataset"),
     ({"loss": "hinge"}, r"LOSS \(--loss\): unknown value 'hinge'; choose one of ce, "),
+    ({"arch": "tinyunet", "backbone": "base8", "encoder_weights": "imagenet"},
+     r"ENCODER_WEIGHTS \(--encoder-weights\): tinyunet takes none \(random init\), got imagenet$"),
+    ({"arch": "tinyunet"}, "unknown backbone 'resnet34' for tinyunet; choose one of: base8, base16, base32"),
 ])
 def test_bad_parameters_fail_before_training(small_prepared, tmp_path, change, message):
     config = TrainConfig(str(small_prepared), str(tmp_path / "run"), encoder_weights=None)

@@ -26,7 +26,8 @@ class TrainConfig(Parameters):
                               notebook="../data/prepared/default")  # notebooks run in notebooks/
     run_dir: str = param(help="the run's folder (resumed if unfinished)", notebook="../artifacts/default")
     arch: str = param("unet", "the model", tuple(ARCHITECTURES))
-    backbone: str = param("resnet34", "the encoder: segmentation-models' backbones; mit_b0 ... mit_b5 for segformer")
+    backbone: str = param("resnet34", "the encoder: segmentation-models' backbones; mit_b0 ... mit_b5 for segformer; "
+                                       "base8/16/32 for tinyunet")
     epochs: int = param(50, "at most this many epochs (early stopping may end sooner)", min=1, max=100_000)
     batch_size: int = param(8, "images per step (per replica)", min=1, max=65_536)
     lr: float = param(1e-3, "Adam's learning rate", above=0)

@@ -94,6 +94,7 @@ class Architecture:
         preprocessing: ``backbone -> (matrix, bias)``: the affine map per RGB pixel its encoder expects.
         check_size: ``(H, W) -> why not, or None``: a rule on sizes besides the step.
         encoder_weights: it takes ``--encoder-weights`` (imagenet or a file); if not, only none.
+        pretrained: when it takes no encoder weights, how it starts pretrained instead (said in that error).
         check_installed: raises a one-line error when a library it needs (an optional extra) is missing.
     """
 
@@ -105,15 +106,17 @@ class Architecture:
     preprocessing: Callable[[str], tuple] = preprocessing_affine
     check_size: Callable[[int, int], str | None] = lambda height, width: None
     encoder_weights: bool = True
+    pretrained: str = ""
     check_installed: Callable[[], None] = lambda: None
 
 
-def _segformer_part(name: str) -> Callable:
-    """A function of :mod:`seglib.training.segformer`, imported when called (it is keras-hub's door)."""
+def _part(module: str, name: str) -> Callable:
+    """The function ``name`` of ``seglib.training.<module>``, imported when called (segformer is keras-hub's
+    door: importing it must wait until a SegFormer is asked for)."""
     def call(*args):
-        from seglib.training import segformer
+        import importlib
 
-        return getattr(segformer, name)(*args)
+        return getattr(importlib.import_module(f"seglib.training.{module}"), name)(*args)
     return call
 
 
@@ -124,9 +127,14 @@ ARCHITECTURES = {
     "linknet": Architecture(_segmentation_models("Linknet")),
     "pspnet": Architecture(_segmentation_models("PSPNet"), 48, "PSPNet's pooling"),
     "deeplabv3plus": Architecture(_deeplab, 16, "its ASPP runs at 1/16 of the input"),
-    "segformer": Architecture(_segformer_part("build"), encoders=_segformer_part("encoders"),
-                              preprocessing=_segformer_part("preprocessing"), check_size=_segformer_part("check_size"),
-                              encoder_weights=False, check_installed=_segformer_part("check_installed")),
+    "segformer": Architecture(_part("segformer", "build"), encoders=_part("segformer", "encoders"),
+                              preprocessing=_part("segformer", "preprocessing"),
+                              check_size=_part("segformer", "check_size"), encoder_weights=False,
+                              pretrained="start from pretrained weights with --preset NAME_OR_FOLDER (PRESET)",
+                              check_installed=_part("segformer", "check_installed")),
+    "tinyunet": Architecture(_part("tinyunet", "build"), 16, "it halves them four times",
+                             encoders=_part("tinyunet", "encoders"), preprocessing=_part("tinyunet", "preprocessing"),
+                             encoder_weights=False),
 }
 
 
@@ -137,7 +145,8 @@ def architectures_table() -> str:
         step = math.lcm(entry.size_step, SIZE_STEP)
         why = f"{step} ({entry.size_step}: {entry.size_why})" if entry.size_step != SIZE_STEP else f"{step}"
         encoders = entry.encoders()
-        rows.append(f"| `{name}` | {why} | {len(encoders)} ({', '.join(encoders[:3])}, ...) | "
+        shown = ", ".join(encoders[:3]) + (", ..." if len(encoders) > 3 else "")
+        rows.append(f"| `{name}` | {why} | {len(encoders)} ({shown}) | "
                     f"{', '.join(entry.exports)} |")
     return "\n".join(rows)
 
@@ -159,10 +168,11 @@ def check_backbone(arch: str, backbone: str) -> None:
 
 def check_encoder_weights(encoder_weights: str | None, arch: str = "unet") -> None:
     """``imagenet``, ``None`` or an existing file (the three things --encoder-weights takes); only ``None``
-    for an architecture without encoder weights files (SegFormer starts pretrained from a preset)."""
-    if encoder_weights is not None and not architecture(arch).encoder_weights:
+    for an architecture without encoder weights files (tinyunet; SegFormer starts pretrained from a preset)."""
+    entry = architecture(arch)
+    if encoder_weights is not None and not entry.encoder_weights:
         raise ValueError(f"ENCODER_WEIGHTS (--encoder-weights): {arch} takes none (random init), got "
-                         f"{encoder_weights}; start from pretrained weights with --preset NAME_OR_FOLDER (PRESET)")
+                         f"{encoder_weights}" + (f"; {entry.pretrained}" if entry.pretrained else ""))
     if encoder_weights not in (None, "imagenet") and not Path(encoder_weights).is_file():
         raise FileNotFoundError(f"{encoder_weights}: no such encoder weights file (--encoder-weights takes imagenet, "
                                 "none or the path of a weights file)")
