@@ -112,7 +112,8 @@ def exported_run(trained, tmp_path_factory, worker_id) -> Path:
 
 @pytest.fixture
 def interrupted_run():
-    """``run(config)``: ``train(config)`` stopped as a Ctrl-C would stop it, after its first epoch's backup."""
+    """``run(config, **kwargs)``: ``train(config, **kwargs)`` stopped as a Ctrl-C would stop it, after its first
+    epoch's backup."""
     import keras
 
     from seglib.training.train import train
@@ -121,9 +122,9 @@ def interrupted_run():
         def on_epoch_end(self, epoch, logs=None):
             raise KeyboardInterrupt
 
-    def run(config) -> None:
+    def run(config, **kwargs) -> None:
         with pytest.raises(KeyboardInterrupt):
-            train(config, verbose=0, callbacks=[Stop()])
+            train(config, verbose=0, callbacks=[Stop()], **kwargs)
 
     return run
 

@@ -1,7 +1,8 @@
-"""SegFormer from keras-hub: a run of it trains (resumed after a stop), evaluates, exports, predicts and
-serves like every other architecture; a keras-hub preset folder (written here with keras-hub's own
-save_to_preset from a small random model: no download) is fine-tuned with its head kept on its own
-classes and replaced on others, and scored as it comes; without keras-hub, one line names the extra."""
+"""SegFormer from keras-hub: a keras-hub preset folder (written here with keras-hub's own save_to_preset
+from a small random model: no download) fine-tuned with its head kept on its own classes trains (resumed
+after a stop), evaluates, exports, predicts and serves like every other architecture; on other classes its
+head is replaced; it is scored as it comes; a random-init SegFormer is built, cut into squares and infers
+by default; without keras-hub, one line names the extra."""
 from __future__ import annotations
 
 import json
@@ -50,28 +51,37 @@ def preset(tmp_path_factory):
     return folder
 
 
-def test_a_segformer_run_trains_resumes_evaluates_exports_predicts_and_serves(street, tmp_path, seglib_cli,
-                                                                             interrupted_run):
-    """The command of the issue on non-square 64x128 data (cut into squares inside the model), stopped after
-    its first epoch and resumed."""
+def test_a_segformer_run_from_a_preset_keeps_its_head_resumes_evaluates_exports_predicts_and_serves(
+        street, preset, tmp_path, seglib_cli, interrupted_run):
+    """On the preset's own 19 classes and non-square 64x128 data (cut into squares inside the model): the
+    head kept, stopped after its first epoch and resumed from its backup (the preset not loaded again)."""
     from fastapi.testclient import TestClient
 
     from seglib.inference.serve import create_app
     from seglib.training.config import TrainConfig
+    from seglib.training.presets import preset_run_to_score
 
     run = RunDir(tmp_path / "run")
-    flags = ["--arch", "segformer", "--backbone", "mit_b0", "--encoder-weights", "none", "--epochs", "2",
-             "--batch-size", "4", "--patience", "2"]
-    config = TrainConfig(str(street / "cs19"), str(run.root), arch="segformer", backbone="mit_b0", encoder_weights=None,
+    flags = ["--arch", "segformer", "--backbone", "mit_b0", "--preset", preset, "--epochs", "2", "--batch-size", "4",
+             "--patience", "2"]
+    config = TrainConfig(str(street / "cs19"), str(run.root), arch="segformer", backbone="mit_b0", preset=str(preset),
                          epochs=2, batch_size=4, patience=2)
-
-    interrupted_run(config)  # after the first epoch's backup
+    lines = []
+    interrupted_run(config, log=lines.append)  # after the first epoch's backup
+    assert f"started from the preset {preset}: its head kept (the data has its classes)" in lines
     assert run.backup_epochs() and not run.info.exists()
     done = seglib_cli("train", street / "cs19", run.root, *flags, "--quiet")
     assert done.returncode == 0, done.stderr
     assert "epoch 1/2" not in done.stdout and "epoch 2/2" in done.stdout  # resumed after epoch 1
+    assert "started from the preset" not in done.stdout  # the backup's weights, not the preset's
+    config = json.loads(run.config.read_text())
+    assert (config["preset"], config["preset_head"], config["num_classes"]) == (str(preset), "kept", 19)
     info = json.loads(run.info.read_text())
     assert info["epochs_run"] == 2 and 3.5e6 < info["parameters"] < 4e6  # B0: 3.7 M
+    # notebook 03 in a batch gets the run's PRESET too: it scores the run trained from it, writes nothing
+    before = sorted(p.name for p in run.root.iterdir())
+    assert preset_run_to_score(str(preset), street / "cs19", run.root) == run.root
+    assert sorted(p.name for p in run.root.iterdir()) == before
     done = seglib_cli("evaluate", run.root, "--full-size")
     assert done.returncode == 0 and "at the source labels' size (64x128)" in done.stdout, done.stderr
     # int8 only: the other formats' conversions are the same code for every arch (ONNX: 63 s of CPU here)
@@ -122,8 +132,10 @@ def test_a_preset_starts_with_its_weights_its_preprocessing_and_its_head_in_the_
     assert start_from_preset(other, task, [f"c{i}" for i in range(10)])["head"] == "replaced"
 
 
-def test_a_preset_folder_fine_tunes_with_its_head_replaced_or_kept_and_is_scored_as_it_comes(street, preset,
-                                                                                              tmp_path, seglib_cli):
+def test_a_preset_folder_fine_tunes_with_its_head_replaced_and_is_scored_as_it_comes(street, preset, tmp_path,
+                                                                                       seglib_cli):
+    """On other classes (K-Means, K=10) the preset's head is replaced; the preset as it comes is scored on its
+    own classes, with a report. (Its head kept, on its classes: the run test above.)"""
     from seglib.reporting.report import write_run_report
 
     common = ["--arch", "segformer", "--backbone", "mit_b0", "--preset", preset, "--epochs", "1", "--batch-size", "4",
@@ -139,14 +151,6 @@ def test_a_preset_folder_fine_tunes_with_its_head_replaced_or_kept_and_is_scored
     assert json.loads(run.info.read_text())["epochs_run"] == 0 and json.loads(run.metrics.read_text())["full_size"]
     html = write_run_report(run.root, tmp_path / "report").read_text()
     assert "the keras-hub preset as it comes" in html and "mean IoU" in html
-    done = seglib_cli("train", street / "cs19", tmp_path / "cs19", *common)
-    assert done.returncode == 0 and "its head kept (the data has its classes)" in done.stdout, done.stderr
-    # notebook 03 in a batch gets the run's PRESET too: it scores the run trained from it, writes nothing
-    from seglib.training.presets import preset_run_to_score
-
-    before = sorted(p.name for p in (tmp_path / "cs19").iterdir())
-    assert preset_run_to_score(str(preset), street / "cs19", tmp_path / "cs19") == tmp_path / "cs19"
-    assert sorted(p.name for p in (tmp_path / "cs19").iterdir()) == before
     # refused: other classes for a preset as it comes; a preset on another arch, or with --init-from
     for args, message in [(["evaluate", "--preset", preset, street / "k10", tmp_path / "x"], "predicts its own 19 "
                             "classes; .* has K=10"),
