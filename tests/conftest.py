@@ -112,19 +112,28 @@ def exported_run(trained, tmp_path_factory, worker_id) -> Path:
 
 @pytest.fixture
 def interrupted_run():
-    """``run(config, **kwargs)``: ``train(config, **kwargs)`` stopped as a Ctrl-C would stop it, after its first
-    epoch's backup."""
+    """``run(config, at="epoch", **kwargs)``: ``train(config, **kwargs)`` stopped as a Ctrl-C would stop it,
+    after its first epoch's backup, or with ``at="start"`` as training starts (the model built and started,
+    the run's config written, no step traced: what a test of the start needs, at a fraction of the cost)."""
     import keras
 
     from seglib.training.train import train
 
     class Stop(keras.callbacks.Callback):
+        def __init__(self, at: str):
+            super().__init__()
+            self.at = at
+
+        def on_train_begin(self, logs=None):
+            if self.at == "start":
+                raise KeyboardInterrupt
+
         def on_epoch_end(self, epoch, logs=None):
             raise KeyboardInterrupt
 
-    def run(config, **kwargs) -> None:
+    def run(config, at: str = "epoch", **kwargs) -> None:
         with pytest.raises(KeyboardInterrupt):
-            train(config, verbose=0, callbacks=[Stop()], **kwargs)
+            train(config, verbose=0, callbacks=[Stop(at)], **kwargs)
 
     return run
 

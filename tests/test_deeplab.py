@@ -3,8 +3,6 @@ learns, and that a run of it trains, resumes, evaluates, exports and serves like
 from __future__ import annotations
 
 import json
-import subprocess
-import sys
 
 import numpy as np
 import pytest
@@ -131,10 +129,9 @@ def test_a_deeplab_run_trains_resumes_evaluates_exports_and_serves(tmp_path, seg
 
     interrupted_run(config)
     assert run_dir.backup_epochs() and not run_dir.info.exists()
-    cli = [sys.executable, "-m", "seglib"]
-    done = subprocess.run([*cli, "train", str(tmp_path / "prepared"), str(run_dir.root), "--arch", "deeplabv3plus",
-                           "--backbone", "mobilenetv2", "--epochs", "3", "--batch-size", "4", "--patience", "3",
-                           "--encoder-weights", "none", "--quiet"], capture_output=True, text=True)
+    done = seglib_cli("train", tmp_path / "prepared", run_dir.root, "--arch", "deeplabv3plus", "--backbone",
+                      "mobilenetv2", "--epochs", "3", "--batch-size", "4", "--patience", "3", "--encoder-weights",
+                      "none", "--quiet")
     assert done.returncode == 0, done.stderr
     assert "epoch 1/3" not in done.stdout and "epoch 2/3" in done.stdout  # resumed after epoch 1
     info = json.loads(run_dir.info.read_text())

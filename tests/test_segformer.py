@@ -132,17 +132,17 @@ def test_a_preset_starts_with_its_weights_its_preprocessing_and_its_head_in_the_
     assert start_from_preset(other, task, [f"c{i}" for i in range(10)])["head"] == "replaced"
 
 
-def test_a_preset_folder_fine_tunes_with_its_head_replaced_and_is_scored_as_it_comes(street, preset, tmp_path,
-                                                                                       seglib_cli):
-    """On other classes (K-Means, K=10) the preset's head is replaced; the preset as it comes is scored on its
-    own classes, with a report. (Its head kept, on its classes: the run test above.)"""
+def test_a_preset_folder_starts_with_its_head_replaced_and_is_scored_as_it_comes(street, preset, tmp_path,
+                                                                                   seglib_cli, interrupted_run):
+    """On other classes (K-Means, K=10) the preset's head is replaced (stopped as training starts: training
+    from a preset is the run test's); the preset as it comes is scored on its own classes, with a report."""
     from seglib.reporting.report import write_run_report
+    from seglib.training.config import TrainConfig
 
-    common = ["--arch", "segformer", "--backbone", "mit_b0", "--preset", preset, "--epochs", "1", "--batch-size", "4",
-              "--quiet"]
-    done = seglib_cli("train", street / "k10", tmp_path / "k10", *common)
-    assert done.returncode == 0, done.stderr
-    assert "its head replaced (19 classes; the data has 10)" in done.stdout
+    lines = []
+    interrupted_run(TrainConfig(str(street / "k10"), str(tmp_path / "k10"), arch="segformer", backbone="mit_b0",
+                                preset=str(preset), epochs=1, batch_size=4), at="start", log=lines.append)
+    assert f"started from the preset {preset}: its head replaced (19 classes; the data has 10)" in lines
     config = json.loads(RunDir(tmp_path / "k10").config.read_text())
     assert (config["preset"], config["preset_head"], config["num_classes"]) == (str(preset), "replaced", 10)
     done = seglib_cli("evaluate", "--preset", preset, street / "cs19", tmp_path / "as-it-comes", "--full-size")
@@ -152,6 +152,7 @@ def test_a_preset_folder_fine_tunes_with_its_head_replaced_and_is_scored_as_it_c
     html = write_run_report(run.root, tmp_path / "report").read_text()
     assert "the keras-hub preset as it comes" in html and "mean IoU" in html
     # refused: other classes for a preset as it comes; a preset on another arch, or with --init-from
+    common = ["--arch", "segformer", "--backbone", "mit_b0", "--preset", preset]
     for args, message in [(["evaluate", "--preset", preset, street / "k10", tmp_path / "x"], "predicts its own 19 "
                             "classes; .* has K=10"),
                           (["train", street / "k10", tmp_path / "y", "--preset", preset], "set --arch segformer"),

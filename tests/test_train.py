@@ -196,7 +196,7 @@ def test_backup_keeps_the_callbacks_state_and_survives_a_failed_write(tmp_path):
 @pytest.mark.tf_lines
 @pytest.mark.slow
 def test_a_finished_run_is_replaced_only_when_asked_a_corrupt_backup_is_named_and_a_nan_run_stops_cleanly(
-        trained, tmp_path, seglib_cli):
+        trained, tmp_path, seglib_cli, interrupted_run):
     import shutil
 
     from seglib.fsutil import write_marker
@@ -223,18 +223,7 @@ def test_a_finished_run_is_replaced_only_when_asked_a_corrupt_backup_is_named_an
     with pytest.raises(ValueError, match=r"epoch-0002/model.weights.h5: corrupt training backup .*--overwrite"):
         train(config, verbose=0)
     config.overwrite = True
-
-    class Started(Exception):
-        pass
-
-    import keras
-
-    class StopAtStart(keras.callbacks.Callback):
-        def on_train_begin(self, logs=None):
-            raise Started
-
-    with pytest.raises(Started):  # the run starts over: the damaged backup is not read again
-        train(config, verbose=0, callbacks=[StopAtStart()])
+    interrupted_run(config, at="start")  # the run starts over: the damaged backup is not read again
     assert not (broken / "backup").exists()
 
     for stale in ("metrics.json", "confusion.npy", "model_int8.tflite", "export.json"):  # from the earlier model

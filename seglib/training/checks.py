@@ -88,6 +88,8 @@ def validate(config: TrainConfig) -> Checked:
     if not config.warmup_epochs < config.epochs:
         raise ValueError(f"WARMUP_EPOCHS (--warmup-epochs): must be fewer than the epochs ({config.epochs}), "
                          f"got {config.warmup_epochs}")
+    if config.preset is not None and config.init_from is not None:  # before either source is read
+        raise ValueError("PRESET (--preset) and INIT_FROM (--init-from) are two starts: give one of them")
     check_encoder_weights(None if config.preset else config.encoder_weights, config.arch)  # a preset brings all
     palette = Palette.load(prepared.palette)
     (rows, size), (_, val_size) = (check_split(prepared.root, split, palette) for split in ("train", "val"))
@@ -159,9 +161,7 @@ def init_source(config: TrainConfig) -> Path:
 
 
 def preset_source(config: TrainConfig):
-    """keras-hub's model of ``config.preset``, checked: the one start, and a segformer of its MiT variant."""
-    if config.init_from is not None:
-        raise ValueError("PRESET (--preset) and INIT_FROM (--init-from) are two starts: give one of them")
+    """keras-hub's model of ``config.preset``, checked: a segformer of its MiT variant."""
     if config.arch != "segformer":
         raise ValueError(f"PRESET (--preset): a SegFormer preset; set --arch segformer (ARCH), got {config.arch}")
     from seglib.training.segformer import load_preset, preset_variant
