@@ -32,11 +32,10 @@ def preprocessing(backbone: str) -> tuple[np.ndarray, np.ndarray]:
 
 
 def build(backbone: str, classes: int, activation: str, encoder_weights, input_shape):
-    """The network for ``input_shape`` (H, W, 3), random init (``encoder_weights`` must be None)."""
+    """The network for ``input_shape`` (H, W, 3), random init (``build_model`` has refused any
+    ``encoder_weights`` but None: the registry entry says it takes none)."""
     import keras
 
-    if encoder_weights is not None:
-        raise ValueError("ENCODER_WEIGHTS (--encoder-weights): tinyunet takes none (random init)")
     width = WIDTHS[backbone]
     inputs = keras.Input(input_shape)
     x, skips = inputs, []
