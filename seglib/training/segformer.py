@@ -76,11 +76,8 @@ def check_size(height: int, width: int) -> str | None:
 
 
 def build(backbone: str, classes: int, activation: str, encoder_weights, input_shape):
-    """A random-init SegFormer on the MiT ``backbone`` (``encoder_weights`` must be None: keras-hub has no
-    ImageNet MiT; pretrained starts come from presets, ``--preset``)."""
-    if encoder_weights is not None:
-        raise ValueError("ENCODER_WEIGHTS (--encoder-weights): segformer takes none (random init); start from "
-                         "pretrained weights with --preset NAME_OR_FOLDER (PRESET) instead")
+    """A random-init SegFormer on the MiT ``backbone`` (``build_model`` has refused any ``encoder_weights``
+    but None: keras-hub has no ImageNet MiT; pretrained starts come from presets, ``--preset``)."""
     hub = keras_hub()
     widths, depths, decoder = VARIANTS[backbone]
     side = min(input_shape[:2])
