@@ -14,13 +14,14 @@ REPO = Path(__file__).resolve().parents[1]
 SHARED_SAMPLE = REPO.parent / "shared" / "data" / "cityscapes-pairs-sample"
 
 
-# The modules that take longest, first: pytest-xdist hands each worker whole modules (make test:
-# --dist loadscope --no-loadscope-reorder), and a long module handed out last would run on alone;
-# test_export.py early: it builds the session's trained and exported runs while the other worker runs
-# the batches, rather than a worker waiting for them later.
-SLOWEST_FIRST = ("test_batch.py", "test_export.py", "test_segformer.py", "test_distribute.py", "test_journeys.py",
-                 "test_spread.py",
-                 "test_train.py", "test_deeplab.py", "test_labelled.py", "test_serve.py", "test_classmap.py")
+# The modules that take longest, first (longest-processing-time order of one make test's module times
+# under three workers: 344, 269, 245, 208, 175, 167, 140, 102, 75, 56 s...): pytest-xdist hands each worker
+# whole modules (make test: --dist loadscope --no-loadscope-reorder) as it frees up, and a long module
+# handed out last runs on alone while the other workers idle. The session's trained and exported runs
+# are built by whichever module asks first (``once_per_session``).
+SLOWEST_FIRST = ("test_segformer.py", "test_batch.py", "test_journeys.py", "test_export.py", "test_spread.py",
+                 "test_distribute.py", "test_deeplab.py", "test_labelled.py", "test_train.py", "test_serve.py",
+                 "test_prepare.py", "test_synthetic.py", "test_classmap.py")
 
 
 def pytest_collection_modifyitems(items):
@@ -79,7 +80,9 @@ def once_per_session(tmp_path_factory, worker_id: str, name: str, build) -> Path
 @pytest.fixture(scope="session")
 def trained(tmp_path_factory, worker_id) -> Path:
     """A small model trained on synthetic data: ROOT/pairs, ROOT/prepared (64 px), ROOT/run. Read-only:
-    tests that write into a run copy it (or use ``exported_run``)."""
+    tests that write into a run copy it (or use ``exported_run``). A tinyunet: the tests that read it test
+    evaluation, export, predict and serve, not an architecture (each family is trained, exported and
+    served in test_labelled, test_deeplab and test_segformer)."""
     from seglib.data.prepare import prepare
     from seglib.data.synthetic import generate
     from seglib.training.config import TrainConfig
@@ -88,8 +91,8 @@ def trained(tmp_path_factory, worker_id) -> Path:
     def build(root: Path) -> None:
         generate(root / "pairs", count=120, seed=2, size=128, progress=False)
         prepare(root / "pairs", root / "prepared", size=64, progress=False)
-        train(TrainConfig(str(root / "prepared"), str(root / "run"), backbone="mobilenet", epochs=8, batch_size=8,
-                          encoder_weights=None, patience=8), verbose=0)
+        train(TrainConfig(str(root / "prepared"), str(root / "run"), arch="tinyunet", backbone="base8",
+                          epochs=8, batch_size=8, encoder_weights=None, patience=8), verbose=0)
 
     return once_per_session(tmp_path_factory, worker_id, "trained", build)
 

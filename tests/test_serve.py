@@ -84,7 +84,7 @@ def test_health_and_metadata(service, exported_run):
     meta = httpx.get(f"{service}/metadata").json()
     assert meta["run"] == exported_run.name and len(meta["palette"]) == 10
     assert set(meta["palette"][0]) == {"id", "name", "rgb"}
-    assert meta["parameters"]["backbone"] == "mobilenet"
+    assert meta["parameters"]["arch"] == "tinyunet"
     assert 0 <= meta["metrics"]["mean_iou"] <= 1
     assert meta["parameters"]["run_dir"] == exported_run.name  # names, not the server's paths
     assert "/" not in meta["parameters"]["prepared_dir"] and str(exported_run.parent) not in httpx.get(

@@ -76,7 +76,7 @@ def test_train_writes_a_complete_run(trained):
     assert len(rows) == 8 and losses[-1] < losses[0]
     assert {"val_loss", "pixel_accuracy", "mean_iou", "val_mean_iou"} <= set(rows[0])
     config = json.loads((run_dir / "config.json").read_text())
-    assert config["backbone"] == "mobilenet" and config["num_classes"] == 10 and config["device"]["kind"] == "cpu"
+    assert config["arch"] == "tinyunet" and config["num_classes"] == 10 and config["device"]["kind"] == "cpu"
     assert {"tensorflow", "keras", "seglib"} <= set(config["versions"])
     info = json.loads((run_dir / "run.json").read_text())
     assert info["stop_reason"] == "finished" and info["epochs_run"] == 8 and len(info["seconds_per_epoch"]) == 8
@@ -269,10 +269,10 @@ def test_a_run_folder_has_one_writer_a_resume_with_other_flags_changes_nothing_a
     (run_dir / "backup" / "epoch-0001").mkdir(parents=True)
     (run_dir / "backup" / "epoch-0001" / "state.json").write_text(json.dumps({"epoch": 1}))
     before = {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()}
-    done = seglib_cli("train", prepared, run_dir, "--backbone", "mobilenet", "--encoder-weights", "none",
-                      "--epochs", "8", "--patience", "8", "--arch", "fpn", "--lr", "0.5", "--batch-size", "4")
-    assert done.returncode == 2 and "an unfinished run started with other parameters: --arch fpn (the run has " \
-        "unet); --batch-size 4 (the run has 8); --lr 0.5 (the run has 0.001)" in done.stderr, done.stderr
+    done = seglib_cli("train", prepared, run_dir, "--arch", "tinyunet", "--backbone", "base16", "--encoder-weights",
+                      "none", "--epochs", "8", "--patience", "8", "--lr", "0.5", "--batch-size", "4")
+    assert done.returncode == 2 and "an unfinished run started with other parameters: --backbone base16 (the run " \
+        "has base8); --batch-size 4 (the run has 8); --lr 0.5 (the run has 0.001)" in done.stderr, done.stderr
     assert "config.json" in done.stderr and "--overwrite" in done.stderr and "corrupt" not in done.stderr
     assert {p.name: p.read_bytes() for p in run_dir.iterdir() if p.is_file()} == before  # nothing rewritten
 
