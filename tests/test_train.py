@@ -366,7 +366,8 @@ def test_ohem_keeps_the_hard_pixels_and_at_least_its_share_and_averages_their_cr
 
 
 @pytest.mark.slow
-def test_a_full_disk_stops_training_with_one_line_and_it_resumes_after_space_is_freed(small_prepared, tmp_path):
+def test_a_full_disk_stops_training_with_one_line_and_it_resumes_after_space_is_freed(small_prepared, tmp_path,
+                                                                                     seglib_cli):
     """RUN_DIR on a small tmpfs: the first epoch's model and backup fit, the next backup does not.
     (The same failure without a mount: test_backup_keeps_the_callbacks_state_and_survives_a_failed_write.)"""
     disk = tmp_path / "disk"
@@ -377,17 +378,17 @@ def test_a_full_disk_stops_training_with_one_line_and_it_resumes_after_space_is_
         pytest.skip("cannot mount a tmpfs here (needs root)")
     try:
         run_dir = disk / "run"
-        cmd = [sys.executable, "-m", "seglib", "train", str(small_prepared), str(run_dir), "--arch", "tinyunet",
-               "--backbone", "base8", "--epochs", "4", "--patience", "4", "--encoder-weights", "none"]
-        full = subprocess.run(cmd, capture_output=True, text=True)
+        cmd = ["train", small_prepared, run_dir, "--arch", "tinyunet", "--backbone", "base8", "--epochs", "4",
+               "--patience", "4", "--encoder-weights", "none"]
+        full = seglib_cli(*cmd)
         assert full.returncode == 2, full.stderr[-3000:]
-        error = [line for line in full.stderr.splitlines() if line.startswith("error: ")]  # TF logs its own lines too
+        error = [line for line in full.stderr.splitlines() if line.startswith("error: ")]
         assert len(error) == 1 and full.stderr.strip().endswith(error[0]) and "Traceback" not in full.stderr
         assert "No space left on device" in error[0] and "free some space and run again" in error[0]
         assert not [p for p in run_dir.rglob(".*") if p.name not in (".seglib", ".seglib.lock")]  # no temp file
         assert load_model(run_dir) is not None and (run_dir / "backup").exists()
         subprocess.run(["mount", "-o", "remount,size=64m", str(disk)], check=True)
-        resumed = subprocess.run(cmd, capture_output=True, text=True)
+        resumed = seglib_cli(*cmd)
         assert resumed.returncode == 0, resumed.stderr[-3000:]
         with open(run_dir / "history.csv") as f:
             assert [int(row["epoch"]) for row in csv.DictReader(f)] == [0, 1, 2, 3]
