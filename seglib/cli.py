@@ -8,6 +8,7 @@ import sys
 from functools import partial
 from pathlib import Path
 
+from seglib.layout import ARTIFACTS
 from seglib.parameters import NONE_WORDS, add_arguments
 from seglib.quiet import DEBUG_ENV, filtered_stderr, sigterm_to_main_thread
 from seglib.training.config import TrainConfig
@@ -309,7 +310,7 @@ def _colab_badges_arguments(p) -> None:
 
 
 def _doctor_arguments(p) -> None:
-    p.add_argument("--runs-dir", default="artifacts", help="where runs are written (its free disk is shown)")
+    p.add_argument("--runs-dir", default=ARTIFACTS, help="where runs are written (its free disk is shown)")
 
 
 def _purity_arguments(p) -> None:

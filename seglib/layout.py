@@ -18,6 +18,8 @@ LOCK = ".seglib.lock"  # one writer per folder: an OS lock on this file (seglib.
 FORMAT = 1
 SPLITS = ("train", "val", "test")
 REPORT = "report.html"
+ARTIFACTS = "artifacts"  # the project's folder of runs (git-ignored); a command's default, relative to where it runs
+REPORTS = "reports"  # the project's folder of reports and executed notebooks, beside ARTIFACTS
 TEMP_PATTERNS = (".*.tmp-*", ".*.tmp", ".*.old-*")  # seglib's staged writes (see seglib.fsutil)
 
 

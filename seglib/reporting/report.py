@@ -18,7 +18,7 @@ from importlib import resources
 from pathlib import Path
 
 from seglib.fsutil import atomic_write_text, read_json, read_marker, write_marker
-from seglib.layout import PreparedDir, RunDir, RunReportDir
+from seglib.layout import ARTIFACTS, REPORTS, PreparedDir, RunDir, RunReportDir
 from seglib.parameters import checked_values
 from seglib.reporting.config import ReportConfig, ShowConfig
 
@@ -57,7 +57,7 @@ def default_report_dir(run_dir: str | os.PathLike) -> Path:
     ``reports/``, from the command line and from the notebooks alike); for a run kept elsewhere,
     ``reports/<run name>`` in the current folder."""
     run = Path(run_dir).resolve()
-    return (run.parent.parent if run.parent.name == "artifacts" else Path()) / "reports" / run.name
+    return (run.parent.parent if run.parent.name == ARTIFACTS else Path()) / REPORTS / run.name
 
 
 def write_run_report(run_dir: str | os.PathLike, report_dir: str | os.PathLike | None = ReportConfig.report_dir,

@@ -17,6 +17,8 @@ import sys
 from dataclasses import asdict, dataclass
 from pathlib import Path
 
+from seglib.layout import ARTIFACTS
+
 TOLERANCE = 1e-3  # largest absolute difference allowed; float32 kernels on other hardware differ by ~1e-6
 METAL_TF = {"1.2": ("2.18", "2.19"), "1.1": ("2.14", "2.15", "2.16", "2.17")}  # tensorflow-metal -> TF it loads with
 
@@ -131,7 +133,7 @@ def cached_check(cache_dir: str | os.PathLike | None = None) -> SelfCheck:
     return SelfCheck(**known[key])
 
 
-def report(runs_dir: str | os.PathLike = "artifacts") -> tuple[list[str], SelfCheck]:
+def report(runs_dir: str | os.PathLike = ARTIFACTS) -> tuple[list[str], SelfCheck]:
     """The doctor's lines: versions, the Metal plugin, the device, free disk where runs go, the check."""
     from seglib.training.model import detect_device
 

@@ -9,16 +9,16 @@ from pathlib import Path
 
 from seglib.data.palette import Palette
 from seglib.fsutil import atomic_write_json, read_json, remove_owned, staged_file, write_marker, writer_lock
-from seglib.layout import PreparedDir, RunDir
+from seglib.layout import ARTIFACTS, PreparedDir, RunDir
 from seglib.training.checks import Checked, check_split, run_state
 from seglib.training.config import TrainConfig
 
 NOT_TRAINED = "not trained: the keras-hub preset as it comes"
 
 
-def default_preset_run(preset: str, artifacts: str | os.PathLike = "artifacts") -> Path:
+def default_preset_run(preset: str) -> Path:
     """Where ``evaluate --preset`` writes a preset's run when not told: ``artifacts/preset-<name>``."""
-    return Path(artifacts) / f"preset-{Path(str(preset).rstrip('/')).name}"
+    return Path(ARTIFACTS) / f"preset-{Path(str(preset).rstrip('/')).name}"
 
 
 def run_from_preset(preset: str, prepared_dir: str | os.PathLike, run_dir: str | os.PathLike | None = None) -> Path:
