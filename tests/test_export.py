@@ -69,6 +69,24 @@ def test_the_keras_predictor_is_a_compiled_call_with_unchanged_predictions_from_
             assert np.allclose(probs[0], eager[i], atol=1e-5)
 
 
+def test_a_runs_model_is_loaded_and_traced_once_until_its_file_is_rewritten(trained, tmp_path):
+    """What evaluate, the 03 notebook's figures, export and the report share (``run_model``); users'
+    ``load_model`` gives a model of their own."""
+    import os
+
+    from seglib.training.model import run_model
+
+    run = tmp_path / "run"
+    shutil.copytree(trained / "run", run)
+    model, predict = run_model(run / "model.keras")
+    assert run_model(run / "model.keras") == (model, predict) and load_model(run) is not model
+    images = np.asarray(open_split(trained / "prepared", "test").images[:2], np.float32)
+    shutil.copy(run / "model.keras", tmp_path / "new.keras")
+    os.replace(tmp_path / "new.keras", run / "model.keras")  # as training writes it: a new file renamed in place
+    again, predict_again = run_model(run / "model.keras")
+    assert again is not model and np.allclose(predict_again(images), predict(images), atol=1e-6)
+
+
 @pytest.mark.tf_lines
 @pytest.mark.slow
 @pytest.mark.parametrize("model_file", ["model.keras", "model_fp32.tflite"])

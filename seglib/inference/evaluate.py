@@ -41,7 +41,7 @@ def evaluate(run_dir: str | os.PathLike, prepared_dir: str | os.PathLike | None 
     Example:
         ``metrics = evaluate("artifacts/default", split="val")`` (on the data the run was trained on)
     """
-    from seglib.training.train import load_model
+    from seglib.training.model import input_hw, run_model
 
     checked_values(EvaluateConfig, split=split, full_size=full_size)
     run = RunDir(run_dir)
@@ -56,9 +56,8 @@ def evaluate(run_dir: str | os.PathLike, prepared_dir: str | os.PathLike | None 
 
     if full_size:
         next(source_labels(prepared_dir, split), None)  # a dataset of pairs has no label files: say so first
-    model = load_model(run_dir)
-    from seglib.training.model import input_hw
-
+    with filtered_stderr(stream=True):  # TensorFlow's C++ notices as the call is traced
+        model, predict = run_model(run.model)
     held, takes = open_split(prepared_dir, split).images.shape[1:3], input_hw(model)
     if tuple(held) != takes:
         raise ValueError(f"the model takes {takes[0]}x{takes[1]} images, {prepared_dir} holds {held[0]}x{held[1]}: "
@@ -66,8 +65,8 @@ def evaluate(run_dir: str | os.PathLike, prepared_dir: str | os.PathLike | None 
     confusion = np.zeros((palette.k, palette.k), np.int64)
     per_image: list[float] = []
     ignored = 0
-    with filtered_stderr(stream=True):  # TensorFlow's C++ notices at the first call
-        for _rows, _images, labels, pred in predict_split(model, prepared_dir, split, batch_size):
+    with filtered_stderr(stream=True):  # and at the first call
+        for _rows, _images, labels, pred in predict_split(predict, prepared_dir, split, batch_size):
             update_confusion(confusion, labels, pred, palette.ignore_index)
             per_image.extend(image_ious(labels, pred, palette.k, palette.ignore_index))
             if palette.ignore_index is not None:
@@ -77,7 +76,7 @@ def evaluate(run_dir: str | os.PathLike, prepared_dir: str | os.PathLike | None 
               "class_names": palette.names, **scores(confusion),
               "image_mean_iou": [round(float(v), 5) for v in per_image]}
     if full_size:
-        result["full_size"] = full_size_scores(model, prepared_dir, split, palette, batch_size)
+        result["full_size"] = full_size_scores(predict, prepared_dir, split, palette, batch_size)
     buffer = io.BytesIO()
     np.save(buffer, confusion)
     with writer_lock(run.root, RunDir):  # not while another command writes the run
@@ -86,7 +85,7 @@ def evaluate(run_dir: str | os.PathLike, prepared_dir: str | os.PathLike | None 
     return result
 
 
-def full_size_scores(model, prepared_dir, split: str, palette: Palette, batch_size: int = 8) -> dict:
+def full_size_scores(predict, prepared_dir, split: str, palette: Palette, batch_size: int = 8) -> dict:
     """Scores of the predictions at the source labels' own size: the probabilities resized
     (bilinear) to each label file's size, then the class of each pixel."""
     import cv2
@@ -97,7 +96,7 @@ def full_size_scores(model, prepared_dir, split: str, palette: Palette, batch_si
     labels = source_labels(prepared_dir, split)
     confusion, sizes = np.zeros((palette.k, palette.k), np.int64), set()
     for start in range(0, len(data), batch_size):
-        for probs in np.asarray(model(np.asarray(data.images[start:start + batch_size], np.float32), training=False)):
+        for probs in predict(np.asarray(data.images[start:start + batch_size], np.float32)):
             _, truth = next(labels)
             sizes.add(f"{truth.shape[0]}x{truth.shape[1]}")
             if probs.shape[:2] != truth.shape:
@@ -107,26 +106,29 @@ def full_size_scores(model, prepared_dir, split: str, palette: Palette, batch_si
             **{k: v for k, v in scores(confusion).items() if k != "per_class"}}
 
 
-def predict_split(model, prepared_dir: str | os.PathLike, split: str = "test", batch_size: int = 8):
-    """Yield ``(row_index, images, labels, predicted labels)`` batch by batch over a split."""
+def predict_split(predict, prepared_dir: str | os.PathLike, split: str = "test", batch_size: int = 8):
+    """Yield ``(row_index, images, labels, predicted labels)`` batch by batch over a split; ``predict``:
+    images -> probabilities (:func:`~seglib.training.model.keras_predictor`)."""
     from seglib.training.pipeline import make_dataset
 
     start = 0
     for images, labels in make_dataset(prepared_dir, split, batch_size):
-        pred = np.asarray(model(images, training=False)).argmax(-1).astype(np.uint8)
+        pred = predict(images).argmax(-1).astype(np.uint8)
         yield np.arange(start, start + len(pred)), np.asarray(images), np.asarray(labels), pred
         start += len(pred)
 
 
-def predict_rows(model, prepared_dir: str | os.PathLike, split: str, rows) -> tuple[np.ndarray, ...]:
-    """``(images, labels, predicted labels)`` of the given rows of a split."""
+def predict_rows(run_dir: str | os.PathLike, prepared_dir: str | os.PathLike, split: str,
+                 rows) -> tuple[np.ndarray, ...]:
+    """``(images, labels, predicted labels)`` of the given rows of a split, by the run's best model."""
     from seglib.data.splits import open_split
+    from seglib.training.model import run_model
 
     data = open_split(prepared_dir, split)
     rows = [int(r) for r in rows]
     images = np.stack([np.asarray(data.images[r]) for r in rows])
     labels = np.stack([np.asarray(data.labels[r]) for r in rows])
-    pred = model.predict(images.astype(np.float32), verbose=0).argmax(-1).astype(np.uint8)
+    pred = run_model(RunDir(run_dir).model)[1](images.astype(np.float32)).argmax(-1).astype(np.uint8)
     return images, labels, pred
 
 

@@ -190,8 +190,7 @@ def export_run(run_dir: str | os.PathLike, formats=E.formats, calibration_images
     Example:
         ``result = export_run("artifacts/default", formats="int8,onnx")``
     """
-    from seglib.training.model import architecture
-    from seglib.training.train import load_model
+    from seglib.training.model import architecture, run_model
 
     checked_values(EvaluateConfig, calibration_images=calibration_images, eval_images=eval_images)
     run = RunDir(run_dir)
@@ -209,7 +208,7 @@ def export_run(run_dir: str | os.PathLike, formats=E.formats, calibration_images
 
     with writer_lock(run.root, RunDir):  # one writer; a killed export's .saved_model-*/ is removed here
         try:
-            return _export_formats(run, load_model(run.root), formats, data, config, threads, latency_repeats)
+            return _export_formats(run, run_model(run.model), formats, data, config, threads, latency_repeats)
         except tf.errors.ResourceExhaustedError as exc:  # TensorFlow's word for a full disk while saving
             raise OSError(f"{run.root}: no space left to export the model ({str(exc).strip().splitlines()[0][:160]}); "
                           "free some space and export again (nothing half-written is kept)") from None
@@ -226,16 +225,14 @@ def _export_data(prepared_dir: Path, calibration_images: int, eval_images: int |
             "images": np.asarray(test.images[:n_eval], np.float32), "truth": np.asarray(test.labels[:n_eval])}
 
 
-def _export_formats(run: RunDir, model, formats: list[str], data: dict, config: dict, threads: int,
+def _export_formats(run: RunDir, loaded: tuple, formats: list[str], data: dict, config: dict, threads: int,
                     repeats: int) -> dict:
     """Score the Keras model (the baseline: the call seglib predicts and serves with), then write and
     score each format from one SavedModel; ``export.json`` written last."""
     import tensorflow as tf
 
-    from seglib.training.model import keras_predictor
-
+    model, compiled = loaded  # the run's model and its compiled call (run_model)
     images, truth, k, ignore = data["images"], data["truth"], config["num_classes"], config.get("ignore_index")
-    compiled = keras_predictor(model)
     keras_pred = _argmax(compiled, images)
     keras_cm = update_confusion(np.zeros((k, k), np.int64), truth, keras_pred, ignore)
     keras_latency = latency_ms(compiled, images[:1], repeats)

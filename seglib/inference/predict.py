@@ -54,10 +54,10 @@ def load_predictor(model_path: str | os.PathLike):
         onnx = OnnxModel(model_path)
         return onnx.predict, onnx.size, palette
     if model_path.suffix == ".keras":
-        from seglib.training.model import input_hw, keras_predictor, load_keras_model
+        from seglib.training.model import input_hw, run_model
 
-        model = load_keras_model(model_path)
-        return keras_predictor(model), input_hw(model), palette
+        model, predict = run_model(model_path)
+        return predict, input_hw(model), palette
     raise ValueError(f"{model_path}: expected a .keras, .tflite or .onnx file")
 
 

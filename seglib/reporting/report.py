@@ -182,14 +182,13 @@ def _predictions_section(facts: RunFacts, examples: int) -> tuple[str, str, str]
     from seglib.data.splits import open_split
     from seglib.inference.evaluate import best_and_worst, predict_rows
     from seglib.reporting import figures
-    from seglib.training.train import load_model
 
-    model, prepared_dir, split, palette = load_model(facts.run.root), facts.prepared_dir, facts.split, facts.palette
+    run, prepared_dir, split, palette = facts.run.root, facts.prepared_dir, facts.split, facts.palette
     rows = list(range(min(examples, len(open_split(prepared_dir, split)))))
-    first = figures.predictions(*predict_rows(model, prepared_dir, split, rows), palette,
+    first = figures.predictions(*predict_rows(run, prepared_dir, split, rows), palette,
                                 titles=[f"#{r}" for r in rows])
     picked = best_and_worst(facts.metrics)
-    extremes = figures.predictions(*predict_rows(model, prepared_dir, split, [r for r, _ in picked]), palette,
+    extremes = figures.predictions(*predict_rows(run, prepared_dir, split, [r for r, _ in picked]), palette,
                                    titles=[t for _, t in picked])
     return ("predictions", "Predictions", figure_png(first) + "<h3>Best and worst images by mean IoU</h3>"
             + figure_png(extremes))

@@ -15,6 +15,7 @@ import os
 os.environ.setdefault("SM_FRAMEWORK", "tf.keras")  # segmentation-models on Keras 3 needs tf.keras mode
 os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 
+import functools  # noqa: E402
 import math  # noqa: E402
 from collections.abc import Callable  # noqa: E402
 from dataclasses import dataclass  # noqa: E402
@@ -376,3 +377,21 @@ def keras_predictor(model):
 
     call.get_concrete_function()
     return lambda x: call(tf.convert_to_tensor(x, tf.float32)).numpy()
+
+
+def run_model(path: str | os.PathLike) -> tuple:
+    """``(model, predict)``: the model of a .keras file and its :func:`keras_predictor`, loaded and traced
+    once per process while the file is unchanged. Evaluation, the 03 notebook's figures, export and the
+    report of one run share them instead of each paying a load and a trace (seconds each). Read-only:
+    seglib's own callers only; :func:`seglib.load_model` gives users a model of their own."""
+    if not Path(path).is_file():
+        load_keras_model(path)  # its one-line error
+    stat = Path(path).stat()
+    return _run_model(str(Path(path).resolve()), stat.st_ino, stat.st_mtime_ns, stat.st_size)
+
+
+@functools.lru_cache(maxsize=1)
+def _run_model(path: str, inode: int, mtime_ns: int, size: int) -> tuple:
+    """One entry: a rewritten file (a new inode, time or size) is loaded again, the older model let go."""
+    model = load_keras_model(path)
+    return model, keras_predictor(model)
