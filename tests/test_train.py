@@ -107,10 +107,12 @@ def test_bad_parameters_fail_before_training(small_prepared, tmp_path, change, m
 
 def test_the_registries_give_the_choices_and_an_unknown_name_lists_the_known_ones():
     from seglib.training.losses import make_loss
-    from seglib.training.model import ARCHITECTURES, architecture
+    from seglib.training.model import ARCHITECTURES, _sm, architecture
 
     choices = {f.name: f.metadata.get("choices") for f in fields(TrainConfig)}
     assert choices["arch"] == tuple(ARCHITECTURES) and choices["loss"] == tuple(LOSSES)
+    # the encoders --backbone is checked against before TensorFlow is imported: segmentation-models' own
+    assert ARCHITECTURES["unet"].encoders() == sorted(_sm().Backbones.models_names())
     with pytest.raises(ValueError, match="unknown architecture 'segnet'; choose one of unet, fpn, linknet, pspnet, "
                                          "deeplabv3plus"):
         architecture("segnet")

@@ -81,6 +81,15 @@ def _deeplab(backbone: str, classes: int, activation: str, encoder_weights, inpu
     return deeplabv3plus(net, high, low, classes, activation)
 
 
+# segmentation-models' encoders: its pinned 1.0.1 (its last release, 2020) cannot change them, and a wrong
+# --backbone is refused from this list before TensorFlow is imported (7 s). A test holds it to the library's.
+SM_BACKBONES = ("densenet121", "densenet169", "densenet201", "efficientnetb0", "efficientnetb1", "efficientnetb2",
+                "efficientnetb3", "efficientnetb4", "efficientnetb5", "efficientnetb6", "efficientnetb7",
+                "inceptionresnetv2", "inceptionv3", "mobilenet", "mobilenetv2", "resnet101", "resnet152", "resnet18",
+                "resnet34", "resnet50", "resnext101", "resnext50", "senet154", "seresnet101", "seresnet152",
+                "seresnet18", "seresnet34", "seresnet50", "seresnext101", "seresnext50", "vgg16", "vgg19")
+
+
 @dataclass(frozen=True)
 class Architecture:
     """One kind of model, as the registry :data:`ARCHITECTURES` holds it.
@@ -102,7 +111,7 @@ class Architecture:
     build: Callable
     size_step: int = SIZE_STEP
     size_why: str = "the encoder halves them five times"
-    encoders: Callable[[], list[str]] = lambda: sorted(_sm().Backbones.models_names())
+    encoders: Callable[[], list[str]] = lambda: list(SM_BACKBONES)
     exports: tuple[str, ...] = ("fp32", "fp16", "int8", "onnx")
     preprocessing: Callable[[str], tuple] = preprocessing_affine
     check_size: Callable[[int, int], str | None] = lambda height, width: None
