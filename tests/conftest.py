@@ -15,12 +15,12 @@ SHARED_SAMPLE = REPO.parent / "shared" / "data" / "cityscapes-pairs-sample"
 
 
 # The modules that take longest, first (longest-processing-time order of one make test's module times
-# under three workers: 344, 269, 245, 208, 175, 167, 140, 102, 75, 56 s...): pytest-xdist hands each worker
+# under three workers: 210, 206, 206, 145, 144, 124, 119, 66, 50, 33 s...): pytest-xdist hands each worker
 # whole modules (make test: --dist loadscope --no-loadscope-reorder) as it frees up, and a long module
 # handed out last runs on alone while the other workers idle. The session's trained and exported runs
 # are built by whichever module asks first (``once_per_session``).
-SLOWEST_FIRST = ("test_segformer.py", "test_batch.py", "test_journeys.py", "test_export.py", "test_spread.py",
-                 "test_distribute.py", "test_deeplab.py", "test_labelled.py", "test_train.py", "test_serve.py",
+SLOWEST_FIRST = ("test_segformer.py", "test_batch.py", "test_journeys.py", "test_distribute.py", "test_spread.py",
+                 "test_deeplab.py", "test_labelled.py", "test_train.py", "test_serve.py", "test_export.py",
                  "test_prepare.py", "test_synthetic.py", "test_classmap.py")
 
 

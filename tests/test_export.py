@@ -69,6 +69,7 @@ def test_the_keras_predictor_is_a_compiled_call_with_unchanged_predictions_from_
             assert np.allclose(probs[0], eager[i], atol=1e-5)
 
 
+@pytest.mark.tf_lines
 def test_a_runs_model_is_loaded_and_traced_once_until_its_file_is_rewritten(trained, tmp_path):
     """What evaluate, the 03 notebook's figures, export and the report share (``run_model``); users'
     ``load_model`` gives a model of their own."""
