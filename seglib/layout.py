@@ -20,6 +20,15 @@ SPLITS = ("train", "val", "test")
 REPORT = "report.html"
 ARTIFACTS = "artifacts"  # the project's folder of runs (git-ignored); a command's default, relative to where it runs
 REPORTS = "reports"  # the project's folder of reports and executed notebooks, beside ARTIFACTS
+SYNTHETIC = "data/synthetic"  # generated scenes: the demo's and the notebooks' default data
+PREPARED = "data/prepared"  # prepared datasets: a batch's (one per data setting) and the notebooks' own
+KAGGLE = "data/kaggle"  # kaggle: downloads, made once
+DEFAULT = "default"  # the notebooks' prepared dataset and run, by name
+
+
+def from_notebooks(path: str) -> str:
+    """A project folder as the notebooks name it: they run in notebooks/ (papermill --cwd, Jupyter)."""
+    return f"../{path}"
 TEMP_PATTERNS = (".*.tmp-*", ".*.tmp", ".*.old-*")  # seglib's staged writes (see seglib.fsutil)
 
 

@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from seglib.data.pairs import MAX_PIXELS, SIZE_STEP
+from seglib.layout import DEFAULT, KAGGLE, PREPARED, SYNTHETIC, from_notebooks
 from seglib.parameters import Parameters, param
 
 
@@ -20,8 +21,8 @@ class PrepareConfig(Parameters):
     data_dir: str = param(help="pairs (Kaggle layout train/ val/, a flat folder, or kaggle:OWNER/NAME), images/ + "
                                "masks/ of class ids (optionally under train/ val/ test/, with classes.json), or the "
                                "official Cityscapes leftImg8bit/ + gtFine/",
-                          notebook="../data/synthetic")  # notebooks run in notebooks/
-    out_dir: str = param(help="the prepared dataset's folder", notebook="../data/prepared/default")
+                          notebook=from_notebooks(SYNTHETIC))
+    out_dir: str = param(help="the prepared dataset's folder", notebook=from_notebooks(f"{PREPARED}/{DEFAULT}"))
     clusters: int = param(10, "K-Means classes: the mask colours are grouped into this many (pairs only)",
                           min=2, max=255)
     seed: int = param(0, "seeds the split, the K-Means sample and synthetic scenes", min=0, max=2**32 - 1)
@@ -35,8 +36,7 @@ class PrepareConfig(Parameters):
                                         "colour only, faster, less accurate at class borders)")
     workers: int | None = param(None, "threads reading and labelling (default: the cores, at most 8)", min=1,
                                 max=256)
-    kaggle_cache: str = param("data/kaggle", "where kaggle: datasets are downloaded once",
-                              notebook="../data/kaggle")  # the same folder, seen from notebooks/
+    kaggle_cache: str = param(KAGGLE, "where kaggle: datasets are downloaded once", notebook=from_notebooks(KAGGLE))
     max_pixels: int = param(MAX_PIXELS, "image files over this many pixels are bad files (checked in the header, "
                                         "before decoding)", min=1)
     merge: str = param("", "join classes (names or ids) into a new one, written as in the notebook's example and "

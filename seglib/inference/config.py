@@ -6,6 +6,7 @@ from __future__ import annotations
 from dataclasses import dataclass
 
 from seglib.data.pairs import MAX_PIXELS
+from seglib.layout import ARTIFACTS, DEFAULT, from_notebooks
 from seglib.parameters import Parameters, param
 
 SPLITS = ("test", "val", "train")
@@ -21,7 +22,7 @@ class EvaluateConfig(Parameters):
         ``evaluate(config.run_dir, config.prepared_dir, config.split, full_size=config.full_size)``
     """
 
-    run_dir: str = param(help="a trained run's folder", notebook="../artifacts/default")  # notebooks run in notebooks/
+    run_dir: str = param(help="a trained run's folder", notebook=from_notebooks(f"{ARTIFACTS}/{DEFAULT}"))
     prepared_dir: str | None = param(None, "a prepared dataset (default: the one the run was trained on)",
                                      positional=True)
     preset: str | None = param(None, "score a keras-hub SegFormer preset (a name or a save_to_preset folder) as it "

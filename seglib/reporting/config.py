@@ -6,6 +6,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from seglib.layout import ARTIFACTS, DEFAULT, from_notebooks
 from seglib.parameters import Parameters, param
 
 
@@ -28,7 +29,7 @@ class ReportConfig(Parameters):
         ``write_run_report(config.run_dir, config.report_dir, config.prepared_dir)``
     """
 
-    run_dir: str = param(help="a trained run's folder", notebook="../artifacts/default")  # notebooks run in notebooks/
+    run_dir: str = param(help="a trained run's folder", notebook=from_notebooks(f"{ARTIFACTS}/{DEFAULT}"))
     prepared_dir: str | None = param(None, "a prepared dataset (default: the one the run was trained on)")
     report_dir: str | None = param(None, "the report's folder (default: reports/<run name> beside the artifacts/ "
                                          "folder that holds the run)")

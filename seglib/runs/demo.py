@@ -6,6 +6,8 @@ from __future__ import annotations
 import os
 from pathlib import Path
 
+from seglib.layout import SYNTHETIC
+
 # Shared by both runs: small enough for 2 CPU cores, large enough to learn the synthetic scenes.
 DEMO = {"SYNTH_COUNT": 240, "SEED": 0, "SIZE": 128, "EPOCHS": 6, "BATCH_SIZE": 8, "LR": 1e-3,
         "CALIBRATION_IMAGES": 50}
@@ -21,7 +23,7 @@ def demo_config(out: str | os.PathLike = ".", data_dir: str | os.PathLike | None
     if data_dir is not None and not Path(data_dir).is_dir():
         raise FileNotFoundError(f"{data_dir}: no such data folder (expected train/ and val/ or a folder of pairs)")
     parameters = dict(DEMO, ENCODER_WEIGHTS=encoder_weights,
-                      DATA_DIR=str(Path(data_dir if data_dir is not None else Path(out) / "data" / "synthetic")))
+                      DATA_DIR=str(Path(data_dir if data_dir is not None else Path(out) / SYNTHETIC)))
     if data_dir is not None:
         del parameters["SYNTH_COUNT"]
     return {"name": "demo", "parameters": parameters, "runs": [dict(r) for r in DEMO_RUNS]}

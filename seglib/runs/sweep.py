@@ -14,7 +14,7 @@ from pathlib import Path
 
 from seglib.data.datasets import is_kaggle
 from seglib.fsutil import TooBig, atomic_write_text, pid_alive, read_bounded, read_json
-from seglib.layout import ARTIFACTS, REPORTS, BatchDir, RunDir, RunReportDir
+from seglib.layout import ARTIFACTS, PREPARED, REPORTS, BatchDir, RunDir, RunReportDir
 from seglib.parameters import NONE_WORDS, Parameters, checked_value, field_of, notebook_defaults, param
 from seglib.runs import notebooks
 
@@ -125,7 +125,7 @@ def load_config(config: str | os.PathLike | dict, root: str | os.PathLike = ".")
     return Batch(name, _batch_runs(source, raw.get("runs"), shared), shared,
                  reports_dir=Path(raw.get("reports_dir") or root / REPORTS).resolve(),
                  artifacts_dir=Path(raw.get("artifacts_dir") or root / ARTIFACTS).resolve(),
-                 prepared_root=Path(raw.get("prepared_dir") or root / "data" / "prepared").resolve(),
+                 prepared_root=Path(raw.get("prepared_dir") or root / PREPARED).resolve(),
                  source=source)
 
 

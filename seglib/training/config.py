@@ -5,6 +5,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass
 
+from seglib.layout import ARTIFACTS, DEFAULT, PREPARED, from_notebooks
 from seglib.parameters import Parameters, param
 from seglib.training.distribute import STRATEGIES
 from seglib.training.losses import LOSSES
@@ -23,8 +24,9 @@ class TrainConfig(Parameters):
     """
 
     prepared_dir: str = param(help="a prepared dataset (python -m seglib prepare)",
-                              notebook="../data/prepared/default")  # notebooks run in notebooks/
-    run_dir: str = param(help="the run's folder (resumed if unfinished)", notebook="../artifacts/default")
+                              notebook=from_notebooks(f"{PREPARED}/{DEFAULT}"))
+    run_dir: str = param(help="the run's folder (resumed if unfinished)",
+                         notebook=from_notebooks(f"{ARTIFACTS}/{DEFAULT}"))
     arch: str = param("unet", "the model", tuple(ARCHITECTURES))
     backbone: str = param("resnet34", "the encoder: segmentation-models' backbones; mit_b0 ... mit_b5 for segformer; "
                                        "base8/16/32 for tinyunet")
