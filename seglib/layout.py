@@ -24,12 +24,12 @@ SYNTHETIC = "data/synthetic"  # generated scenes: the demo's and the notebooks' 
 PREPARED = "data/prepared"  # prepared datasets: a batch's (one per data setting) and the notebooks' own
 KAGGLE = "data/kaggle"  # kaggle: downloads, made once
 DEFAULT = "default"  # the notebooks' prepared dataset and run, by name
+TEMP_PATTERNS = (".*.tmp-*", ".*.tmp", ".*.old-*")  # seglib's staged writes (see seglib.fsutil)
 
 
 def from_notebooks(path: str) -> str:
     """A project folder as the notebooks name it: they run in notebooks/ (papermill --cwd, Jupyter)."""
     return f"../{path}"
-TEMP_PATTERNS = (".*.tmp-*", ".*.tmp", ".*.old-*")  # seglib's staged writes (see seglib.fsutil)
 
 
 @dataclass(frozen=True)
