@@ -41,11 +41,14 @@ def augment_pair(image, label, size):
 
 
 def make_dataset(prepared_dir: str | os.PathLike, split: str, batch_size: int = 8, shuffle: bool = False,
-                 seed: int = 0, augment: bool = False, cache_bytes: int = 1 << 30):
+                 seed: int = 0, augment: bool = False, cache_bytes: int = 1 << 30, multiple_of: int = 1):
     """Batches of ``(images float32 (B,H,W,3) in [0,255], labels uint8 (B,H,W))``.
 
     Rows are read batch by batch from the memory-mapped split; a split smaller than
-    ``cache_bytes`` is cached in memory after the first pass (before augmentation).
+    ``cache_bytes`` is cached in memory after the first pass (before augmentation). ``multiple_of``:
+    the replicas a batch is split across; every batch, the last included, holds a multiple of them
+    (Keras fails on a batch its devices would split unevenly), so up to ``multiple_of - 1`` rows are
+    left out: after shuffling, other ones each epoch.
     """
     import tensorflow as tf
 
@@ -53,6 +56,9 @@ def make_dataset(prepared_dir: str | os.PathLike, split: str, batch_size: int = 
     n, size = len(data), tuple(data.images.shape[1:3])
     if n == 0:
         raise ValueError(f"{prepared_dir}/{split}: the split is empty")
+    if n < multiple_of:
+        raise ValueError(f"{prepared_dir}/{split}: {n} images, fewer than the {multiple_of} devices each batch is "
+                         "split across")
     files = PreparedDir(prepared_dir).split(split)
     images_path, labels_path = str(files.images), str(files.labels)
 
@@ -71,6 +77,8 @@ def make_dataset(prepared_dir: str | os.PathLike, split: str, batch_size: int = 
     ds = tf.data.Dataset.range(n)
     if shuffle:
         ds = ds.shuffle(n, seed=seed, reshuffle_each_iteration=True)
+    if n % multiple_of:
+        ds = ds.take(n - n % multiple_of)
     ds = ds.batch(batch_size).map(load, num_parallel_calls=tf.data.AUTOTUNE)
     fits = data.images.nbytes + data.labels.nbytes <= cache_bytes
     if fits and not shuffle:

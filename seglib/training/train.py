@@ -141,17 +141,20 @@ def _train(config: TrainConfig, placement, checked: Checked, run: RunDir, out: R
     global_batch = config.batch_size * placement.replicas  # --batch-size is per replica
     lr = config.lr * placement.replicas if config.scale_lr else config.lr
     data_dir = local_copy(config.prepared_dir) if local_copy else config.prepared_dir
-    train_ds = make_dataset(data_dir, "train", global_batch, shuffle=True, seed=config.seed, augment=config.augment)
-    val_ds = make_dataset(data_dir, "val", global_batch)
+    replicas = placement.replicas  # every batch split evenly across them (make_dataset)
+    train_ds = make_dataset(data_dir, "train", global_batch, shuffle=True, seed=config.seed, augment=config.augment,
+                            multiple_of=replicas)
+    val_ds = make_dataset(data_dir, "val", global_batch, multiple_of=replicas)
+    train_rows = checked.train_rows - checked.train_rows % replicas
     write_run_config(config, checked, run, out, device, placement, global_batch, lr)
     with placement.strategy.scope():  # the model, optimizer and metrics live on the strategy's devices
         model = _compiled_model(config, checked, backup, lr, log)
     build_for_multiworker(model, placement, train_ds)
-    steps = _callbacks(config, out, backup, lr, math.ceil(checked.train_rows / global_batch), log)
+    steps = _callbacks(config, out, backup, lr, math.ceil(train_rows / global_batch), log)
     started = time.perf_counter()
     history = _fit(model, train_ds, val_ds, config, backup, list(steps.values()) + list(callbacks or []), verbose,
                    placement, run)
-    return _finish(config, run, out, model, history, steps, device, placement, checked.train_rows,
+    return _finish(config, run, out, model, history, steps, device, placement, train_rows,
                    time.perf_counter() - started)
 
 
