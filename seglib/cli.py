@@ -362,7 +362,8 @@ def build_parser() -> argparse.ArgumentParser:
 
 def main(argv: list[str] | None = None) -> int:
     """Run a command. An error a user can cause (bad input, a missing or refused folder, a full disk)
-    is one line naming the file and what to do, exit status 2; ``--debug`` shows the traceback."""
+    is one line naming the file and what to do, exit status 2; any other (a bug, a library's own error)
+    one line saying so, exit status 1. ``--debug`` shows the traceback."""
     args = build_parser().parse_args(argv)
     if args.debug:
         os.environ[DEBUG_ENV] = "1"  # TensorFlow's start-up lines too (seglib.quiet)
@@ -377,6 +378,13 @@ def main(argv: list[str] | None = None) -> int:
             raise
         print(f"error: {' '.join(str(exc).split())}", file=sys.stderr)
         return 2
+    except Exception as exc:  # noqa: BLE001 - not the user's: its first line, the traceback with --debug
+        if args.debug:
+            raise
+        first = (str(exc).strip().splitlines() or [""])[0][:300]
+        print(f"error: {type(exc).__name__}: {first} (unexpected: run again with --debug for the traceback)",
+              file=sys.stderr)
+        return 1
 
 
 if __name__ == "__main__":

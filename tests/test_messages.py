@@ -36,6 +36,25 @@ def test_evaluate_names_a_cut_short_array_and_a_dataset_of_another_size(trained,
     assert done.returncode == 2 and f"the model takes 64x64 images, {tmp_path / 'small'} holds 32x32" in done.stderr
 
 
+def test_an_unexpected_error_is_one_line_saying_so_and_debug_shows_its_traceback(monkeypatch, seglib_cli, tmp_path):
+    """Not the user's (a bug, or a library's own error as TensorFlow's once was under --strategy mirrored):
+    its first line and exit status 1; with --debug, the exception itself."""
+    import seglib.reporting.report as report
+    from seglib.quiet import DEBUG_ENV
+
+    def broken(*args, **kwargs):
+        raise RuntimeError("Inputs to operation AddN of type AddN must have the same size and shape.\n[[{{node}}]]")
+
+    monkeypatch.setattr(report, "write_run_report", broken)
+    monkeypatch.delenv(DEBUG_ENV, raising=False)  # --debug sets it: restored after the test
+    done = seglib_cli("report", tmp_path)
+    assert done.returncode == 1 and done.stderr == ("error: RuntimeError: Inputs to operation AddN of type AddN must "
+                                                    "have the same size and shape. (unexpected: run again with "
+                                                    "--debug for the traceback)\n")
+    with pytest.raises(RuntimeError, match="AddN"):
+        seglib_cli("--debug", "report", tmp_path)
+
+
 def test_the_tpu_strategy_without_a_tpu_says_so(monkeypatch):
     from seglib.training.distribute import make_strategy
 
