@@ -20,7 +20,8 @@ import numpy as np
 sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 from seglib.data.synthetic import render_scene  # noqa: E402
 from seglib.inference.export import FORMATS, TFLiteModel, convert  # noqa: E402
-from seglib.training.model import build_model, keras_predictor  # noqa: E402
+from seglib.training.model import build_model  # noqa: E402
+from seglib.training.saved import keras_predictor  # noqa: E402
 
 
 def main() -> None:

@@ -57,7 +57,7 @@ def test_tflite_export_parity_and_size(exported_run, trained):
 def test_the_keras_predictor_is_a_compiled_call_with_unchanged_predictions_from_several_threads(trained):
     from concurrent.futures import ThreadPoolExecutor
 
-    from seglib.training.model import keras_predictor
+    from seglib.training.saved import keras_predictor
 
     model = load_model(trained / "run")
     images = np.asarray(open_split(trained / "prepared", "test").images[:6], np.float32)
@@ -75,7 +75,7 @@ def test_a_runs_model_is_loaded_and_traced_once_until_its_file_is_rewritten(trai
     ``load_model`` gives a model of their own."""
     import os
 
-    from seglib.training.model import run_model
+    from seglib.training.saved import run_model
 
     run = tmp_path / "run"
     shutil.copytree(trained / "run", run)

@@ -263,7 +263,7 @@ def test_each_architecture_trains(labelled, tmp_path, arch, size):
     assert run.model_path.exists() and json.loads(RunDir(run.run_dir).config.read_text())["arch"] == arch
     from seglib.inference.evaluate import evaluate
     from seglib.inference.predict import predict_paths
-    from seglib.training.model import input_hw, load_keras_model
+    from seglib.training.saved import input_hw, load_keras_model
 
     height, width = (int(v) for v in size.split("x"))
     assert input_hw(load_keras_model(run.model_path)) == (height, width)
@@ -309,7 +309,8 @@ def test_encoder_weights_load_from_a_local_file(tmp_path):
 def test_each_decoder_builds_saves_and_loads_at_a_non_square_size(arch, backbone, tmp_path):
     """The decoders whose training runs only on the main TF line (tinyunet: in the tests of batches,
     strategies and Colab) are still built, called, saved and loaded on the TF 2.18 line."""
-    from seglib.training.model import build_model, input_hw, load_keras_model
+    from seglib.training.model import build_model
+    from seglib.training.saved import input_hw, load_keras_model
 
     model = build_model(arch, backbone, 5, (64, 128), None)
     out = np.asarray(model(np.zeros((1, 64, 128, 3), np.float32)))
@@ -334,7 +335,8 @@ def test_training_with_an_encoder_file_and_fine_tuning_from_a_run(cityscapes_run
                   verbose=0, log=lines.append)
     assert tuned.stop_reason == "finished" and lines[0].startswith(f"started from {earlier}: ")
     assert json.loads(RunDir(tuned.run_dir).config.read_text())["encoder_weights"] == str(tmp_path / "enc.weights.h5")
-    from seglib.training.model import build_model, load_keras_model
+    from seglib.training.model import build_model
+    from seglib.training.saved import load_keras_model
 
     fresh = build_model("unet", "mobilenet", 19, (64, 128), None)
     assert copy_weights(fresh, RunDir(earlier).model)["kept_new"] == []

@@ -41,7 +41,7 @@ def evaluate(run_dir: str | os.PathLike, prepared_dir: str | os.PathLike | None 
     Example:
         ``metrics = evaluate("artifacts/default", split="val")`` (on the data the run was trained on)
     """
-    from seglib.training.model import input_hw, run_model
+    from seglib.training.saved import input_hw, run_model
 
     checked_values(EvaluateConfig, split=split, full_size=full_size)
     run = RunDir(run_dir)
@@ -108,7 +108,7 @@ def full_size_scores(predict, prepared_dir, split: str, palette: Palette, batch_
 
 def predict_split(predict, prepared_dir: str | os.PathLike, split: str = "test", batch_size: int = 8):
     """Yield ``(row_index, images, labels, predicted labels)`` batch by batch over a split; ``predict``:
-    images -> probabilities (:func:`~seglib.training.model.keras_predictor`)."""
+    images -> probabilities (:func:`~seglib.training.saved.keras_predictor`)."""
     from seglib.training.pipeline import make_dataset
 
     start = 0
@@ -122,7 +122,7 @@ def predict_rows(run_dir: str | os.PathLike, prepared_dir: str | os.PathLike, sp
                  rows) -> tuple[np.ndarray, ...]:
     """``(images, labels, predicted labels)`` of the given rows of a split, by the run's best model."""
     from seglib.data.splits import open_split
-    from seglib.training.model import run_model
+    from seglib.training.saved import run_model
 
     data = open_split(prepared_dir, split)
     rows = [int(r) for r in rows]

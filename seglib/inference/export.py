@@ -118,7 +118,7 @@ class OnnxModel:
 
 def export_onnx(model, path: Path, example: np.ndarray) -> None:
     """Write ``model`` as ONNX to ``path`` (atomically) through Keras' exporter."""
-    from seglib.training.model import keras_predictor
+    from seglib.training.saved import keras_predictor
 
     keras_predictor(model)(example[:1])  # Keras exports only a model that has been called
     with staged_file(path, ".onnx") as tmp, warnings.catch_warnings():
@@ -190,7 +190,8 @@ def export_run(run_dir: str | os.PathLike, formats=E.formats, calibration_images
     Example:
         ``result = export_run("artifacts/default", formats="int8,onnx")``
     """
-    from seglib.training.model import architecture, run_model
+    from seglib.training.model import architecture
+    from seglib.training.saved import run_model
 
     checked_values(EvaluateConfig, calibration_images=calibration_images, eval_images=eval_images)
     run = RunDir(run_dir)

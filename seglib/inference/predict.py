@@ -54,7 +54,7 @@ def load_predictor(model_path: str | os.PathLike):
         onnx = OnnxModel(model_path)
         return onnx.predict, onnx.size, palette
     if model_path.suffix == ".keras":
-        from seglib.training.model import input_hw, run_model
+        from seglib.training.saved import input_hw, run_model
 
         model, predict = run_model(model_path)
         return predict, input_hw(model), palette

@@ -68,7 +68,7 @@ class ModelPool:
     @functools.cached_property
     def _keras(self):
         """The .keras model, loaded once: every runner calls it (a direct call is thread-safe)."""
-        from seglib.training.model import load_keras_model
+        from seglib.training.saved import load_keras_model
 
         return load_keras_model(self.path)
 
@@ -77,7 +77,7 @@ class ModelPool:
         if model == "keras":
             import keras
 
-            from seglib.training.model import input_hw, keras_predictor
+            from seglib.training.saved import input_hw, keras_predictor
 
             return keras_predictor(self._keras), input_hw(self._keras), f"keras {keras.__version__}"
         if model == "onnx":

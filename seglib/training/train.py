@@ -32,7 +32,7 @@ from seglib.training.checks import Checked, latest_backup, run_state, validate
 from seglib.training.config import TrainConfig
 from seglib.training.losses import class_weights, make_loss
 from seglib.training.metrics import make_metrics
-from seglib.training.model import load_keras_model
+from seglib.training.saved import load_keras_model
 
 
 @dataclass
