@@ -145,8 +145,8 @@ def interrupted_run():
 def seglib_cli(capsys):
     """``run(*args) -> CompletedProcess``: the ``seglib`` command line run in this test process, which
     has TensorFlow imported already (a ``python -m seglib`` process pays about 7 s for that). An
-    unexpected exception is ``main``'s one line and exit status 1, as in a process. Tests of what a process prints at start-up,
-    of signals or of a stand-in package start a process instead."""
+    unexpected exception is ``main``'s one line and exit status 1, as in a process. Tests of what a
+    process prints at start-up, of signals or of a stand-in package start a process instead."""
     from seglib.cli import main
 
     def run(*args) -> subprocess.CompletedProcess:
