@@ -80,6 +80,21 @@ def test_every_batch_splits_evenly_across_the_replicas_leaving_out_other_rows_ea
         make_dataset(prepared, "val", 8, multiple_of=8)
 
 
+def test_a_split_smaller_than_the_replicas_is_refused_before_the_run_folder_is_made(prepared, tmp_path, monkeypatch):
+    """The replicas are known only once the strategy is made (after the other checks): 8 of them (a stand-in
+    placement; the strategy itself is never reached) and 7 val images give one line, and no run folder."""
+    from seglib.training import distribute
+    from seglib.training.config import TrainConfig
+    from seglib.training.train import train
+
+    placement = distribute.Placement(strategy=None, name="mirrored", replicas=8, devices=[f"CPU:{i}" for i in range(8)])
+    monkeypatch.setattr(distribute, "make_strategy", lambda *args: placement)
+    config = TrainConfig(str(prepared), str(tmp_path / "run"), arch="tinyunet", backbone="base8", encoder_weights=None)
+    with pytest.raises(ValueError, match=r"/val: 7 images, fewer than the 8 devices each batch is split across"):
+        train(config)
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.slow
 def test_mirrored_over_two_cpu_devices_matches_the_default_strategy_and_resumes_after_a_kill(prepared, tmp_path):
     """A MirroredStrategy run (2 replicas x 4 images a step) beside a default-strategy run (8 a step),

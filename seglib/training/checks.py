@@ -23,6 +23,7 @@ class Checked:
 
     palette: Palette
     train_rows: int
+    val_rows: int
     size: tuple[int, int]  # (H, W)
     init_model: Path | None  # the model file of ``init_from``
     preset: object | None = None  # keras-hub's model of ``preset`` (None on resume: the backup holds the weights)
@@ -92,7 +93,7 @@ def validate(config: TrainConfig) -> Checked:
         raise ValueError("PRESET (--preset) and INIT_FROM (--init-from) are two starts: give one of them")
     check_encoder_weights(None if config.preset else config.encoder_weights, config.arch)  # a preset brings all
     palette = Palette.load(prepared.palette)
-    (rows, size), (_, val_size) = (check_split(prepared.root, split, palette) for split in ("train", "val"))
+    (rows, size), (val_rows, val_size) = (check_split(prepared.root, split, palette) for split in ("train", "val"))
     if size != val_size:
         raise ValueError(f"{prepared.root}: train and val images differ in size ({sorted({size, val_size})})")
     check_input_size(config.arch, size)
@@ -121,7 +122,16 @@ def validate(config: TrainConfig) -> Checked:
 
         preset = preset_source(config)
         head = "replaced" if head_order(preset, palette.names) is None else "kept"
-    return Checked(palette, rows, size, init_model, preset, head)
+    return Checked(palette, rows, val_rows, size, init_model, preset, head)
+
+
+def check_replicas(prepared_dir: str | os.PathLike, rows: dict[str, int], replicas: int) -> None:
+    """Each split holds at least one image per replica: every batch is split evenly across them
+    (:func:`seglib.training.pipeline.make_dataset`), so a smaller split cannot train or validate."""
+    for split, n in rows.items():
+        if n < replicas:
+            raise ValueError(f"{prepared_dir}/{split}: {n} images, fewer than the {replicas} devices each batch is "
+                             "split across")
 
 
 # What may differ when a run is resumed: where it is, and what does not change what it computes.

@@ -12,6 +12,7 @@ import numpy as np
 
 from seglib.data.splits import open_split
 from seglib.layout import PreparedDir
+from seglib.training.checks import check_replicas
 
 
 def augment_pair(image, label, size):
@@ -56,9 +57,7 @@ def make_dataset(prepared_dir: str | os.PathLike, split: str, batch_size: int = 
     n, size = len(data), tuple(data.images.shape[1:3])
     if n == 0:
         raise ValueError(f"{prepared_dir}/{split}: the split is empty")
-    if n < multiple_of:
-        raise ValueError(f"{prepared_dir}/{split}: {n} images, fewer than the {multiple_of} devices each batch is "
-                         "split across")
+    check_replicas(prepared_dir, {split: n}, multiple_of)
     files = PreparedDir(prepared_dir).split(split)
     images_path, labels_path = str(files.images), str(files.labels)
 

@@ -49,7 +49,8 @@ def run_from_preset(preset: str, prepared_dir: str | os.PathLike, run_dir: str |
     with writer_lock(run.root, RunDir):
         remove_owned(run.root, RunDir)
         write_marker(run.root, RunDir.KIND)
-        _write_run(config, Checked(palette, rows, size, None, task, "kept"), run)
+        checked = Checked(palette, rows, val_rows=0, size=size, init_model=None, preset=task, preset_head="kept")
+        _write_run(config, checked, run)  # (val_rows: no training, val is not read)
     return run.root
 
 

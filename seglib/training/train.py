@@ -28,7 +28,7 @@ from seglib.fsutil import atomic_write_json, atomic_write_text, read_json, remov
 from seglib.layout import PreparedDir, RunDir
 from seglib.quiet import filtered_stderr
 from seglib.training.callbacks import atomic_checkpoint, epoch_backup, epoch_timer, lr_scheduler
-from seglib.training.checks import Checked, latest_backup, run_state, validate
+from seglib.training.checks import Checked, check_replicas, latest_backup, run_state, validate
 from seglib.training.config import TrainConfig
 from seglib.training.losses import class_weights, make_loss
 from seglib.training.metrics import make_metrics
@@ -89,6 +89,7 @@ def train(config: TrainConfig, verbose: int | str = "auto", log=None, callbacks=
     from seglib.training.distribute import make_strategy
 
     placement = make_strategy(config.strategy, config.wait_timeout, config.cpu_devices)  # first: it may split the CPU
+    check_replicas(config.prepared_dir, {"train": checked.train_rows, "val": checked.val_rows}, placement.replicas)
     run = RunDir(config.run_dir)
     if placement.chief:
         with writer_lock(run.root, RunDir):  # one writer per run folder; a dead writer's temporaries go
