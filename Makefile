@@ -25,7 +25,7 @@ endif
 VENV_TF218  := .venv-tf2.18
 STAMP_TF218 := $(VENV_TF218)/.installed
 
-.PHONY: install test test-tf2.18 coverage demo lab lint notebooks bench bench-demo clean
+.PHONY: install test test-tf2.18 test-colab-line coverage demo lab lint notebooks bench bench-demo clean
 
 install: $(STAMP)
 
@@ -60,6 +60,24 @@ $(STAMP_TF218): pyproject.toml .ci/constraints-tf2.18.txt
 # Only the tests marked tf_lines (pyproject.toml): those whose TF/Keras calls can differ between the lines.
 test-tf2.18: $(STAMP_TF218)
 	$(VENV_TF218)/bin/python $(PYTEST) -m tf_lines
+
+# Colab's stack (Python 3.13, TF 2.20, Keras 3.13, keras-hub 0.26: .ci/constraints-colab.txt), by hand, not in
+# .ci/run (its time budget): the tf_lines tests and the Colab tests. Needs a python3.13 (PYTHON_COLAB).
+PYTHON_COLAB ?= python3.13
+VENV_COLAB   := .venv-colab
+STAMP_COLAB  := $(VENV_COLAB)/.installed
+
+$(STAMP_COLAB): pyproject.toml .ci/constraints-colab.txt
+	@$(PYTHON_COLAB) -c "import sys; assert sys.version_info[:2] == (3, 13)" 2>/dev/null || { echo "seglib: \
+	make test-colab-line needs Colab's Python 3.13: PYTHON_COLAB=$(PYTHON_COLAB) is not it (set PYTHON_COLAB=/path/to/python3.13)"; exit 2; }
+	$(PYTHON_COLAB) -m venv $(VENV_COLAB)
+	$(VENV_COLAB)/bin/python -m pip install -q --upgrade pip
+	$(VENV_COLAB)/bin/python -m pip install -q -c .ci/constraints-colab.txt -e ".[dev,serve,onnx,hub]"
+	touch $(STAMP_COLAB)
+
+test-colab-line: $(STAMP_COLAB)
+	$(VENV_COLAB)/bin/python $(PYTEST) -m tf_lines
+	$(VENV_COLAB)/bin/python $(PYTEST) tests/test_colab.py tests/test_journeys.py -k colab
 
 # Line coverage of seglib by the suite, the commands and notebook kernels it starts included.
 coverage: install
@@ -96,5 +114,5 @@ bench-demo: install
 
 # Removes only what these targets made: the venvs, the demo's outputs and coverage's.
 clean:
-	rm -rf .venv .venv-tf2.18 data/synthetic data/prepared/synthetic-k10-128px-* artifacts/demo reports/demo \
+	rm -rf .venv .venv-tf2.18 .venv-colab data/synthetic data/prepared/synthetic-k10-128px-* artifacts/demo reports/demo \
 		reports/coverage .coverage .coverage.*
