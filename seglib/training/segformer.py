@@ -113,14 +113,20 @@ def register() -> None:
 
 
 def load_preset(preset: str):
-    """keras-hub's ``SegFormerImageSegmenter`` of ``preset`` (a name downloads once; a folder is read)."""
+    """keras-hub's ``SegFormerImageSegmenter`` of ``preset`` (a name downloads once; a folder is read).
+    Without Keras' warning that the task "has unbuilt state" (its preprocessor, which seglib does not use): up to
+    keras-hub 0.29, two lines of noise at a process's first preset load (0.32's Task has a build())."""
+    import warnings
     from pathlib import Path
 
     hub = keras_hub()
     if Path(preset).exists() and not Path(preset).is_dir():
         raise ValueError(f"{preset}: a preset is a keras-hub preset name or a folder written by save_to_preset")
     try:
-        return hub.models.SegFormerImageSegmenter.from_preset(preset)
+        with warnings.catch_warnings():
+            warnings.filterwarnings("ignore", message=r"`build\(\)` was called on layer 'seg_former_image_segmenter'",
+                                    category=UserWarning)
+            return hub.models.SegFormerImageSegmenter.from_preset(preset)
     except Exception as exc:  # noqa: BLE001 - keras-hub, kagglehub and Keras raise many kinds
         first = str(exc).strip().splitlines()[0][:200] if str(exc).strip() else type(exc).__name__
         where = ("a folder written by save_to_preset" if Path(preset).is_dir() else
