@@ -15,7 +15,7 @@ import pytest
 
 from seglib.layout import RunDir
 
-pytestmark = pytest.mark.tf_lines  # keras-hub differs between the lines (0.21.1 on TF 2.18, 0.32 on TF 2.21)
+pytestmark = pytest.mark.tf_lines  # keras-hub differs between the lines (docs/segformer.md: 0.21.1 on TF 2.18)
 
 
 @pytest.fixture(scope="module")
