@@ -146,7 +146,7 @@ def test_a_preset_folder_starts_with_its_head_replaced_and_is_scored_as_it_comes
     assert f"started from the preset {preset}: its head replaced (19 classes; the data has 10)" in lines
     config = json.loads(RunDir(tmp_path / "k10").config.read_text())
     assert (config["preset"], config["preset_head"], config["num_classes"]) == (str(preset), "replaced", 10)
-    # in a process of its own: the command prints its own lines only (keras-hub up to 0.29 warned of its task's
+    # in a process of its own: the command prints its own lines only (keras-hub 0.29 warns of its task's
     # "unbuilt state" at a process's first preset load)
     done = subprocess.run([sys.executable, "-m", "seglib", "evaluate", "--preset", str(preset), str(street / "cs19"),
                            str(tmp_path / "as-it-comes"), "--full-size"], capture_output=True, text=True, timeout=600)

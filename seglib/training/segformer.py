@@ -114,8 +114,9 @@ def register() -> None:
 
 def load_preset(preset: str):
     """keras-hub's ``SegFormerImageSegmenter`` of ``preset`` (a name downloads once; a folder is read).
-    Without Keras' warning that the task "has unbuilt state" (its preprocessor, which seglib does not use): up to
-    keras-hub 0.29, two lines of noise at a process's first preset load (0.32's Task has a build())."""
+    Without Keras' warning that the task "has unbuilt state" (its preprocessor, which seglib does not use): with
+    keras-hub 0.29, two lines of noise at a process's first preset load (0.32's Task has a build(); 0.21.1 and
+    0.26 did not warn here)."""
     import warnings
     from pathlib import Path
 
