@@ -56,7 +56,8 @@ def results_table(rows: list[dict]):
             "int8 ms": int8.get("latency_ms"),
             "status": r["status"],
         })
-    return pd.DataFrame.from_records(records)
+    # counts stay integers where a run has none (a failed run): pandas would make the column float
+    return pd.DataFrame.from_records(records).astype({"model params": "Int64", "epochs": "Int64"})
 
 
 def best_run(rows: list[dict]) -> str | None:
@@ -68,7 +69,8 @@ def best_run(rows: list[dict]) -> str | None:
 
 
 def _cell(value) -> str:
-    """A table cell with a sort key: numbers sort as numbers, missing values show a dash."""
+    """A table cell with a sort key: numbers sort as numbers (integers shown with thousands separators),
+    missing values show a dash."""
     if value is None or (isinstance(value, float) and value != value):
         return '<td data-sort="">–</td>'
     if isinstance(value, bool) or not isinstance(value, (int, float)):
@@ -77,7 +79,7 @@ def _cell(value) -> str:
     return (
         f'<td data-sort="{value}">{value:.4g}</td>'
         if isinstance(value, float)
-        else f'<td data-sort="{value}">{value}</td>'
+        else f'<td data-sort="{value}">{value:,}</td>'  # 24,457,471 parameters
     )
 
 
