@@ -139,7 +139,7 @@ def test_a_failing_run_is_marked_and_the_other_finishes(failed_batch):
     assert f"{metrics['pixel_accuracy']:.4g}" in good_row and f"{metrics['mean_iou']:.4g}" in good_row
     assert f"{int8['file_bytes'] / 1e6:.4g}" in good_row and 'class="finished">finished<' in good_row
     parameters = json.loads((run / "run.json").read_text())["parameters"]
-    assert f'<td data-sort="{parameters}">{parameters:,}</td>' in good_row and parameters > 1000  # "2,148,234"
+    assert f'<td data-sort="{parameters}">{parameters:,}</td>' in good_row and parameters > 1000  # e.g. "8,048,758"
     assert 'href="good/report.html">report<' in good_row and 'href="good/run.log">log<' in good_row
     assert 'href="good/02_train.html">training<' in good_row
     assert re.search(r'href="_data/[^"]+/01_prepare_data.html">data<', good_row)
